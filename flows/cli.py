@@ -1,0 +1,66 @@
+"""The `imgpipe` command: parses arguments, runs a flow, prints what it did."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short, plain-text account of a training run: each stage and its time, test accuracy, where things are."""
+    lines = ["", "imgpipe training run", "", f"  {'stage':<12}{'status':<10}{'seconds':>8}"]
+    for stage in summary["stages"]:
+        lines.append(f"  {stage['name']:<12}{stage['status']:<10}{stage['seconds']:>8.1f}")
+    metrics = summary.get("metrics") or {}
+    if metrics:
+        lines += ["", f"  test accuracy  {metrics['accuracy']:.4f}   macro-F1  {metrics['macro_f1']:.4f}"
+                      f"   ({metrics['test_images']} test images)"]
+    lines.append("")
+    root = Path(summary["repo"])
+    for name, location in summary.get("outputs", {}).items():
+        path = Path(location)
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        lines.append(f"  {name + ':':<20}{shown}")
+    lines.append(f"  {'pushed to remote:':<20}{'yes' if summary.get('pushed') else 'no'}")
+    return "\n".join(lines) + "\n"
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from flows.training import training
+
+    summary = training(repo=arguments.repo, push=not arguments.no_push)
+    sys.stdout.write(format_summary(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgpipe",
+        description="Train CNN image classifiers from folders of labelled images, reproducibly (Prefect + DVC).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the training flow: every dvc.yaml stage that is out of date")
+    run.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    run.add_argument("--no-push", action="store_true", help="do not push outputs to the DVC remote at the end")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return arguments.handler(arguments)
+    except (ValueError, RuntimeError) as error:
+        sys.stderr.write(f"imgpipe: error: {error}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Runs dvc.yaml stages and pushes through the DVC command line; reads dvc.yaml, writes what the stages write."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+_SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
+_RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
+_RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
+_DVC_NOISE = ("ERROR: failed to reproduce", "Having any troubles?", "ERROR: failed to run", "Traceback (most recent")
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited with an error; the message holds the stage's own last words."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    status: str  # "ran", "skipped" (unchanged) or "restored" (outputs taken from DVC's run cache)
+    seconds: float
+
+
+def stage_names(root: Path) -> list[str]:
+    """The stages of dvc.yaml, in the order they are written there."""
+    path = root / "dvc.yaml"
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; run from the imgpipe project folder or pass --repo")
+    return list((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {}))
+
+
+def _environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    # the stage commands say `python`: make it this interpreter, whatever PATH the caller had
+    environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+def _dvc(root: Path, arguments: list[str], log: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run `dvc ARGUMENTS` in root, passing each output line to `log`; return the exit code and the last lines."""
+    command = [sys.executable, "-m", "dvc", *arguments]
+    last_lines: collections.deque[str] = collections.deque(maxlen=60)
+    with subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace") as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                last_lines.append(line)
+                log(line)
+    return process.returncode, list(last_lines)
+
+
+def _error_message(lines: list[str]) -> str:
+    """The stage's own error: the last exception line of its traceback, else its last lines of output."""
+    for index in range(len(lines) - 1, -1, -1):
+        if re.match(r"^[\w.]*(Error|Exception|Failed|Interrupt)\b[^:]*: ", lines[index]):
+            return "\n".join(line for line in lines[index:] if not line.startswith(_DVC_NOISE))
+    return "\n".join(line for line in lines[-10:] if not line.startswith(_DVC_NOISE))
+
+
+def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResult:
+    """Reproduce one stage through DVC (skipped when its deps, params and code are unchanged)."""
+    started = time.perf_counter()
+    code, lines = _dvc(root, ["repro", "--single-item", name], log)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise StageFailed(f"stage '{name}' failed: {_error_message(lines)}")
+    text = "\n".join(lines)
+    if _RAN.search(text):
+        status = "ran"
+    elif _RESTORED.search(text):
+        status = "restored"
+    elif _SKIPPED.search(text):
+        status = "skipped"
+    else:
+        status = "ran"
+    return StageResult(name, status, seconds)
+
+
+def has_remote(root: Path) -> bool:
+    code, lines = _dvc(root, ["remote", "list"], lambda line: None)
+    return code == 0 and any(line.strip() for line in lines)
+
+
+def push(root: Path, log: Callable[[str], None]) -> None:
+    """Push every tracked output to the default DVC remote."""
+    code, lines = _dvc(root, ["push"], log)
+    if code != 0:
+        raise RuntimeError(f"dvc push failed: {_error_message(lines)}")

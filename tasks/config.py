@@ -1,0 +1,240 @@
+"""Reads params.yaml into frozen typed models (unknown keys and bad values rejected) and names the project's paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_FILE_NAME = "params.yaml"
+
+
+class Section(BaseModel):
+    """A params.yaml section: immutable, and a typo in a key is an error rather than a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(Section):
+    seed: int = Field(default=42, ge=0)
+
+
+class PathsParams(Section):
+    """Folders as written in params.yaml, relative to the project root."""
+
+    demo: str = "data/demo/digits"
+    raw: str = "data/raw"
+    interim: str = "data/interim"
+    processed: str = "data/processed"
+    models: str = "data/models"
+    reports: str = "data/reports"
+
+
+class IngestParams(Section):
+    source: str = "data/demo/digits"
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    min_side: int = Field(default=8, ge=1)
+    on_label_conflict: Literal["quarantine", "fail"] = "quarantine"
+    near_duplicate_distance: int = Field(default=4, ge=0, le=64)
+    workers: int = Field(default=0, ge=0)
+
+
+class ValidateParams(Section):
+    expected_labels: tuple[str, ...] | None = None
+    min_classes: int = Field(default=2, ge=2)
+    min_images_per_class: int = Field(default=10, ge=1)
+    min_side: int = Field(default=8, ge=1)
+    max_side: int = Field(default=20_000, ge=1)
+    max_bad_fraction: float = Field(default=0.2, ge=0, le=1)
+    warn_max_class_imbalance: float = Field(default=10.0, ge=1)
+
+    @model_validator(mode="after")
+    def _side_range(self) -> "ValidateParams":
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) must be <= max_side ({self.max_side})")
+        return self
+
+
+class AugmentParams(Section):
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    rotation: float = Field(default=0.0, ge=0, le=1)
+    zoom: float = Field(default=0.0, ge=0, lt=1)
+    translation: float = Field(default=0.0, ge=0, lt=1)
+    contrast: float = Field(default=0.0, ge=0, lt=1)
+    brightness: float = Field(default=0.0, ge=0, lt=1)
+
+
+class PreprocessParams(Section):
+    image_size: int = Field(default=32, ge=8, le=1024)
+    resize: Literal["stretch", "crop", "pad"] = "stretch"
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(default=0.15, gt=0, lt=1)
+    shard_megabytes: int = Field(default=128, ge=1)
+    workers: int = Field(default=0, ge=0)
+    augment: AugmentParams = AugmentParams()
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "PreprocessParams":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+class TrainParams(Section):
+    model: Literal["simple_cnn"] = "simple_cnn"
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=0.002, gt=0, le=1)
+    depth: int = Field(default=3, ge=1, le=8)
+    width: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    patience: int = Field(default=5, ge=1)
+
+
+class EvaluateParams(Section):
+    top_k: int = Field(default=3, ge=1)
+
+
+class Config(Section):
+    base: BaseParams = BaseParams()
+    paths: PathsParams = PathsParams()
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    preprocess: PreprocessParams = PreprocessParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validation(self) -> ValidateParams:
+        """The `validate` section (named so because `validate` is a pydantic method)."""
+        return self.validate_
+
+
+class Paths:
+    """Absolute locations of every file the stages exchange, derived from `paths` and one root folder."""
+
+    def __init__(self, params: PathsParams, root: Path) -> None:
+        self.root = root
+        self.demo = root / params.demo
+        self.raw = root / params.raw
+        self.interim = root / params.interim
+        self.processed = root / params.processed
+        self.models = root / params.models
+        self.reports = root / params.reports
+
+    @property
+    def manifest(self) -> Path:
+        return self.interim / "manifest.parquet"
+
+    @property
+    def ingest_cache(self) -> Path:
+        return self.interim / "ingest_cache.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.reports / "quarantine.csv"
+
+    @property
+    def validation(self) -> Path:
+        return self.reports / "validation"
+
+    @property
+    def candidate(self) -> Path:
+        return self.models / "candidate"
+
+    @property
+    def training_reports(self) -> Path:
+        return self.reports / "training"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.reports / "evaluation"
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from params (absolute, or relative to the project root) as an absolute path."""
+        path = Path(os.path.expanduser(str(path)))
+        return path if path.is_absolute() else self.root / path
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "extra_forbidden": "is not a known key; check its spelling against params.yaml",
+    "missing": "is required",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "params"
+    template = _MESSAGES.get(error["type"])
+    if template is not None:
+        reason = template.format(**error.get("ctx", {}))
+    else:
+        reason = error["msg"].removeprefix("Value error, ").replace("Input should", "must")
+        reason = reason[0].lower() + reason[1:] if reason else reason
+    if error["type"] in ("extra_forbidden", "missing"):
+        return f"{key} {reason}"
+    if isinstance(error["input"], dict):  # a check across keys of one section
+        return f"{key}: {reason}"
+    return f"{key} {reason}, got {error['input']!r}"
+
+
+def parse_config(values: dict[str, Any]) -> Config:
+    """Validate a params mapping; a bad value raises ValueError naming every offending dotted key."""
+    if not isinstance(values, dict):
+        raise ValueError(f"params must be a mapping of sections, got {type(values).__name__}")
+    try:
+        return Config.model_validate(values)
+    except ValidationError as error:
+        problems = [_describe(item) for item in error.errors()]
+        raise ValueError("invalid params: " + "; ".join(problems)) from None
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of params with dotted-key overrides (`train.epochs=3`) applied, as `dvc exp run -S` does."""
+    result = yaml.safe_load(yaml.safe_dump(values)) or {}
+    for dotted_key, value in overrides.items():
+        node = result
+        *parents, leaf = dotted_key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {dotted_key}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return result
+
+
+def read_params(params_file: Path) -> dict[str, Any]:
+    if not params_file.is_file():
+        raise ValueError(f"{params_file}: params file not found; run from the project root or pass its path")
+    try:
+        values = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"{params_file}: not valid YAML: {error}") from None
+    return values or {}
+
+
+def load_config(params_file: Path | None = None, overrides: dict[str, Any] | None = None) -> tuple[Config, Paths]:
+    """Load params.yaml (default: the one in the current folder) into a Config and the Paths beside it."""
+    params_file = Path(params_file or Path.cwd() / PARAMS_FILE_NAME).resolve()
+    values = read_params(params_file)
+    if overrides:
+        values = apply_overrides(values, overrides)
+    try:
+        config = parse_config(values)
+    except ValueError as error:
+        raise ValueError(f"{params_file}: {error}") from None
+    return config, Paths(config.paths, params_file.parent)

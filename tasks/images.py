@@ -1,0 +1,172 @@
+"""The one place that opens and normalises an image: reads an image file, returns RGB pixels or a description."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Formats Pillow may open, whatever a file's extension claims. A camera JPEG that carries extra preview
+# frames opens through the JPEG plugin as format "MPO".
+PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+# Transparent pixels are composited on white, the background most viewers show them on.
+ALPHA_BACKGROUND = (255, 255, 255)
+# `pad` fills the margins with black.
+PAD_COLOR = (0, 0, 0)
+
+ResizeMode = Literal["stretch", "crop", "pad"]
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an image; `reason` is a short code for reports."""
+
+    def __init__(self, path: Path | str, reason: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    mode: str
+    width: int  # after EXIF orientation
+    height: int
+    orientation: int
+
+
+def has_image_extension(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_image(path: Path, max_pixels: int) -> Image.Image:
+    """Open an image lazily (header only), refusing empty files, other formats and images over the pixel limit."""
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(path, "empty_file", "file is empty (0 bytes)")
+    except OSError as error:
+        raise ImageError(path, "unreadable", f"cannot read file: {error.strerror or error}") from None
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path, formats=PILLOW_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(path, "too_many_pixels", f"{error}; raise ingest.max_pixels to accept it") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(path, "not_an_image", f"not a {', '.join(PILLOW_FORMATS)} image") from None
+    except Exception as error:  # Pillow raises many types for a broken header
+        raise ImageError(path, "corrupt", f"unreadable image header: {error}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(
+            path,
+            "too_many_pixels",
+            f"{width}x{height} is over the pixel limit {max_pixels}; raise ingest.max_pixels to accept it",
+        )
+    return image
+
+
+def orientation_of(image: Image.Image) -> int:
+    try:
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # a broken EXIF block is ignored, as viewers do
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: 16-bit and 32-bit scaled, alpha composited, palette resolved."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit samples scale down to 8 bits (65535 -> 255) rather than being clipped at 255.
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray] * 3, axis=-1))
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0  # floats in [0, 1] are the usual convention
+        gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray] * 3, axis=-1))
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if has_alpha or (mode == "L" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _orient(image: Image.Image, orientation: int) -> Image.Image:
+    for method in _TRANSPOSE_FOR_ORIENTATION.get(orientation, ()):
+        image = image.transpose(method)
+    return image
+
+
+def decode_rgb(image: Image.Image, path: Path | str, draft_size: int | None = None) -> Image.Image:
+    """Fully decode an opened image into upright RGB (first frame of an animation).
+
+    With `draft_size`, a JPEG is decoded at the smallest DCT scale whose sides are still >= draft_size,
+    which is several times faster; every path that must agree pixel for pixel passes the same value.
+    """
+    orientation = orientation_of(image)
+    try:
+        image.seek(0)
+        if draft_size is not None and image.format in ("JPEG", "MPO"):
+            image.draft(image.mode, (draft_size, draft_size))
+        image.load()
+    except Exception as error:  # truncated or corrupt data only shows on a full decode
+        raise ImageError(path, "corrupt", f"cannot decode image data: {error}") from None
+    return _orient(_to_rgb(image), orientation)
+
+
+def resize(image: Image.Image, image_size: int, mode: ResizeMode) -> Image.Image:
+    """Resize to a square: `stretch` ignores the aspect ratio, `crop` cuts the centre, `pad` adds black margins."""
+    size = (image_size, image_size)
+    if mode == "stretch":
+        return image.resize(size, Image.Resampling.BILINEAR)
+    if mode == "crop":
+        return ImageOps.fit(image, size, Image.Resampling.BILINEAR)
+    if mode == "pad":
+        return ImageOps.pad(image, size, Image.Resampling.BILINEAR, color=PAD_COLOR)
+    raise ValueError(f"resize mode must be one of stretch, crop or pad, got {mode!r}")
+
+
+def load_rgb_array(path: Path, image_size: int, resize_mode: ResizeMode, max_pixels: int) -> np.ndarray:
+    """Decode, orient, convert and resize one file: the pixels that training and prediction both see (uint8 HxWx3)."""
+    with open_image(path, max_pixels) as image:
+        rgb = decode_rgb(image, path, draft_size=image_size)
+        return np.asarray(resize(rgb, image_size, resize_mode), dtype=np.uint8)
+
+
+def inspect(path: Path, max_pixels: int, min_side: int) -> tuple[ImageInfo, Image.Image]:
+    """Check one file by decoding it fully; return its description and upright RGB pixels, or raise ImageError."""
+    with open_image(path, max_pixels) as image:
+        source_format, source_mode, orientation = image.format or "", image.mode, orientation_of(image)
+        rgb = decode_rgb(image, path)
+    width, height = rgb.size
+    if min(width, height) < min_side:
+        raise ImageError(
+            path, "too_small", f"{width}x{height} is under the minimum side {min_side}; lower ingest.min_side to accept it"
+        )
+    return ImageInfo(source_format, source_mode, width, height, orientation), rgb
