@@ -148,6 +148,11 @@ class Paths:
         return self.reports / "validation"
 
     @property
+    def validation_verdict(self) -> Path:
+        """Written by validate only when the data passed; what preprocess depends on (no timestamps inside)."""
+        return self.interim / "validation.json"
+
+    @property
     def candidate(self) -> Path:
         return self.models / "candidate"
 
@@ -176,11 +181,16 @@ _MESSAGES = {
 }
 
 
+def _plain(value: Any) -> Any:
+    """1.0 -> 1, so that limits read as written in the model."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "params"
     template = _MESSAGES.get(error["type"])
     if template is not None:
-        reason = template.format(**error.get("ctx", {}))
+        reason = template.format(**{name: _plain(value) for name, value in error.get("ctx", {}).items()})
     else:
         reason = error["msg"].removeprefix("Value error, ").replace("Input should", "must")
         reason = reason[0].lower() + reason[1:] if reason else reason

@@ -75,5 +75,7 @@ def split_dataset(
     dataset = dataset.map(lambda example: (example["image"], example["label"]), num_parallel_calls=AUTOTUNE)
     augment_function = _augment_function(augment, seed) if training and augment is not None else None
     if augment_function is not None:
-        dataset = dataset.map(augment_function, num_parallel_calls=AUTOTUNE)
+        # One batch at a time: the layers draw from stateful seed generators, and parallel calls would make the
+        # augmentation depend on thread timing instead of the seed. Each call transforms a whole batch.
+        dataset = dataset.map(augment_function, num_parallel_calls=1)
     return dataset.prefetch(AUTOTUNE)

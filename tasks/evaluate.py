@@ -42,11 +42,11 @@ def compute_metrics(true_index: np.ndarray, probabilities: np.ndarray, labels: l
     precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
         true_index, predicted_index, labels=label_ids, zero_division=0
     )
-    top_k = min(top_k, len(labels))
-    return {
-        "accuracy": float(sk_metrics.accuracy_score(true_index, predicted_index)),
-        f"top_{top_k}_accuracy": float(sk_metrics.top_k_accuracy_score(true_index, probabilities, k=top_k,
-                                                                      labels=label_ids)),
+    result: dict[str, Any] = {"accuracy": float(sk_metrics.accuracy_score(true_index, predicted_index))}
+    if top_k < len(labels):  # with as many guesses as classes it would be 1.0 and say nothing
+        result[f"top_{top_k}_accuracy"] = float(
+            sk_metrics.top_k_accuracy_score(true_index, probabilities, k=top_k, labels=label_ids))
+    return result | {
         "macro_f1": float(sk_metrics.f1_score(true_index, predicted_index, labels=label_ids, average="macro",
                                               zero_division=0)),
         "weighted_f1": float(sk_metrics.f1_score(true_index, predicted_index, labels=label_ids, average="weighted",

@@ -8,7 +8,7 @@ import logging
 import pandas as pd
 from tqdm import tqdm
 
-from tasks import atomic, shards
+from tasks import atomic
 from tasks.decode_pool import decode_all
 from tasks.config import Paths, PreprocessParams, load_config
 from tasks.split import SPLITS, assign_splits, split_counts
@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> pd.DataFrame:
     """Split the manifest, decode every image once and write each split as a few large shards."""
+    # Imported here, not at the top: the decoding processes re-import this module, and must not load TensorFlow.
+    from tasks import shards
+
     manifest = pd.read_parquet(paths.manifest)
     if manifest.empty:
         raise ValueError(f"{paths.manifest}: the manifest lists no images; run ingest on a folder of class folders")

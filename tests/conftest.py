@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny generated image folders, a shrunken real config, one Prefect test server per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from tasks.config import Config, Paths, load_config  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 70, 210)}
+
+
+def make_image(colour: tuple[int, int, int], seed: int, size: int = 20) -> Image.Image:
+    """A noisy square of one colour with a bright dot somewhere: distinct per class, different per seed."""
+    generator = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + generator.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    row, column = generator.integers(2, size - 4, 2)
+    pixels[row:row + 3, column:column + 3] = 255
+    return Image.fromarray(pixels, "RGB")
+
+
+def write_class_folders(root: Path, per_class: int = 12, size: int = 20) -> Path:
+    """3 classes x `per_class` small images, alternating PNG and JPEG."""
+    for class_index, (label, colour) in enumerate(CLASS_COLOURS.items()):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image = make_image(colour, seed=class_index * 1000 + index, size=size)
+            suffix = "png" if index % 2 == 0 else "jpg"
+            image.save(folder / f"{label}_{index:03d}.{suffix}")
+    return root
+
+
+@pytest.fixture
+def tiny_source(tmp_path: Path) -> Path:
+    return write_class_folders(tmp_path / "source")
+
+
+@pytest.fixture
+def shrunk_config(tmp_path: Path, tiny_source: Path) -> tuple[Config, Paths]:
+    """The project's real params.yaml, shrunk for tiny data, with every path under tmp_path."""
+    config, _ = load_config(
+        PROJECT_ROOT / "params.yaml",
+        overrides={
+            "ingest.source": str(tiny_source),
+            "validate.min_images_per_class": 3,
+            "preprocess.image_size": 16,
+            "preprocess.val_fraction": 0.25,
+            "preprocess.test_fraction": 0.25,
+            "train.epochs": 2,
+            "train.batch_size": 8,
+            "train.width": 4,
+            "train.depth": 2,
+        },
+    )
+    return config, Paths(config.paths, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (SQLite) for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

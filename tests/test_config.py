@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.config import apply_overrides, load_config, parse_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_project_params_load_into_typed_sections():
+    config, paths = load_config(PROJECT_ROOT / "params.yaml")
+    assert config.train.epochs >= 1
+    assert config.validation.min_images_per_class >= 1
+    assert paths.manifest == PROJECT_ROOT / "data/interim/manifest.parquet"
+    with pytest.raises(Exception):
+        config.train.epochs = 3  # frozen
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"train": {"epochs": -1}}, "train.epochs must be >= 1, got -1"),
+        ({"train": {"epoch": 3}}, "train.epoch is not a known key"),
+        ({"trian": {}}, "trian is not a known key"),
+        ({"preprocess": {"resize": "squash"}}, "preprocess.resize must be one of"),
+        ({"preprocess": {"augment": {"zoom": 2}}}, "preprocess.augment.zoom must be < 1, got 2"),
+        ({"validate": {"max_bad_fraction": 1.5}}, "validate.max_bad_fraction must be <= 1, got 1.5"),
+        ({"preprocess": {"val_fraction": 0.6, "test_fraction": 0.5}}, "val_fraction + test_fraction must be < 1"),
+        ({"ingest": {"on_label_conflict": "ignore"}}, "ingest.on_label_conflict must be one of"),
+    ],
+)
+def test_bad_params_name_the_dotted_key(values, message):
+    with pytest.raises(ValueError, match=message.replace("+", r"\+").replace(".", r"\.")):
+        parse_config(values)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ValueError) as error:
+        parse_config({"train": {"epochs": 0, "batch_size": 0}})
+    assert "train.epochs" in str(error.value) and "train.batch_size" in str(error.value)
+
+
+def test_load_config_names_the_file(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("train:\n  epochs: -1\n")
+    with pytest.raises(ValueError, match=f"{params_file}.*train.epochs must be >= 1, got -1"):
+        load_config(params_file)
+    with pytest.raises(ValueError, match="params file not found"):
+        load_config(tmp_path / "missing.yaml")
+    params_file.write_text("train: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(params_file)
+
+
+def test_overrides_use_dotted_keys_like_dvc_exp_run():
+    values = apply_overrides({"train": {"epochs": 5}}, {"train.epochs": 2, "preprocess.augment.zoom": 0.3})
+    config = parse_config(values)
+    assert config.train.epochs == 2
+    assert config.preprocess.augment.zoom == 0.3
