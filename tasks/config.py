@@ -67,6 +67,57 @@ class AugmentParams(Section):
     translation: float = Field(default=0.0, ge=0, lt=1)
     contrast: float = Field(default=0.0, ge=0, lt=1)
     brightness: float = Field(default=0.0, ge=0, lt=1)
+    mixup: float = Field(default=0.0, ge=0, le=10)  # Beta(alpha, alpha) of the mixing weight; 0 = off
+    cutmix: float = Field(default=0.0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_mixing(self) -> "AugmentParams":
+        if self.mixup > 0 and self.cutmix > 0:
+            raise ValueError(f"at most one of mixup and cutmix may be > 0, got mixup={self.mixup} and "
+                             f"cutmix={self.cutmix}; set one of them to 0")
+        return self
+
+    @property
+    def mixing(self) -> bool:
+        """Whether training labels become soft (one-hot, mixed) rather than class indices."""
+        return self.mixup > 0 or self.cutmix > 0
+
+
+class GroupBy(Section):
+    """`preprocess.group_by`: images with the same key are one subject, and a subject stays in one split.
+
+    Written in params.yaml as `folder:N` (the name of the N-th folder below the class folder; the same name
+    under two classes is one subject) or `csv:FILE:COLUMN` (FILE has a `path` column, as in the manifest,
+    and the subject in COLUMN; FILE is relative to the project root).
+    """
+
+    kind: Literal["folder", "csv"]
+    level: int = Field(default=1, ge=1)
+    csv: str = ""
+    column: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return value
+        kind, _, rest = str(value).strip().partition(":")
+        if kind == "folder" and rest.strip().isdigit():
+            return {"kind": "folder", "level": int(rest)}
+        if kind == "csv" and ":" in rest:
+            csv_file, _, column = rest.rpartition(":")  # the file name may hold a colon, the column may not
+            if csv_file.strip() and column.strip():
+                return {"kind": "csv", "csv": csv_file.strip(), "column": column.strip()}
+        raise ValueError("must be null, 'folder:N' (N >= 1) or 'csv:FILE:COLUMN'")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "GroupBy":
+        if self.kind == "csv" and not (self.csv and self.column):
+            raise ValueError("csv grouping needs both a file (csv) and a column")
+        return self
+
+    def __str__(self) -> str:
+        return f"folder:{self.level}" if self.kind == "folder" else f"csv:{self.csv}:{self.column}"
 
 
 class PreprocessParams(Section):
@@ -76,6 +127,7 @@ class PreprocessParams(Section):
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
     shard_megabytes: int = Field(default=128, ge=1)
     workers: int = Field(default=0, ge=0)
+    group_by: GroupBy | None = None
     augment: AugmentParams = AugmentParams()
 
     @model_validator(mode="after")
@@ -87,15 +139,37 @@ class PreprocessParams(Section):
         return self
 
 
+class FineTuneParams(Section):
+    """Second phase of transfer learning: the top layers of a pretrained backbone trained at a lower rate."""
+
+    epochs: int = Field(default=0, ge=0)
+    unfreeze_layers: int = Field(default=20, ge=1)
+    learning_rate: float = Field(default=1e-4, gt=0, le=1)
+
+
 class TrainParams(Section):
-    model: Literal["simple_cnn"] = "simple_cnn"
+    model: Literal["simple_cnn", "mobilenet_v3_small", "efficientnet_v2_b0", "resnet50"] = "simple_cnn"
+    weights: str | None = None
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=64, ge=1)
     learning_rate: float = Field(default=0.002, gt=0, le=1)
+    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    warmup_epochs: int = Field(default=1, ge=0)
     depth: int = Field(default=3, ge=1, le=8)
     width: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.2, ge=0, lt=1)
     patience: int = Field(default=5, ge=1)
+    fine_tune: FineTuneParams = FineTuneParams()
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    jit_compile: Literal["auto", "true", "false"] = "auto"
+    deterministic: bool = False
+
+    @model_validator(mode="after")
+    def _fine_tune_needs_weights(self) -> "TrainParams":
+        if self.fine_tune.epochs and self.weights is None:
+            raise ValueError("fine_tune.epochs > 0 needs pretrained weights (train.weights); "
+                             "from random weights the whole backbone trains from the start")
+        return self
 
 
 class EvaluateParams(Section):
