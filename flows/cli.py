@@ -20,8 +20,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {stage['name']:<12}{stage['status']:<10}{stage['seconds']:>8.1f}")
     metrics = summary.get("metrics") or {}
     if metrics:
-        lines += ["", f"  test accuracy  {metrics['accuracy']:.4f}   macro-F1  {metrics['macro_f1']:.4f}"
-                      f"   ({metrics['test_images']} test images)"]
+        accuracy_low, accuracy_high = metrics.get("accuracy_ci", [float("nan")] * 2)
+        lines += ["", f"  test accuracy  {metrics['accuracy']:.4f}  (95% interval {accuracy_low:.3f}-{accuracy_high:.3f})"
+                      f"   macro-F1  {metrics['macro_f1']:.4f}   ({metrics['test_images']} test images)"]
+    if summary.get("gate"):
+        lines += ["", f"  gate: {summary['gate']['decision']}  ->  {summary['outcome']}",
+                  f"  {summary['gate']['sentence']}"]
     lines.append("")
     root = Path(summary["repo"])
     for name, location in summary.get("outputs", {}).items():
@@ -40,6 +44,32 @@ def _run(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _promote(arguments: argparse.Namespace) -> int:
+    from flows import stage_runner
+    from tasks import promote
+    from tasks.config import load_config
+
+    _, paths = load_config(Path(arguments.repo) / "params.yaml")
+    if arguments.force and not arguments.reason:
+        raise ValueError("--force needs --reason saying why the gate is overruled")
+    event = promote.promote(paths, reason=arguments.reason or "passed the gate", force=arguments.force)
+    stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
+    sys.stdout.write(f"promoted {event['version']} to {paths.production}\n")
+    return 0
+
+
+def _rollback(arguments: argparse.Namespace) -> int:
+    from flows import stage_runner
+    from tasks import promote
+    from tasks.config import load_config
+
+    _, paths = load_config(Path(arguments.repo) / "params.yaml")
+    event = promote.rollback(paths, reason=arguments.reason)
+    stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
+    sys.stdout.write(f"production is {event['restored']} again (withdrew {event['version']})\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe",
@@ -50,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     run.add_argument("--no-push", action="store_true", help="do not push outputs to the DVC remote at the end")
     run.set_defaults(handler=_run)
+
+    promote = commands.add_parser("promote", help="make the candidate model the production model")
+    promote.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    promote.add_argument("--force", action="store_true", help="promote even though the gate refused it")
+    promote.add_argument("--reason", default="", help="why (required with --force); kept in the history")
+    promote.set_defaults(handler=_promote)
+
+    rollback = commands.add_parser("rollback", help="restore the previous production model")
+    rollback.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    rollback.add_argument("--reason", default="rolled back by hand", help="why; kept in the history")
+    rollback.set_defaults(handler=_rollback)
     return parser
 
 

@@ -100,3 +100,10 @@ def push(root: Path, log: Callable[[str], None]) -> None:
     code, lines = _dvc(root, ["push"], log)
     if code != 0:
         raise RuntimeError(f"dvc push failed: {_error_message(lines)}")
+
+
+def track(root: Path, targets: list[Path], log: Callable[[str], None]) -> None:
+    """Version folders that no stage writes (the production model, the registry) with `dvc add`."""
+    code, lines = _dvc(root, ["add", *[str(target.relative_to(root)) for target in targets]], log)
+    if code != 0:
+        raise RuntimeError(f"dvc add failed: {_error_message(lines)}")

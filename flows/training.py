@@ -1,4 +1,4 @@
-"""The training flow: runs every dvc.yaml stage through DVC as one Prefect task each, publishes metrics, pushes."""
+"""The training flow: runs every dvc.yaml stage through DVC (one Prefect task each), gates, promotes, reports, pushes."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, State
 
 from flows import stage_runner
+from tasks import gate, promote, report
 from tasks.config import load_config
 
 
@@ -19,6 +21,8 @@ class TrainingSummary:
     repo: str
     stages: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    outcome: str = ""  # Promoted, Refused or Unchanged
     outputs: dict[str, str] = field(default_factory=dict)
     pushed: bool = False
 
@@ -29,6 +33,38 @@ def run_stage(root: Path, name: str) -> stage_runner.StageResult:
     result = stage_runner.repro_stage(root, name, logger.info)
     logger.info("stage %s %s in %.1f s", name, result.status, result.seconds)
     return result
+
+
+@task(name="gate")
+def judge_candidate(root: Path) -> tuple[dict[str, Any], bool]:
+    """The gate's decision, and whether it was already taken for this candidate and this production model."""
+    config, paths = load_config(root / "params.yaml")
+    if gate.is_current(paths):
+        get_run_logger().info("gate: this candidate was already judged against this production model")
+        return json.loads(paths.gate.read_text(encoding="utf-8")), True
+    return gate.run(config.evaluate.gate, config.base.seed, paths), False
+
+
+@task(name="promote")
+def promote_candidate(root: Path) -> str | None:
+    """Promote the candidate; return why not when an earlier rollback withdrew this very model."""
+    _, paths = load_config(root / "params.yaml")
+    try:
+        promote.promote(paths, reason="passed the gate", requested_by=f"flow run {runtime.flow_run.id}")
+    except promote.PromotionRefused as refusal:
+        get_run_logger().warning("%s", refusal)
+        return str(refusal)
+    stage_runner.track(root, [paths.production, paths.registry], get_run_logger().info)
+    return None
+
+
+@task(name="report")
+def write_report(root: Path) -> Path:
+    _, paths = load_config(root / "params.yaml")
+    page = report.run(paths, lineage={"prefect_flow_run_id": str(runtime.flow_run.id)})
+    create_markdown_artifact(key="run-report", markdown=report.markdown_summary(paths),
+                             description=f"Gate decision and test metrics; full report: {page}")
+    return page
 
 
 @task(name="push", retries=2, retry_delay_seconds=5)
@@ -55,25 +91,37 @@ def _publish(metrics: dict[str, Any], validation_summary: Path) -> None:
 
 
 @flow(name="training", log_prints=True)
-def training(repo: str = ".", push: bool = True) -> dict[str, Any]:
-    """Run ingest, validate, preprocess, train and evaluate (as dvc.yaml orders them) and push the results."""
+def training(repo: str = ".", push: bool = True) -> State:
+    """Run the dvc.yaml stages, gate the candidate against production, promote it if it passed, report and push."""
     root = Path(repo).resolve()
     _, paths = load_config(root / "params.yaml")
     summary = TrainingSummary(repo=str(root))
     for name in stage_runner.stage_names(root):
         result = run_stage.with_options(name=name)(root, name)
         summary.stages.append(asdict(result))
-    metrics_file = paths.evaluation / "metrics.json"
-    if metrics_file.is_file():
-        summary.metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    summary.metrics = json.loads((paths.evaluation / "metrics.json").read_text(encoding="utf-8"))
     _publish(summary.metrics, paths.validation / "summary.txt")
+
+    summary.gate, already_judged = judge_candidate(root)
+    if already_judged:
+        summary.outcome = "Unchanged"
+    elif summary.gate["decision"] == "pass":
+        refusal = promote_candidate(root)
+        summary.outcome = "Refused" if refusal else "Promoted"
+        if refusal:
+            summary.gate["sentence"] = refusal
+    else:
+        summary.outcome = "Refused"
+    write_report(root)
     summary.outputs = {
         "model": str(paths.candidate / "model.keras"),
-        "metrics": str(metrics_file),
-        "confusion matrix": str(paths.evaluation / "confusion_matrix.png"),
+        "production model": str(paths.production),
+        "metrics": str(paths.evaluation / "metrics.json"),
+        "gate decision": str(paths.gate),
+        "run report": str(paths.reports / "index.html"),
         "validation report": str(paths.validation / "data_docs" / "index.html"),
         "quarantine list": str(paths.quarantine),
     }
     if push:
         summary.pushed = push_outputs(root)
-    return asdict(summary)
+    return Completed(name=summary.outcome, message=summary.gate["sentence"], data=asdict(summary))

@@ -172,8 +172,20 @@ class TrainParams(Section):
         return self
 
 
+class GateParams(Section):
+    """When a candidate may replace the production model (the champion)."""
+
+    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    tolerance: float = Field(default=0.02, ge=0, le=1)
+    max_recall_drop: float = Field(default=0.10, ge=0, le=1)
+    min_accuracy: float = Field(default=0.6, ge=0, le=1)
+    min_macro_f1: float = Field(default=0.5, ge=0, le=1)
+    max_export_difference: float = Field(default=1e-4, gt=0)
+
+
 class EvaluateParams(Section):
     top_k: int = Field(default=3, ge=1)
+    gate: GateParams = GateParams()
 
 
 class Config(Section):
@@ -237,6 +249,19 @@ class Paths:
     @property
     def evaluation(self) -> Path:
         return self.reports / "evaluation"
+
+    @property
+    def gate(self) -> Path:
+        return self.evaluation / "gate.json"
+
+    @property
+    def production(self) -> Path:
+        return self.models / "production"
+
+    @property
+    def registry(self) -> Path:
+        """Every model ever promoted, by version, and history.jsonl: what was promoted or rolled back, when, why."""
+        return self.models / "registry"
 
     def resolve(self, path: str | Path) -> Path:
         """A path from params (absolute, or relative to the project root) as an absolute path."""

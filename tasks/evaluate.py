@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from tasks import atomic, dataset
+from tasks import atomic, dataset, plots
+from tasks import metrics as metric_functions
 from tasks.config import EvaluateParams, Paths, load_config
 
 matplotlib.use("Agg")
@@ -35,56 +36,7 @@ def predict_split(model: keras.Model, processed_dir: Path, split: str, image_siz
     return pd.concat(rows, ignore_index=True)
 
 
-def compute_metrics(true_index: np.ndarray, probabilities: np.ndarray, labels: list[str], top_k: int) -> dict[str, Any]:
-    """Accuracy, top-k accuracy, macro and weighted F1 and per-class precision, recall, F1 and support."""
-    predicted_index = probabilities.argmax(axis=1)
-    label_ids = list(range(len(labels)))
-    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
-        true_index, predicted_index, labels=label_ids, zero_division=0
-    )
-    result: dict[str, Any] = {"accuracy": float(sk_metrics.accuracy_score(true_index, predicted_index))}
-    if top_k < len(labels):  # with as many guesses as classes it would be 1.0 and say nothing
-        result[f"top_{top_k}_accuracy"] = float(
-            sk_metrics.top_k_accuracy_score(true_index, probabilities, k=top_k, labels=label_ids))
-    return result | {
-        "macro_f1": float(sk_metrics.f1_score(true_index, predicted_index, labels=label_ids, average="macro",
-                                              zero_division=0)),
-        "weighted_f1": float(sk_metrics.f1_score(true_index, predicted_index, labels=label_ids, average="weighted",
-                                                 zero_division=0)),
-        "test_images": int(len(true_index)),
-        "per_class": {
-            label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                    "support": int(support[i])}
-            for i, label in enumerate(labels)
-        },
-    }
-
-
-def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:
-    """Save the confusion matrix as a PNG: counts in each cell, colour by share of the true class."""
-    totals = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-    size = max(4.0, 0.5 * len(labels) + 2)
-    figure, axes = pyplot.subplots(figsize=(size + 1, size))
-    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    axes.set_yticks(range(len(labels)), labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("actual")
-    axes.set_title("Confusion matrix (test split)")
-    if len(labels) <= 30:
-        for row in range(len(labels)):
-            for column in range(len(labels)):
-                axes.text(column, row, str(matrix[row, column]), ha="center", va="center", fontsize=8,
-                          color="white" if shares[row, column] > 0.5 else "black")
-    figure.colorbar(image, ax=axes, label="share of actual class")
-    figure.tight_layout()
-    with atomic.atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    pyplot.close(figure)
-
-
-def run(params: EvaluateParams, paths: Paths) -> dict[str, Any]:
+def run(params: EvaluateParams, seed: int, paths: Paths) -> dict[str, Any]:
     """Score the candidate model on the test split; write metrics.json, the predictions table and the confusion matrix."""
     model_path = paths.candidate / "model.keras"
     if not model_path.is_file():
@@ -96,7 +48,7 @@ def run(params: EvaluateParams, paths: Paths) -> dict[str, Any]:
     probabilities = np.stack(predictions["probabilities"].to_numpy())
     true_index = predictions["label_index"].to_numpy()
     predicted_index = probabilities.argmax(axis=1)
-    metrics = compute_metrics(true_index, probabilities, labels, params.top_k)
+    metrics = metric_functions.compute_metrics(true_index, probabilities, labels, params.top_k, seed)
     matrix = sk_metrics.confusion_matrix(true_index, predicted_index, labels=list(range(len(labels))))
 
     output = paths.evaluation
@@ -110,7 +62,8 @@ def run(params: EvaluateParams, paths: Paths) -> dict[str, Any]:
     atomic.write_csv(output / "test_predictions.csv", table)
     atomic.write_csv(output / "confusion_matrix.csv",
                      pd.DataFrame(matrix, index=pd.Index(labels, name="actual"), columns=labels).reset_index())
-    plot_confusion(matrix, labels, output / "confusion_matrix.png")
+    plots.confusion_matrix(matrix, labels, output / "confusion_matrix.png", normalised=False)
+    plots.confusion_matrix(matrix, labels, output / "confusion_matrix_normalised.png", normalised=True)
     atomic.write_json(output / "metrics.json", metrics)
     logger.info("evaluate: accuracy %.4f, macro-F1 %.4f on %d test images; wrote %s",
                 metrics["accuracy"], metrics["macro_f1"], metrics["test_images"], output)
@@ -120,7 +73,7 @@ def run(params: EvaluateParams, paths: Paths) -> dict[str, Any]:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config, paths = load_config()
-    run(config.evaluate, paths)
+    run(config.evaluate, config.base.seed, paths)
 
 
 if __name__ == "__main__":

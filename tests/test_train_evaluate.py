@@ -29,7 +29,7 @@ def test_train_then_evaluate_write_the_model_and_metrics(shrunk_config, tmp_path
     probabilities = model.predict(pixels[None], verbose=0)[0]
     assert probabilities.shape == (3,) and np.isclose(probabilities.sum(), 1, atol=1e-5)
 
-    metrics = evaluate.run(config.evaluate, paths)
+    metrics = evaluate.run(config.evaluate, config.base.seed, paths)
     saved = json.loads((paths.evaluation / "metrics.json").read_text())
     assert saved == metrics
     assert 0 <= metrics["accuracy"] <= 1 and set(metrics["per_class"]) == {"blue", "green", "red"}
@@ -48,5 +48,5 @@ def test_the_model_learns_an_easy_task(shrunk_config, tmp_path, monkeypatch):
     ingest.run(config.ingest, paths)
     preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     train.run(params, config.preprocess.augment, config.base.seed, paths)
-    metrics = evaluate.run(config.evaluate, paths)
+    metrics = evaluate.run(config.evaluate, config.base.seed, paths)
     assert metrics["accuracy"] >= 0.8, metrics
