@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test repro clean
+.PHONY: setup run test repro clean chromium
 
 setup: $(INSTALLED)
 
@@ -22,8 +22,18 @@ $(INSTALLED): pyproject.toml
 run: setup
 	$(BIN)/imgpipe run
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest
+
+# Debian's chromium, for the test that opens the run report in a headless browser; when it cannot be installed
+# (not root, no apt-get, no network) that test skips and the others run
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the report's browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium fonts-liberation >/dev/null) || echo "could not install chromium; the report's browser test will skip"; \
+	else echo "no chromium, and installing it needs root and apt-get; the report's browser test will skip"; fi
 
 # the same stages straight through DVC, without Prefect
 repro: setup

@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A short, plain-text account of a training run: each stage and its time, test accuracy, where things are."""
-    lines = ["", "imgpipe training run", "", f"  {'stage':<12}{'status':<10}{'seconds':>8}"]
+    lines = ["", f"imgpipe training run: {summary.get('outcome', '')}", "", f"  {'stage':<12}{'status':<10}{'seconds':>8}"]
     for stage in summary["stages"]:
         lines.append(f"  {stage['name']:<12}{stage['status']:<10}{stage['seconds']:>8.1f}")
     metrics = summary.get("metrics") or {}
@@ -37,10 +37,25 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    from prefect.exceptions import FailedRun
+
     from flows.training import training
 
-    summary = training(repo=arguments.repo, push=not arguments.no_push)
+    try:
+        summary = training(repo=arguments.repo, push=not arguments.no_push, lock_timeout=arguments.lock_timeout)
+    except FailedRun as failed:  # a named failed state, e.g. Invalid data
+        raise RuntimeError(str(failed)) from None
+    if summary.get("outcome") == "Skipped":
+        sys.stdout.write("another imgpipe run holds this repository; this run did nothing\n")
+        return 0
     sys.stdout.write(format_summary(summary))
+    return 0
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    from flows.deploy import serve_retraining
+
+    serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval)
     return 0
 
 
@@ -79,7 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the training flow: every dvc.yaml stage that is out of date")
     run.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     run.add_argument("--no-push", action="store_true", help="do not push outputs to the DVC remote at the end")
+    run.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                     help="wait this long for another run on the same repository to finish (default: do not wait)")
     run.set_defaults(handler=_run)
+
+    serve = commands.add_parser("serve", help="retrain on a schedule (Prefect serve) until interrupted")
+    serve.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    when = serve.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="a cron schedule, e.g. '0 3 * * *' (03:00 UTC every day)")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every this many seconds")
+    serve.set_defaults(handler=_serve)
 
     promote = commands.add_parser("promote", help="make the candidate model the production model")
     promote.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")

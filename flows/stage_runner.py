@@ -23,6 +23,22 @@ _DVC_NOISE = ("ERROR: failed to reproduce", "Having any troubles?", "ERROR: fail
 class StageFailed(RuntimeError):
     """A stage's command exited with an error; the message holds the stage's own last words."""
 
+    def __init__(self, message: str, stage: str, error_type: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.error_type = error_type  # the stage's exception class, e.g. tasks.validate.ValidationFailed
+
+    def __reduce__(self):  # keep the extra fields when Prefect pickles the exception
+        return (type(self), (str(self), self.stage, self.error_type))
+
+
+class DataInvalid(StageFailed):
+    """The validate stage refused the data: retrying cannot help, the source or the params must change."""
+
+
+class TransientError(RuntimeError):
+    """A failure worth retrying after a pause, such as a DVC remote that did not answer."""
+
 
 @dataclass(frozen=True)
 class StageResult:
@@ -63,12 +79,20 @@ def _dvc(root: Path, arguments: list[str], log: Callable[[str], None]) -> tuple[
     return process.returncode, list(last_lines)
 
 
-def _error_message(lines: list[str]) -> str:
-    """The stage's own error: the last exception line of its traceback, else its last lines of output."""
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[\w.]*(Error|Exception|Failed|Interrupt|Refused|Busy)\w*): ")
+
+
+def _error(lines: list[str]) -> tuple[str, str]:
+    """The stage's own error and its exception type: the last exception line of its traceback, else its last lines."""
     for index in range(len(lines) - 1, -1, -1):
-        if re.match(r"^[\w.]*(Error|Exception|Failed|Interrupt)\b[^:]*: ", lines[index]):
-            return "\n".join(line for line in lines[index:] if not line.startswith(_DVC_NOISE))
-    return "\n".join(line for line in lines[-10:] if not line.startswith(_DVC_NOISE))
+        match = _EXCEPTION_LINE.match(lines[index])
+        if match:
+            return match["type"], "\n".join(line for line in lines[index:] if not line.startswith(_DVC_NOISE))
+    return "", "\n".join(line for line in lines[-10:] if not line.startswith(_DVC_NOISE))
+
+
+def _error_message(lines: list[str]) -> str:
+    return _error(lines)[1]
 
 
 def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResult:
@@ -77,7 +101,9 @@ def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResul
     code, lines = _dvc(root, ["repro", "--single-item", name], log)
     seconds = time.perf_counter() - started
     if code != 0:
-        raise StageFailed(f"stage '{name}' failed: {_error_message(lines)}")
+        error_type, message = _error(lines)
+        failure = DataInvalid if error_type.endswith("ValidationFailed") else StageFailed
+        raise failure(f"stage '{name}' failed: {message}", name, error_type)
     text = "\n".join(lines)
     if _RAN.search(text):
         status = "ran"
@@ -99,11 +125,11 @@ def push(root: Path, log: Callable[[str], None]) -> None:
     """Push every tracked output to the default DVC remote."""
     code, lines = _dvc(root, ["push"], log)
     if code != 0:
-        raise RuntimeError(f"dvc push failed: {_error_message(lines)}")
+        raise TransientError(f"dvc push failed: {_error_message(lines)}")
 
 
 def track(root: Path, targets: list[Path], log: Callable[[str], None]) -> None:
     """Version folders that no stage writes (the production model, the registry) with `dvc add`."""
     code, lines = _dvc(root, ["add", *[str(target.relative_to(root)) for target in targets]], log)
     if code != 0:
-        raise RuntimeError(f"dvc add failed: {_error_message(lines)}")
+        raise TransientError(f"dvc add failed: {_error_message(lines)}")

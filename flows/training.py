@@ -9,9 +9,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
+from prefect.tasks import exponential_backoff
 
-from flows import stage_runner
+from flows import notify, run_lock, stage_runner
 from tasks import gate, promote, report
 from tasks.config import load_config
 
@@ -67,7 +68,19 @@ def write_report(root: Path) -> Path:
     return page
 
 
-@task(name="push", retries=2, retry_delay_seconds=5)
+def _is_transient(task, task_run, state) -> bool:
+    """Retry only what may work next time (a remote that did not answer), never a deterministic failure."""
+    try:
+        state.result()
+    except (stage_runner.TransientError, OSError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="push", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_condition_fn=_is_transient)
 def push_outputs(root: Path) -> bool:
     logger = get_run_logger()
     if not stage_runner.has_remote(root):
@@ -90,29 +103,14 @@ def _publish(metrics: dict[str, Any], validation_summary: Path) -> None:
                                  markdown="```\n" + validation_summary.read_text(encoding="utf-8") + "\n```")
 
 
-@flow(name="training", log_prints=True)
-def training(repo: str = ".", push: bool = True) -> State:
-    """Run the dvc.yaml stages, gate the candidate against production, promote it if it passed, report and push."""
-    root = Path(repo).resolve()
+def _retrain(root: Path, push: bool) -> TrainingSummary:
+    """The stages through DVC, then gate, promotion, report and push: the body of the training flow."""
     _, paths = load_config(root / "params.yaml")
     summary = TrainingSummary(repo=str(root))
     for name in stage_runner.stage_names(root):
         result = run_stage.with_options(name=name)(root, name)
         summary.stages.append(asdict(result))
     summary.metrics = json.loads((paths.evaluation / "metrics.json").read_text(encoding="utf-8"))
-    _publish(summary.metrics, paths.validation / "summary.txt")
-
-    summary.gate, already_judged = judge_candidate(root)
-    if already_judged:
-        summary.outcome = "Unchanged"
-    elif summary.gate["decision"] == "pass":
-        refusal = promote_candidate(root)
-        summary.outcome = "Refused" if refusal else "Promoted"
-        if refusal:
-            summary.gate["sentence"] = refusal
-    else:
-        summary.outcome = "Refused"
-    write_report(root)
     summary.outputs = {
         "model": str(paths.candidate / "model.keras"),
         "production model": str(paths.production),
@@ -122,6 +120,56 @@ def training(repo: str = ".", push: bool = True) -> State:
         "validation report": str(paths.validation / "data_docs" / "index.html"),
         "quarantine list": str(paths.quarantine),
     }
+    summary.gate, already_judged = judge_candidate(root)
+    if already_judged:
+        nothing_ran = all(stage["status"] == "skipped" for stage in summary.stages)
+        summary.outcome = "Nothing to do" if nothing_ran else "Unchanged"
+        if nothing_ran:  # no data, code or params changed: leave every output as it is
+            return summary
+    elif summary.gate["decision"] == "pass":
+        refusal = promote_candidate(root)
+        summary.outcome = "Refused" if refusal else "Promoted"
+        if refusal:
+            summary.gate["sentence"] = refusal
+    else:
+        summary.outcome = "Refused"
+    _publish(summary.metrics, paths.validation / "summary.txt")
+    write_report(root)
     if push:
         summary.pushed = push_outputs(root)
+    return summary
+
+
+def _change_line(summary: TrainingSummary) -> str:
+    candidate = summary.gate.get("candidate", {}).get("metrics", {})
+    champion = (summary.gate.get("champion") or {}).get("metrics", {})
+    metric = summary.gate.get("headline_metric", "macro_f1")
+    if champion:
+        return f"{metric}: production {champion[metric]:.4f} -> candidate {candidate[metric]:.4f}"
+    return f"{metric}: candidate {candidate.get(metric, float('nan')):.4f} (no production model before)"
+
+
+@flow(name="training", log_prints=True)
+def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0) -> State:
+    """Retrain when data, code or params changed: stages through DVC, gate against production, promote, report, push.
+
+    Ends in a named state: Promoted, Refused, Unchanged, Nothing to do, Skipped (another run holds the
+    repository), or the failed state Invalid data. Nothing is retried except pushes to the DVC remote.
+    """
+    root = Path(repo).resolve()
+    try:
+        with run_lock.workspace_lock(root, lock_timeout):
+            summary = _retrain(root, push)
+    except run_lock.WorkspaceBusy as busy:
+        get_run_logger().warning("%s", busy)
+        return Completed(name="Skipped", message=str(busy), data={"repo": str(root), "outcome": "Skipped"})
+    except stage_runner.DataInvalid as invalid:
+        notify.send("imgpipe: data validation failed", f"{root}: {invalid}")
+        return Failed(name="Invalid data", message=str(invalid))
+    except Exception as error:
+        notify.send("imgpipe: training run failed", f"{root}: {type(error).__name__}: {error}")
+        raise
+    if summary.outcome in ("Promoted", "Refused"):
+        notify.send(f"imgpipe: candidate {summary.outcome.lower()}",
+                    f"{root}: {_change_line(summary)}. {summary.gate['sentence']}")
     return Completed(name=summary.outcome, message=summary.gate["sentence"], data=asdict(summary))

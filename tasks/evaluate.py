@@ -1,4 +1,4 @@
-"""Evaluate stage: reads the candidate model and the test shards, writes data/reports/evaluation/ (metrics, confusion matrix)."""
+"""Evaluate stage: reads the candidate model and the test shards, writes data/reports/evaluation/ (metrics, pictures)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import matplotlib
 import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
@@ -16,9 +15,6 @@ from sklearn import metrics as sk_metrics
 from tasks import atomic, dataset, plots
 from tasks import metrics as metric_functions
 from tasks.config import EvaluateParams, Paths, load_config
-
-matplotlib.use("Agg")
-from matplotlib import pyplot  # noqa: E402  (after choosing the file-only backend)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +33,7 @@ def predict_split(model: keras.Model, processed_dir: Path, split: str, image_siz
 
 
 def run(params: EvaluateParams, seed: int, paths: Paths) -> dict[str, Any]:
-    """Score the candidate model on the test split; write metrics.json, the predictions table and the confusion matrix."""
+    """Score the candidate on the test split; write metrics.json, the predictions, per-class table and pictures."""
     model_path = paths.candidate / "model.keras"
     if not model_path.is_file():
         raise ValueError(f"{model_path}: no trained model; run the train stage first")
@@ -62,8 +58,13 @@ def run(params: EvaluateParams, seed: int, paths: Paths) -> dict[str, Any]:
     atomic.write_csv(output / "test_predictions.csv", table)
     atomic.write_csv(output / "confusion_matrix.csv",
                      pd.DataFrame(matrix, index=pd.Index(labels, name="actual"), columns=labels).reset_index())
+    per_class = pd.DataFrame([{"class": label, **scores} for label, scores in metrics["per_class"].items()])
+    atomic.write_csv(output / "per_class.csv", per_class)
     plots.confusion_matrix(matrix, labels, output / "confusion_matrix.png", normalised=False)
     plots.confusion_matrix(matrix, labels, output / "confusion_matrix_normalised.png", normalised=True)
+    plots.per_class_bars(metrics["per_class"], output / "per_class.png")
+    plots.training_curves(pd.read_csv(paths.candidate / "history.csv"), output / "training_curves.png")
+    plots.mistakes_gallery(table, paths.raw, output / "mistakes.png")
     atomic.write_json(output / "metrics.json", metrics)
     logger.info("evaluate: accuracy %.4f, macro-F1 %.4f on %d test images; wrote %s",
                 metrics["accuracy"], metrics["macro_f1"], metrics["test_images"], output)

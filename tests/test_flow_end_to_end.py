@@ -1,9 +1,16 @@
-"""The real training flow (Prefect, DVC, TensorFlow, Great Expectations) in a temporary copy of the repository."""
+"""The real training flow (Prefect, DVC, TensorFlow, Great Expectations) in a temporary copy of the repository.
 
+The tests of this module share one copy and run in order: build, skip, retrain, fail, overlap, schedule.
+"""
+
+import http.server
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -35,8 +42,11 @@ def _set_params(repo: Path, changes: dict) -> None:
     params_file = repo / "params.yaml"
     values = yaml.safe_load(params_file.read_text())
     for dotted_key, value in changes.items():
-        section, key = dotted_key.split(".", 1)
-        values[section][key] = value
+        *parents, key = dotted_key.split(".")
+        node = values
+        for part in parents:
+            node = node[part]
+        node[key] = value
     params_file.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
@@ -44,27 +54,63 @@ def _statuses(summary: dict) -> dict[str, str]:
     return {stage["name"]: stage["status"] for stage in summary["stages"]}
 
 
+def _environment_for(repo: Path) -> dict[str, str]:
+    """For a subprocess: this session's Prefect test server, and `python` meaning this interpreter."""
+    from prefect.settings import PREFECT_API_URL
+
+    return dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONUNBUFFERED="1",
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = _copy_repository(tmp_path_factory.mktemp("imgpipe"))
     # the real demo data, shrunk training
-    _set_params(repo, {"preprocess.image_size": 16, "train.epochs": 2, "train.width": 8, "train.depth": 2})
+    _set_params(repo, {"preprocess.image_size": 16, "train.epochs": 4, "train.width": 8, "train.depth": 2,
+                       "evaluate.gate.min_accuracy": 0.3, "evaluate.gate.min_macro_f1": 0.2})
     return repo
 
 
-def test_flow_builds_everything_then_skips_everything(repo, prefect_server):
+@pytest.fixture
+def notifications(monkeypatch):
+    """A local HTTP endpoint standing in for a chat service; IMGPIPE_NOTIFY_URL points at it."""
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *arguments):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("IMGPIPE_NOTIFY_URL", f"json://127.0.0.1:{server.server_port}/hook")
+    yield received
+    server.shutdown()
+
+
+def test_flow_builds_everything_then_skips_everything(repo, prefect_server, notifications):
     from flows.training import training
 
     first = training(repo=str(repo))
     assert list(_statuses(first)) == ["demo", "ingest", "validate", "preprocess", "train", "evaluate"]
     assert set(_statuses(first).values()) == {"ran"}
-    assert first["pushed"] is True
+    assert first["outcome"] == "Promoted" and first["pushed"] is True
     assert (repo / "data/models/candidate/model.keras").is_file()
+    assert (repo / "data/models/production/model.keras").read_bytes() == \
+        (repo / "data/models/candidate/model.keras").read_bytes()
+    assert (repo / "data/models/production.dvc").is_file()  # production is versioned by DVC
     assert (repo / "data/reports/validation/data_docs/index.html").is_file()
+    assert (repo / "data/reports/index.html").is_file()
     metrics = json.loads((repo / "data/reports/evaluation/metrics.json").read_text())
     assert metrics == first["metrics"] and metrics["test_images"] > 200
     assert len(list((repo / "data/raw").rglob("*.png"))) == 1797
     assert any((repo / ".dvc/remote").rglob("*")), "nothing was pushed to the local remote"
+    assert [message["title"] for message in notifications] == ["imgpipe: candidate promoted"]
+    assert "no production model before" in notifications[0]["message"]
 
     dvc = [sys.executable, "-m", "dvc"]
     status = subprocess.run([*dvc, "status"], cwd=repo, capture_output=True, text=True, check=True).stdout
@@ -72,20 +118,87 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server):
     shown = subprocess.run([*dvc, "metrics", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
     assert "accuracy" in shown.stdout
 
-    second = training(repo=str(repo), push=False)
-    assert set(_statuses(second).values()) == {"skipped"}
-
-    _set_params(repo, {"train.epochs": 1})
-    third = training(repo=str(repo), push=False)
-    ran = {name for name, status in _statuses(third).items() if status == "ran"}
-    assert ran == {"train", "evaluate"}
+    second = training(repo=str(repo), return_state=True)
+    assert second.name == "Nothing to do"
+    assert set(_statuses(second.result()).values()) == {"skipped"}
+    assert len(notifications) == 1  # nothing happened, nothing said
 
 
-def test_a_failing_stage_fails_the_flow_with_its_own_message(repo, prefect_server):
-    from flows.stage_runner import StageFailed
+def test_changing_epochs_retrains_and_gates_against_production(repo, prefect_server):
     from flows.training import training
 
+    production_before = (repo / "data/models/production/model.keras").read_bytes()
+    _set_params(repo, {"train.epochs": 3})
+    third = training(repo=str(repo), push=False, return_state=True)
+    summary = third.result()
+    ran = {name for name, status in _statuses(summary).items() if status == "ran"}
+    assert ran == {"train", "evaluate"}
+    assert third.name in ("Promoted", "Refused")
+    assert summary["gate"]["champion"] is not None  # compared with the production model
+    gate = json.loads((repo / "data/reports/evaluation/gate.json").read_text())
+    assert gate["sentence"] and {check["name"] for check in gate["checks"]} >= {"export parity"}
+    if third.name == "Refused":
+        assert (repo / "data/models/production/model.keras").read_bytes() == production_before
+
+
+def test_invalid_data_ends_in_its_named_state_and_leaves_production_alone(repo, prefect_server, notifications):
+    from flows.training import training
+
+    production_before = (repo / "data/models/production/model.keras").read_bytes()
     _set_params(repo, {"validate.min_images_per_class": 100000})
-    with pytest.raises(StageFailed, match="min_images_per_class"):
-        training(repo=str(repo), push=False)
-    assert (repo / "data/models/candidate/model.keras").is_file()  # earlier outputs are left alone
+    state = training(repo=str(repo), push=False, return_state=True)
+    assert state.name == "Invalid data" and state.is_failed()
+    assert "min_images_per_class" in state.message
+    assert (repo / "data/models/production/model.keras").read_bytes() == production_before
+    assert notifications and notifications[-1]["title"] == "imgpipe: data validation failed"
+    _set_params(repo, {"validate.min_images_per_class": 10})
+
+
+def test_two_runs_at_once_never_share_the_workspace(repo, prefect_server):
+    from flows.run_lock import workspace_lock
+    from flows.training import training
+
+    training(repo=str(repo), push=False)  # settle after the previous test
+    with workspace_lock(repo, timeout=0):
+        busy = training(repo=str(repo), push=False, return_state=True)
+    assert busy.name == "Skipped" and "another imgpipe run" in busy.message
+
+    # two real runs started together: one trains, the other finds the repository busy and does nothing
+    _set_params(repo, {"train.epochs": 2})
+    command = [str(Path(sys.executable).parent / "imgpipe"), "run", "--repo", str(repo), "--no-push"]
+    environment = _environment_for(repo)
+    runs = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=400)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    did_nothing = ["this run did nothing" in output for output in outputs]
+    assert sorted(did_nothing) == [False, True], [output[-1500:] for output in outputs]
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=repo, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout + status.stderr
+
+
+def test_a_served_schedule_triggers_a_real_run(repo, prefect_server):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "imgpipe"), "serve", "--repo", str(repo), "--interval", "5"],
+        env=_environment_for(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        finished = []
+        while time.time() < deadline and not finished:
+            time.sleep(2)
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["scheduled-retrain"])),
+                    sort=FlowRunSort.START_TIME_DESC, limit=20)
+            finished = [run for run in runs if run.state and run.state.is_final()]
+            assert server.poll() is None, server.stdout.read()[-3000:]
+        assert finished, "no scheduled run finished within 3 minutes"
+        assert finished[0].state.name in ("Nothing to do", "Skipped"), finished[0].state
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
