@@ -16,7 +16,7 @@ import keras
 import pandas as pd
 from dvclive import Live
 
-from tasks import accelerator, atomic, callbacks, dataset, model
+from tasks import accelerator, atomic, augment_preview, callbacks, dataset, model
 from tasks.config import AugmentParams, Paths, TrainParams, load_config
 
 logger = logging.getLogger(__name__)
@@ -41,17 +41,19 @@ def git_revision(root: Path) -> str:
     return revision + ("+dirty" if dirty else "")
 
 
-def _compile(network: keras.Model, rate: Any, jit_compile: bool) -> None:
+def _compile(network: keras.Model, rate: Any, jit_compile: bool, soft_labels: bool) -> None:
     network.compile(
         optimizer=keras.optimizers.Adam(learning_rate=rate),
-        loss="sparse_categorical_crossentropy",
+        # mixup and cutmix blend labels, so they arrive one-hot (and soft) instead of as class indices
+        loss="categorical_crossentropy" if soft_labels else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
 
 
 def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: int, rate: float,
-               data: tuple[Any, Any], steps: int, run_dir: Path, live: Live, jit_compile: bool) -> pd.DataFrame:
+               data: tuple[Any, Any], steps: int, run_dir: Path, live: Live, jit_compile: bool,
+               soft_labels: bool) -> pd.DataFrame:
     """Train one phase to early stopping, resuming an interrupted attempt; leave the best weights in the model."""
     done_marker = run_dir / f"{phase}.done"
     best_weights = run_dir / f"{phase}.best.weights.h5"
@@ -59,7 +61,7 @@ def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: in
         if (run_dir / f"{phase}.backup").exists():
             logger.info("%s: resuming an interrupted run from %s", phase, run_dir / f"{phase}.backup")
         _compile(network, callbacks.learning_rate(rate, params.schedule, params.warmup_epochs, epochs, steps),
-                 jit_compile)
+                 jit_compile, soft_labels)
         network.fit(data[0], validation_data=data[1], epochs=epochs, shuffle=False, verbose=0,
                     callbacks=callbacks.phase_callbacks(params, run_dir, phase, live))
         done_marker.touch()
@@ -88,7 +90,8 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
     batch_size = params.batch_size * distribution.replicas
     train_data = dataset.split_dataset(paths.processed, "train", image_size, batch_size, training=True,
                                        augment=augment, seed=seed)
-    val_data = dataset.split_dataset(paths.processed, "val", image_size, batch_size, training=False)
+    val_data = dataset.split_dataset(paths.processed, "val", image_size, batch_size, training=False,
+                                     one_hot=augment.mixing)
     steps = callbacks.steps_per_epoch(int(preprocessing["counts"]["train"]), batch_size)
 
     key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "plan": str(training_plan)},
@@ -105,12 +108,13 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         with distribution.scope():
             model.set_backbone_trainable(network, 0 if pretrained else None)
             histories = [_fit_phase(network, "train", params, params.epochs, params.learning_rate,
-                                    (train_data, val_data), steps, run_dir, live, training_plan.jit_compile)]
+                                    (train_data, val_data), steps, run_dir, live, training_plan.jit_compile,
+                                    augment.mixing)]
             if pretrained and params.fine_tune.epochs:
                 model.set_backbone_trainable(network, params.fine_tune.unfreeze_layers)
                 histories.append(_fit_phase(network, "fine_tune", params, params.fine_tune.epochs,
                                             params.fine_tune.learning_rate, (train_data, val_data), steps, run_dir,
-                                            live, training_plan.jit_compile))
+                                            live, training_plan.jit_compile, augment.mixing))
     seconds = time.perf_counter() - started
     history = pd.concat(histories, ignore_index=True)
     best = history.loc[history["val_loss"].idxmin()]
@@ -139,6 +143,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         })
         export_saved_model(network, building / "saved_model")
     shutil.rmtree(run_dir, ignore_errors=True)
+    augment_preview.run(augment, seed, paths)
     logger.info("train: %d epochs in %.1f s (best: %s epoch %d, val_accuracy %.4f); wrote %s", len(history), seconds,
                 best["phase"], int(best["epoch"]) + 1, best["val_accuracy"], paths.candidate)
     return paths.candidate

@@ -7,10 +7,12 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -167,9 +169,11 @@ def test_two_runs_at_once_never_share_the_workspace(repo, prefect_server):
     _set_params(repo, {"train.epochs": 2})
     command = [str(Path(sys.executable).parent / "imgpipe"), "run", "--repo", str(repo), "--no-push"]
     environment = _environment_for(repo)
-    runs = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)]
-    outputs = [run.communicate(timeout=400)[0] for run in runs]
+    logs = [repo.parent / f"run{index}.log" for index in range(2)]  # files: an unread pipe would stall a run
+    runs = [subprocess.Popen(command, env=environment, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    for run in runs:
+        run.wait(timeout=400)
+    outputs = [log.read_text() for log in logs]
     assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     did_nothing = ["this run did nothing" in output for output in outputs]
     assert sorted(did_nothing) == [False, True], [output[-1500:] for output in outputs]
@@ -177,28 +181,69 @@ def test_two_runs_at_once_never_share_the_workspace(repo, prefect_server):
     assert "up to date" in status.stdout, status.stdout + status.stderr
 
 
-def test_a_served_schedule_triggers_a_real_run(repo, prefect_server):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
-    server = subprocess.Popen(
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def real_prefect_server(tmp_path):
+    """`prefect server start` with its services (the test harness runs none, so it never schedules anything)."""
+    port = _free_port()
+    environment = dict(
+        os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+    )
+    environment.pop("PREFECT_API_URL", None)
+    log = (tmp_path / "server.log").open("w")  # a file, not a pipe: an unread pipe fills up and stalls the server
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(1)
+    yield url
+    _stop(server)
+
+
+def test_a_served_schedule_triggers_a_real_run(repo, real_prefect_server, tmp_path):
+    environment = dict(_environment_for(repo), PREFECT_API_URL=real_prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2")
+    log_file = tmp_path / "serve.log"
+    serving = subprocess.Popen(
         [str(Path(sys.executable).parent / "imgpipe"), "serve", "--repo", str(repo), "--interval", "5"],
-        env=_environment_for(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=environment, stdout=log_file.open("w"), stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.time() + 180
-        finished = []
+        finished: list[dict] = []
         while time.time() < deadline and not finished:
             time.sleep(2)
-            with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["scheduled-retrain"])),
-                    sort=FlowRunSort.START_TIME_DESC, limit=20)
-            finished = [run for run in runs if run.state and run.state.is_final()]
-            assert server.poll() is None, server.stdout.read()[-3000:]
-        assert finished, "no scheduled run finished within 3 minutes"
-        assert finished[0].state.name in ("Nothing to do", "Skipped"), finished[0].state
+            assert serving.poll() is None, log_file.read_text()[-3000:]
+            request = urllib.request.Request(
+                f"{real_prefect_server}/flow_runs/filter", method="POST",
+                data=json.dumps({"limit": 20, "sort": "START_TIME_DESC"}).encode(),
+                headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                runs = json.loads(response.read())
+            finished = [run for run in runs if run["deployment_id"] and run["state"]
+                        and run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
+        assert finished, "no scheduled run finished within 3 minutes:\n" + log_file.read_text()[-3000:]
+        assert finished[0]["state"]["name"] == "Nothing to do", finished[0]["state"]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        _stop(serving)

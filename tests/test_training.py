@@ -152,3 +152,13 @@ def test_the_model_builds_and_fits_under_each_installed_backend(backend):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"ok {backend}" in result.stdout
+
+
+@pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
+def test_training_with_mixing_uses_soft_labels_end_to_end(prepared, mixing):
+    config, paths = prepared
+    augment = config.preprocess.augment.model_copy(update={mixing: 0.4})
+    candidate = train.run(config.train.model_copy(update={"epochs": 1}), augment, config.base.seed, paths)
+    history = (candidate / "history.csv").read_text()
+    assert "val_accuracy" in history
+    assert (paths.reports / "augmentation_preview.png").is_file()
