@@ -85,6 +85,52 @@ def _rollback(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def format_predict_summary(summary: dict[str, Any]) -> str:
+    """A short, plain-text account of a classification run."""
+    errors = summary["errors"]
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(errors.items()))
+    rate = summary["files"] / summary["seconds"] if summary["seconds"] else 0.0
+    lines = ["", "imgpipe predict", "",
+             f"  {'files:':<14}{summary['files']}",
+             f"  {'ok:':<14}{summary['ok']}",
+             f"  {'errors:':<14}{sum(errors.values())}" + (f"  ({reasons})" if reasons else ""),
+             f"  {'classified:':<14}{summary['processed']}  (reused from the earlier table {summary['reused']}, "
+             f"from an interrupted run {summary['resumed']})",
+             f"  {'seconds:':<14}{summary['seconds']:.1f}  ({rate:.0f} files/s)",
+             f"  {'model:':<14}{summary['model_folder']}  (version {summary['model_version']})",
+             f"  {'table:':<14}{summary['output']}"]
+    copied = summary.get("copy_into")
+    if copied:
+        lines.append(f"  {'copied into:':<14}{copied['destination']}  ({copied['placed']} placed, "
+                     f"{copied['already_there']} already there, {copied['conflict']} name conflicts left alone, "
+                     f"{copied['changed']} changed since classified)")
+    return "\n".join(lines) + "\n"
+
+
+def _predict(arguments: argparse.Namespace) -> int:
+    if arguments.workers > 1 or arguments.scheduler:  # Prefect's Dask task runner shards the files
+        from flows.classify import classify_directory
+
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a line per worker event otherwise
+        copy_into = str(arguments.copy_into) if arguments.copy_into else None
+        summary = classify_directory(
+            source=str(arguments.source), out=str(arguments.out), model=arguments.model, top_k=arguments.top_k,
+            batch_size=arguments.batch_size, workers=arguments.workers, address=arguments.scheduler,
+            copy_into=copy_into, link=arguments.link, chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels)
+    else:  # one process, decoding on every core: no Prefect server or Dask cluster to start
+        from tasks import predict, predict_copy, predict_model
+
+        options = predict.PredictOptions(top_k=arguments.top_k, batch_size=arguments.batch_size,
+                                         chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels)
+        model = Path(arguments.model) if arguments.model else predict_model.default_folder()
+        summary = predict.run(arguments.source, arguments.out, model, options).as_dict()
+        if arguments.copy_into:
+            summary["copy_into"] = predict_copy.copy_into(arguments.out, arguments.source, arguments.copy_into,
+                                                          arguments.link).as_dict()
+    sys.stdout.write(format_predict_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe",
@@ -115,6 +161,35 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     rollback.add_argument("--reason", default="rolled back by hand", help="why; kept in the history")
     rollback.set_defaults(handler=_rollback)
+
+    predict = commands.add_parser(
+        "predict", help="classify every image under a folder into a table (streamed, resumable, optionally on Dask)",
+        description="Classify every file under SOURCE (any depth) with a trained model; one row per file, broken "
+                    "files included as error rows. Run it again after an interruption to finish, or after new files "
+                    "arrive to classify only what is new or changed.")
+    predict.add_argument("source", type=Path, metavar="SOURCE", help="the folder of images to classify")
+    predict.add_argument("--out", type=Path, default=Path("predictions.parquet"),
+                         help="the table to write, .parquet or .csv (default: predictions.parquet); its resume "
+                              "state is kept in OUT.parts/ until the run ends")
+    predict.add_argument("--model", help="a model folder (model.keras, labels.json, model_card.json); default: "
+                                         "data/models/production, else data/models/candidate")
+    predict.add_argument("--top-k", type=int, default=3, help="how many best labels to list per file (default: 3)")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    predict.add_argument("--workers", type=int, default=1,
+                         help="1 (default): this process, decoding on every core; N > 1: a local Dask cluster of N "
+                              "worker processes (through Prefect); with --scheduler, shards for N workers")
+    predict.add_argument("--scheduler", metavar="ADDRESS",
+                         help="an existing Dask scheduler (tcp://host:8786); its workers must see SOURCE, OUT and "
+                              "the model folder")
+    predict.add_argument("--copy-into", type=Path, metavar="DIR",
+                         help="also put each classified file into DIR/<label>/<path>; never overwrites a different "
+                              "file")
+    predict.add_argument("--link", action="store_true", help="with --copy-into: hard-link instead of copying")
+    predict.add_argument("--chunk-size", type=int, default=1024,
+                         help="files per committed chunk: at most this much work is lost to an interruption")
+    predict.add_argument("--max-pixels", type=int, default=40_000_000,
+                         help="larger images become error rows without being decoded (default: 40000000)")
+    predict.set_defaults(handler=_predict)
     return parser
 
 

@@ -88,7 +88,8 @@ def _error(lines: list[str]) -> tuple[str, str]:
         match = _EXCEPTION_LINE.match(lines[index])
         if match:
             return match["type"], "\n".join(line for line in lines[index:] if not line.startswith(_DVC_NOISE))
-    return "", "\n".join(line for line in lines[-10:] if not line.startswith(_DVC_NOISE))
+    dvc_errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
+    return "", "\n".join(dvc_errors or lines[-10:])  # DVC itself refused (a missing param, a locked repo)
 
 
 def _error_message(lines: list[str]) -> str:

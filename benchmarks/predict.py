@@ -1,0 +1,257 @@
+"""Bulk prediction speed: reads the shared clothing photos (replicated), writes only under a temporary folder.
+
+On the same files with the same model, in one run, images per second of
+  (a) a plain loop: Pillow open, resize, model.predict per image,
+  (b) keras.utils.image_dataset_from_directory + model.predict,
+  (c) imgpipe predict (tasks.predict.run: walk, hash, decode on every core, predict, write the table),
+and the two limits of this machine: decode-and-resize on every core (tasks.decode_pool, the normalisation
+imgpipe uses), and the model's own predict rate on batches already decoded.
+Targets: (c) >= 10x (a), >= 1.5x (b), >= 0.7x the smaller limit. Exits 1 if one is missed.
+
+    .venv/bin/python benchmarks/predict.py [--copies 4] [--image-size 64] [--width 32] [--repeat 3] [--photo-side 0]
+
+Heavy imports stay inside functions: the decoding processes this script spawns import it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DATASET = Path("/work/shared/datasets/clothing-dataset-small")
+MAX_PIXELS = 40_000_000
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def replicate(target: Path, copies: int, photo_side: int) -> list[Path]:
+    """`copies` copies of every photo, in folders copy<N>/<split>/<class>/ (real copies, not links).
+
+    With `photo_side`, each photo is first enlarged to that longer side and saved again as a JPEG (quality 90),
+    to see how the methods compare on camera-sized photos.
+    """
+    from PIL import Image
+
+    photos = sorted(DATASET.rglob("*.jpg"))
+    if not photos:
+        raise SystemExit(f"{DATASET}: no JPEG photos found")
+    files = []
+    for photo in photos:
+        first = target / "copy0" / photo.relative_to(DATASET)
+        first.parent.mkdir(parents=True, exist_ok=True)
+        if photo_side:
+            with Image.open(photo) as image:
+                scale = photo_side / max(image.size)
+                image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)),
+                                            Image.Resampling.BICUBIC).save(first, quality=90)
+        else:
+            shutil.copyfile(photo, first)
+        files.append(first)
+        for copy in range(1, copies):
+            destination = target / f"copy{copy}" / photo.relative_to(DATASET)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(first, destination)
+            files.append(destination)
+    for file in files:  # every method below reads from a warm page cache
+        file.read_bytes()
+    return sorted(files)
+
+
+def save_model(folder: Path, image_size: int, width: int, labels: list[str]) -> None:
+    import keras
+
+    from tasks import model
+
+    keras.utils.set_random_seed(0)
+    network = model.simple_cnn(image_size, len(labels), depth=3, width=width, dropout=0.2)
+    folder.mkdir(parents=True)
+    network.save(folder / "model.keras")
+    (folder / "labels.json").write_text(json.dumps(labels))
+    (folder / "model_card.json").write_text(json.dumps({"image_size": image_size, "resize": "stretch"}))
+
+
+class Clock:
+    """Wall time and CPU time (this process and its finished children, every thread) over a block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu_seconds() - self.cpu
+
+    def rates(self, images: int, cores: int) -> tuple[float, float]:
+        """Images per second, and images per second on `cores` cores kept busy (images per CPU second x cores)."""
+        return images / self.wall, images * cores / self.cpu
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def plain_loop(files: list[Path], network, image_size: int, cores: int) -> tuple[float, float]:
+    import numpy as np
+    from PIL import Image
+
+    with Clock() as clock:
+        for file in files:
+            with Image.open(file) as image:
+                pixels = np.asarray(image.convert("RGB").resize((image_size, image_size)), dtype=np.uint8)
+            network.predict(pixels[None], verbose=0)
+    return clock.rates(len(files), cores)
+
+
+def keras_dataset(root: Path, count: int, network, image_size: int, batch_size: int, cores: int) -> tuple[float, float]:
+    import keras
+    import tensorflow as tf
+
+    with Clock() as clock:
+        images = keras.utils.image_dataset_from_directory(root, labels=None, image_size=(image_size, image_size),
+                                                          batch_size=batch_size, shuffle=False, verbose=False)
+        images = images.map(lambda batch: tf.cast(batch, tf.uint8), num_parallel_calls=tf.data.AUTOTUNE)
+        probabilities = network.predict(images.prefetch(tf.data.AUTOTUNE), verbose=0)
+    assert len(probabilities) == count, (len(probabilities), count)
+    return clock.rates(count, cores)
+
+
+def imgpipe_predict(root: Path, out: Path, model_folder: Path, count: int, batch_size: int,
+                    cores: int) -> tuple[float, float]:
+    from tasks import predict
+
+    with Clock() as clock:  # the whole command: walk, hash, start the decoders, load the model, write the table
+        summary = predict.run(root, out, model_folder, predict.PredictOptions(batch_size=batch_size))
+    assert summary.files == summary.ok == count, summary
+    return clock.rates(count, cores)
+
+
+def _decode(job: tuple[str, int]):
+    from tasks import images
+
+    started = time.process_time()
+    pixels = images.load_rgb_array(Path(job[0]), job[1], "stretch", MAX_PIXELS)
+    return pixels, time.process_time() - started
+
+
+def decode_limit(files: list[Path], image_size: int, cores: int):
+    """Decode and resize (images.load_rgb_array, as imgpipe does) on a warm process per core."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
+
+    jobs = [(str(file), image_size) for file in files]
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_decode, jobs[:cores * 4]))  # started and warm before timing
+        started = time.perf_counter()
+        results = list(pool.map(_decode, jobs, chunksize=32))
+        wall = time.perf_counter() - started
+    cpu = sum(seconds for _, seconds in results)
+    return (len(files) / wall, len(files) * cores / cpu), np.stack([pixels for pixels, _ in results])
+
+
+def predict_limit(pixels, network, batch_size: int, cores: int) -> tuple[float, float]:
+    network.predict_on_batch(pixels[:batch_size])  # traced once before timing
+    with Clock() as clock:
+        for start in range(0, len(pixels), batch_size):
+            network.predict_on_batch(pixels[start:start + batch_size])
+    return clock.rates(len(pixels), cores)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--copies", type=int, default=4, help="copies of the 713 photos (default 4: 2852 files)")
+    parser.add_argument("--photo-side", type=int, default=0,
+                        help="enlarge the photos to this longer side first (default 0: as they are, 400x534 or so)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--width", type=int, default=32, help="simple_cnn width (filters of the first block)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--plain-files", type=int, default=300,
+                        help="(a) runs once, on the first N files only: it is ~100x slower (default 300)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the other methods; the best is kept")
+    arguments = parser.parse_args()
+
+    import keras
+    import numpy as np
+
+    from tasks import predict_decode, predict_model
+
+    cores = predict_decode.available_cores()
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="imgpipe-bench-predict-"))
+    try:
+        root = work / "photos"
+        files = replicate(root, arguments.copies, arguments.photo_side)
+        labels = sorted({file.parent.name for file in files})
+        model_folder = work / "model"
+        save_model(model_folder, arguments.image_size, arguments.width, labels)
+        network = predict_model.load(predict_model.read_info(model_folder))
+        network.predict(np.zeros((1, arguments.image_size, arguments.image_size, 3), dtype=np.uint8), verbose=0)
+        size, batch, count = arguments.image_size, arguments.batch_size, len(files)
+        rounds: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(arguments.repeat):  # rounds interleave the methods; each keeps its best round
+            decode_rates, pixels = decode_limit(files, size, cores)
+            rounds.setdefault("decode_limit", []).append(decode_rates)
+            rounds.setdefault("predict_limit", []).append(predict_limit(pixels, network, batch, cores))
+            del pixels
+            out = work / "predictions.parquet"
+            out.unlink(missing_ok=True)
+            rounds.setdefault("imgpipe", []).append(imgpipe_predict(root, out, model_folder, count, batch, cores))
+            rounds.setdefault("keras_dataset", []).append(keras_dataset(root, count, network, size, batch, cores))
+        rounds["plain_loop"] = [plain_loop(files[:arguments.plain_files], network, size, cores)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()[0]
+
+    photos = f"enlarged to {arguments.photo_side} px" if arguments.photo_side else "as they are"
+    print(f"\nbulk prediction: {count} JPEG files ({arguments.copies} copies of {DATASET.name}, {photos}), simple_cnn "
+          f"{size}px width {arguments.width} depth 3 (untrained), batch {batch}, Keras {keras.__version__} "
+          f"({keras.backend.backend()})")
+    print(f"machine: {cores} cores, {cpu_model()}; load average {load_before:.1f} before, {load_after:.1f} after\n")
+    names = {"plain_loop": f"(a) plain loop: Pillow + model.predict per image ({min(count, arguments.plain_files)})",
+             "keras_dataset": "(b) image_dataset_from_directory + model.predict",
+             "imgpipe": "(c) imgpipe predict (tasks.predict.run)",
+             "decode_limit": "limit: decode + resize on every core",
+             "predict_limit": "limit: predict_on_batch on decoded batches"}
+    failed = False
+    for column, label in ((0, "images/s, wall clock (best round)"),
+                          (1, f"images/s with {cores} cores busy (images per CPU second x {cores}; best round)")):
+        rates = {key: max(rate[column] for rate in values) for key, values in rounds.items()}
+        limit = min(rates["decode_limit"], rates["predict_limit"])
+        # When the model runs on the cores that decode, no pipeline beats paying both costs in turn.
+        shared_bound = 1 / (1 / rates["decode_limit"] + 1 / rates["predict_limit"])
+        print(f"  {label}")
+        for key, name in names.items():
+            print(f"    {name:<58}{rates[key]:>8.0f}   rounds: "
+                  + " / ".join(f"{rate[column]:.0f}" for rate in rounds[key]))
+        print(f"    {'bound: decode + predict paid on the same cores':<58}{shared_bound:>8.0f}")
+        for name, ratio, target in (("imgpipe / plain loop", rates["imgpipe"] / rates["plain_loop"], 10),
+                                    ("imgpipe / keras dataset", rates["imgpipe"] / rates["keras_dataset"], 1.5),
+                                    ("imgpipe / smaller limit", rates["imgpipe"] / limit, 0.7)):
+            failed |= ratio < target
+            print(f"    {name:<30}{ratio:>7.2f}   target >= {target:<5}{'ok' if ratio >= target else 'MISSED'}")
+        print(f"    {'imgpipe / shared-core bound':<30}{rates['imgpipe'] / shared_bound:>7.2f}   (information)\n")
+    return 1 if failed else 0
+
+if __name__ == "__main__":
+    sys.exit(main())
