@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,6 +16,7 @@ from tasks import atomic
 from tasks import metrics as metric_functions
 from tasks.config import GateParams, Paths, load_config
 from tasks.decode_pool import decode_all
+from tasks.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ PREDICT_BATCH = 256
 
 
 def model_sha256(model_dir: Path) -> str:
-    return hashlib.sha256((model_dir / "model.keras").read_bytes()).hexdigest()
+    return file_sha256(model_dir / "model.keras")
 
 
 def _read_json(path: Path) -> Any:

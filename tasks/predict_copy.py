@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -15,6 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tasks import predict_store
+from tasks.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +30,6 @@ class CopySummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _ok_rows(table: Path) -> Iterator[tuple[str, str, str]]:
@@ -67,7 +59,7 @@ def _safe_folder_name(label: str) -> str:
 def _place(file: Path, target: Path, sha256: str, link: bool) -> str:
     """Put `file` at `target` without replacing anything there; return placed, already_there, conflict or changed."""
     if target.exists():
-        return "already_there" if _sha256(target) == sha256 else "conflict"
+        return "already_there" if file_sha256(target) == sha256 else "conflict"
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(descriptor)
@@ -82,12 +74,12 @@ def _place(file: Path, target: Path, sha256: str, link: bool) -> str:
                                  "leave out --link to copy instead") from None
         else:
             shutil.copy2(file, temporary)
-        if _sha256(temporary) != sha256:
+        if file_sha256(temporary) != sha256:
             return "changed"
         try:
             os.link(temporary, target)  # unlike a rename, never replaces a file that appeared meanwhile
         except FileExistsError:
-            return "already_there" if _sha256(target) == sha256 else "conflict"
+            return "already_there" if file_sha256(target) == sha256 else "conflict"
         return "placed"
     finally:
         temporary.unlink(missing_ok=True)

@@ -7,7 +7,6 @@ decode_pool.decode_all, a file that cannot be read or decoded becomes an error r
 from __future__ import annotations
 
 import collections
-import hashlib
 import multiprocessing
 import os
 import threading
@@ -21,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from tasks import images
+from tasks.hashing import file_sha256
 
 Tag = TypeVar("Tag")
 
@@ -55,20 +55,12 @@ class BatchResult:
     pixels: np.ndarray  # uint8, one image per "ok" result, in order
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_file(job: FileJob, settings: DecodeSettings) -> tuple[FileResult, np.ndarray | None]:
     """Describe, hash and decode one file (see images.load_rgb_array); any failure is returned, not raised."""
     path = Path(job.file)
     try:
         stat = path.stat()
-        sha256 = _sha256(path) if job.decode else ""
+        sha256 = file_sha256(path) if job.decode else ""
     except OSError as error:
         return FileResult("error", "unreadable", f"cannot read file: {error.strerror or error}", "", 0, 0), None
     described = dict(sha256=sha256, bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)

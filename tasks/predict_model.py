@@ -12,6 +12,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tasks.hashing import file_sha256
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
@@ -53,12 +55,9 @@ def default_folder(models_dir: Path | None = None) -> Path:
 
 
 def model_version(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for name in (MODEL_FILE, LABELS_FILE):
-        with (folder / name).open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:12]
+    """The first 12 hex digits of a hash of the weights file and the label list: what the rows were made with."""
+    combined = "".join(file_sha256(folder / name) for name in (MODEL_FILE, LABELS_FILE))
+    return hashlib.sha256(combined.encode()).hexdigest()[:12]
 
 
 def read_info(folder: Path) -> ModelInfo:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import html
 import json
 import logging
@@ -13,6 +12,7 @@ from typing import Any
 
 from tasks import atomic
 from tasks.config import Paths
+from tasks.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path) if path.is_file() else None
 
 
 def _number(value: Any, digits: int = 4) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -18,15 +17,12 @@ from dvclive import Live
 
 from tasks import accelerator, atomic, augment_preview, callbacks, dataset, model
 from tasks.config import AugmentParams, Paths, TrainParams, load_config
+from tasks.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
 # Keras warns at the end of the first epoch that a dataset of unknown length "ran out of data": expected here.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def git_revision(root: Path) -> str:
@@ -131,7 +127,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
             "input": "uint8 RGB images of image_size x image_size, values 0-255; rescaled inside the model",
             "normalisation": "EXIF orientation applied, converted to RGB (alpha on white), resized with `resize`",
             "params": {"train": params.model_dump(mode="json"), "augment": augment.model_dump(), "seed": seed},
-            "manifest_sha256": _sha256(paths.manifest),
+            "manifest_sha256": file_sha256(paths.manifest) if paths.manifest.is_file() else "",
             "git_revision": git_revision(paths.root),
             "validation": {"phase": best["phase"], "epoch": int(best["epoch"]) + 1,
                            "val_loss": float(best["val_loss"]), "val_accuracy": float(best["val_accuracy"])},
