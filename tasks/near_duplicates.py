@@ -61,19 +61,26 @@ def _blocks(value: int, block_count: int) -> list[tuple[int, int]]:
 def group_near_duplicates(hashes: Sequence[str], max_distance: int) -> list[int]:
     """Return, for each hex hash, the index of the first member of its group (itself when it has no near twin).
 
-    Two hashes within `max_distance` bits must agree exactly on at least one of `max_distance + 1` blocks
-    (pigeonhole), so only hashes sharing a block are compared: near-linear for real collections.
+    Equal hashes join without comparing. Two distinct hashes within `max_distance` bits must agree exactly on at
+    least one of `max_distance + 1` blocks (pigeonhole), so only hashes sharing a block are compared:
+    near-linear for real collections.
     """
-    values = [int(value, 16) for value in hashes]
-    groups = _UnionFind(len(values))
+    groups = _UnionFind(len(hashes))
+    first_with_value: dict[int, int] = {}
+    for index, text in enumerate(hashes):
+        value = int(text, 16)
+        if value in first_with_value:
+            groups.union(first_with_value[value], index)
+        else:
+            first_with_value[value] = index
     block_count = min(max_distance + 1, HASH_BITS)
-    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, value in enumerate(values):
+    buckets: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for value, index in first_with_value.items():
         for block in _blocks(value, block_count):
-            buckets[block].append(index)
+            buckets[block].append((value, index))
     for members in buckets.values():
-        for position, first in enumerate(members):
-            for second in members[position + 1:]:
-                if groups.find(first) != groups.find(second) and (values[first] ^ values[second]).bit_count() <= max_distance:
+        for position, (first_value, first) in enumerate(members):
+            for second_value, second in members[position + 1:]:
+                if (first_value ^ second_value).bit_count() <= max_distance:
                     groups.union(first, second)
-    return [groups.find(index) for index in range(len(values))]
+    return [groups.find(index) for index in range(len(hashes))]
