@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 NOT_NULL_COLUMNS = ("path", "label", "sha256", "width", "height", "format")
 INGEST_KEYS = ("files_seen", "images_used", "quarantined", "duplicates_dropped", "near_duplicate_groups",
-               "non_image_files", "empty_class_folders", "root_files")  # what the report uses of ingest_summary.json
+               "non_image_files", "hidden_entries", "empty_class_folders", "root_files", "skipped_links",
+               "unreadable_folders")  # what the report uses of ingest_summary.json
 BLOCKING, WARNING = "critical", "warning"  # values of the GX 1.x expectation field `severity`
 NEXT_STEP = "fix the source folder and re-run ingest, or adjust the validate.* params in params.yaml"
 
@@ -261,9 +262,11 @@ def render_summary(facts: Facts, statuses: list[tuple[str, str, str]], headline:
         f"{listing(facts.quarantined_by_reason)}",
         "; ".join(f"{title}: {ingest.get(key, 'n/a')}" for key, title in (
             ("files_seen", "Files seen"), ("duplicates_dropped", "duplicates dropped"),
-            ("near_duplicate_groups", "near-duplicate groups"), ("non_image_files", "non-image files"))),
+            ("near_duplicate_groups", "near-duplicate groups"), ("non_image_files", "non-image files"),
+            ("hidden_entries", "hidden entries"))),
     ]
-    for key, title in (("empty_class_folders", "Empty class folders"), ("root_files", "Files at the source root")):
+    for key, title in (("empty_class_folders", "Empty class folders"), ("root_files", "Files at the source root"),
+                       ("skipped_links", "Links not followed"), ("unreadable_folders", "Folders that could not be read")):
         if ingest.get(key):
             lines.append(f"{title} (ignored): {_quoted(ingest[key])}")
     lines += ["", "Checks:"]
