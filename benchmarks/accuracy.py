@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 import keras  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -30,7 +31,7 @@ from keras import layers  # noqa: E402
 from tasks import evaluate, ingest, preprocess, train  # noqa: E402
 from tasks.config import Paths, load_config  # noqa: E402
 
-DATASET = PROJECT_ROOT.parent / "shared" / "datasets" / "clothing-dataset-small"
+DATASET = machine.PHOTOS
 
 
 def gather_source(target: Path) -> Path:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, without installing
+import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -44,7 +45,7 @@ from tasks.source_tree import SourceFile, scan_source  # noqa: E402
 if TYPE_CHECKING:
     from tasks.config import IngestParams
 
-PHOTOS = Path("/work/shared/datasets/clothing-dataset-small")  # 713 JPEG photos in 10 classes, when present
+PHOTOS = machine.PHOTOS  # 713 JPEG photos in 10 classes, when present
 TARGET = 0.8
 
 

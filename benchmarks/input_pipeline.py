@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -36,11 +35,12 @@ from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from tasks import decode_pool  # noqa: E402  (light: the decoding processes re-import this file)
 from tasks.config import load_config  # noqa: E402
 
-DEFAULT_PHOTOS = Path("/work/shared/datasets/clothing-dataset-small")
+DEFAULT_PHOTOS = machine.PHOTOS
 TARGET_OVER_KERAS = 5.0
 TARGET_OVER_TRAINING = 3.0
 BATCH_SIZE = 64
@@ -192,16 +192,6 @@ def training_steps(image_size: int, num_classes: int, min_seconds: float = 8.0) 
     return rate, rate, (cpu_seconds() - cpu_started) / (steps * BATCH_SIZE) * 1e6
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
@@ -229,7 +219,7 @@ def main() -> int:
             path.read_bytes()
         view = class_view(files, scratch_dir / "by_class")
         num_classes = len({path.parent.name for path in files})
-        print(f"{source}, {num_classes} classes; {os.cpu_count()} cores ({cpu_model()}); TensorFlow {tf.__version__};"
+        print(f"{source}, {num_classes} classes; {os.cpu_count()} cores ({machine.cpu_model()}); TensorFlow {tf.__version__};"
               f" batch {BATCH_SIZE}, {arguments.epochs} epochs; augmentation from params.yaml: "
               f"{augment.model_dump(exclude_defaults=True)}")
         for image_size in sizes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -27,19 +26,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-DATASET = Path("/work/shared/datasets/clothing-dataset-small")
+DATASET = machine.PHOTOS
 MAX_PIXELS = 40_000_000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def replicate(target: Path, copies: int, photo_side: int) -> list[Path]:
@@ -227,7 +217,7 @@ def main() -> int:
     print(f"\nbulk prediction: {count} JPEG files ({arguments.copies} copies of {DATASET.name}, {photos}), simple_cnn "
           f"{size}px width {arguments.width} depth 3 (untrained), batch {batch}, Keras {keras.__version__} "
           f"({keras.backend.backend()})")
-    print(f"machine: {cores} cores, {cpu_model()}; load average {load_before:.1f} before, {load_after:.1f} after\n")
+    print(f"machine: {cores} cores, {machine.cpu_model()}; load average {load_before:.1f} before, {load_after:.1f} after\n")
     names = {"plain_loop": f"(a) plain loop: Pillow + model.predict per image ({min(count, arguments.plain_files)})",
              "keras_dataset": "(b) image_dataset_from_directory + model.predict",
              "imgpipe": "(c) imgpipe predict (tasks.predict.run)",
