@@ -17,6 +17,8 @@ import yaml
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
 _RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
+# TensorFlow's start-up chatter from absl, which TF_CPP_MIN_LOG_LEVEL cannot silence: kept out of the run's log
+_TENSORFLOW_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl|E\d{4} .*cuInit)")
 _DVC_NOISE = ("ERROR: failed to reproduce", "Having any troubles?", "ERROR: failed to run", "Traceback (most recent")
 
 
@@ -73,7 +75,7 @@ def _dvc(root: Path, arguments: list[str], log: Callable[[str], None]) -> tuple[
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
-            if line:
+            if line and not _TENSORFLOW_NOISE.match(line):
                 last_lines.append(line)
                 log(line)
     return process.returncode, list(last_lines)
