@@ -6,12 +6,14 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import keras
 import pandas as pd
 
+from tasks import atomic
 from tasks.config import TrainParams
 
 logger = logging.getLogger(__name__)
@@ -75,14 +77,9 @@ def run_key(params: TrainParams, extra: dict[str, Any], data_files: list[Path]) 
 
 def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any) -> list[keras.callbacks.Callback]:
     """Early stopping, best-model checkpoint, per-epoch history, backup-and-restore and logging for one phase."""
-    best_file = run_dir / f"{phase}.best.json"
-    best_value = json.loads(best_file.read_text())["val_loss"] if best_file.exists() else None
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience),
-        keras.callbacks.ModelCheckpoint(str(run_dir / f"{phase}.best.weights.h5"), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_value),
-        BestValueRecorder(best_file),
+        BestWeights(run_dir, phase),
         keras.callbacks.CSVLogger(str(run_dir / f"{phase}.history.csv"), append=True),
         DvcLiveLogger(live, phase),
         EpochLogger(phase),
@@ -90,23 +87,38 @@ def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any) -
     if params.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                                            patience=max(1, params.patience // 2), min_lr=1e-6))
-    # last, so that an epoch's history and checkpoint are on disk before the epoch counts as done
-    callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / f"{phase}.backup"), delete_checkpoint=True))
+    # last, so that an epoch's history and checkpoint are on disk before the epoch counts as done; two copies,
+    # so that a kill in the middle of writing one leaves the other to resume from
+    callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / f"{phase}.backup"), delete_checkpoint=True,
+                                                      double_checkpoint=True))
     return callbacks
 
 
-class BestValueRecorder(keras.callbacks.Callback):
-    """Remembers the best val_loss on disk, so a resumed run's checkpoint only keeps a truly better model."""
+def best_weights_path(run_dir: Path, phase: str) -> Path:
+    return run_dir / f"{phase}.best.weights.h5"
 
-    def __init__(self, path: Path) -> None:
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the lowest val_loss so far, written under a temporary name and renamed into place.
+
+    The best value lives on disk beside them, so a resumed run keeps a model only when it is truly better, and
+    a run killed while saving never leaves a half-written file behind.
+    """
+
+    def __init__(self, run_dir: Path, phase: str) -> None:
         super().__init__()
-        self.path = path
+        self.weights = best_weights_path(run_dir, phase)
+        self.record = run_dir / f"{phase}.best.json"
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = float((logs or {}).get("val_loss", math.inf))
-        best = json.loads(self.path.read_text())["val_loss"] if self.path.exists() else math.inf
-        if value < best:
-            self.path.write_text(json.dumps({"val_loss": value, "epoch": epoch + 1}))
+        best = json.loads(self.record.read_text())["val_loss"] if self.record.exists() else math.inf
+        if not value < best:
+            return
+        temporary = self.weights.with_name(f".{self.weights.stem}.partial.weights.h5")  # Keras wants .weights.h5
+        self.model.save_weights(temporary, overwrite=True)
+        os.replace(temporary, self.weights)
+        atomic.write_json(self.record, {"val_loss": value, "epoch": epoch + 1})
 
 
 def read_history(run_dir: Path, phase: str) -> pd.DataFrame:

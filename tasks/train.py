@@ -52,7 +52,7 @@ def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: in
                soft_labels: bool) -> pd.DataFrame:
     """Train one phase to early stopping, resuming an interrupted attempt; leave the best weights in the model."""
     done_marker = run_dir / f"{phase}.done"
-    best_weights = run_dir / f"{phase}.best.weights.h5"
+    best_weights = callbacks.best_weights_path(run_dir, phase)
     if not done_marker.exists():
         if (run_dir / f"{phase}.backup").exists():
             logger.info("%s: resuming an interrupted run from %s", phase, run_dir / f"{phase}.backup")
