@@ -39,7 +39,7 @@ import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tasks import ingest  # noqa: E402
+from tasks import decode_pool, ingest  # noqa: E402
 from tasks.source_tree import SourceFile, scan_source  # noqa: E402
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "unknown CPU")
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"{model}; nproc {nproc}; {ingest.available_cores()} cores usable; Python {platform.python_version()}"
+    return f"{model}; nproc {nproc}; {decode_pool.available_cores()} cores usable; Python {platform.python_version()}"
 
 
 def burn(count: int) -> int:
@@ -157,7 +157,7 @@ def cpu_rate(workers: int) -> float:
 def speed(source: Path, repeat: int) -> bool:
     from tasks import config  # here, not at the top: worker processes re-import this script, as they would the stage
 
-    cores = ingest.available_cores()
+    cores = decode_pool.available_cores()
     files = scan_source(source).files
     paths = [file.path for file in files]
     params = config.IngestParams(source=str(source))
@@ -236,7 +236,7 @@ def scale(files: int, work_dir: Path) -> None:
     watcher.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     manifest_rows = len(pd.read_parquet(paths.manifest)) if paths.manifest.exists() else 0
-    print(f"ingest.run over {files} files, {ingest.available_cores()} workers: {seconds:.0f}s "
+    print(f"ingest.run over {files} files, {decode_pool.available_cores()} workers: {seconds:.0f}s "
           f"({files / seconds:.0f} files/s, {files / cpu_used:.0f} files per CPU s), "
           f"{manifest_rows} images in the manifest")
     print(f"peak RSS: main process {peak / 1024:.0f} MiB (before ingest {before / 1024:.0f} MiB), "

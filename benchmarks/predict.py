@@ -184,9 +184,9 @@ def main() -> int:
     import keras
     import numpy as np
 
-    from tasks import predict_decode, predict_model
+    from tasks import decode_pool, predict_model
 
-    cores = predict_decode.available_cores()
+    cores = decode_pool.available_cores()
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="imgpipe-bench-predict-"))
     try:

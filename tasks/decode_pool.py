@@ -18,6 +18,14 @@ from tasks import images
 _SERIAL_BELOW = 256  # images; starting worker processes costs more than it saves under this
 
 
+def available_cores() -> int:
+    """The cores this process may run on (fewer than os.cpu_count() in a container or under taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _decode(job: tuple[str, int, str, int]) -> np.ndarray:
     path, image_size, resize_mode, max_pixels = job
     return images.load_rgb_array(Path(path), image_size, resize_mode, max_pixels)  # type: ignore[arg-type]
@@ -28,7 +36,7 @@ def decode_all(
 ) -> Iterator[np.ndarray]:
     """Yield each file's pixels (see images.load_rgb_array) in the order given; errors propagate."""
     jobs = [(str(path), image_size, resize_mode, max_pixels) for path in paths]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cores()
     if workers == 1 or len(jobs) < _SERIAL_BELOW:
         yield from map(_decode, jobs)
         return

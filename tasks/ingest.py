@@ -6,13 +6,13 @@ import contextlib
 import hashlib
 import logging
 import multiprocessing
-import os
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks import images
+from tasks.decode_pool import available_cores
 from tasks.near_duplicates import HASH_INPUT_SIDE, group_near_duplicates, perceptual_hash
 from tasks.source_tree import SourceFile, scan_source
 
@@ -113,14 +113,6 @@ def _load_cache(path: Path) -> dict[str, dict[str, Any]]:
         logger.warning("%s: ignoring unreadable ingest cache (%s)", path, error)
         return {}
     return {row["source_path"]: row for row in table.to_dict("records")}
-
-
-def available_cores() -> int:
-    """The cores this process may run on (fewer than os.cpu_count() in a container or under taskset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def examine_all(files: list[SourceFile], params: IngestParams, cache: dict[str, dict[str, Any]],

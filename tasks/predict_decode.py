@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from tasks import images
+from tasks.decode_pool import available_cores
 from tasks.hashing import file_sha256
 
 Tag = TypeVar("Tag")
@@ -92,14 +93,6 @@ def read_batch(jobs: list[FileJob], settings: DecodeSettings) -> BatchResult:
     size = settings.image_size
     stacked = np.stack(decoded) if decoded else np.zeros((0, size, size, 3), dtype=np.uint8)
     return BatchResult(results, stacked)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (fewer than os.cpu_count() in a container or under taskset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _exit_with_parent(parent_id: int) -> None:
