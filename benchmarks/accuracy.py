@@ -28,8 +28,12 @@ import keras  # noqa: E402
 import pandas as pd  # noqa: E402
 from keras import layers  # noqa: E402
 
-from tasks import evaluate, ingest, preprocess, train  # noqa: E402
-from tasks.config import Paths, load_config  # noqa: E402
+from tasks.config import load_config  # noqa: E402
+from tasks.evaluate import stage as evaluate  # noqa: E402
+from tasks.ingest import stage as ingest  # noqa: E402
+from tasks.paths import Paths  # noqa: E402
+from tasks.preprocess import stage as preprocess  # noqa: E402
+from tasks.train import stage as train  # noqa: E402
 
 DATASET = machine.PHOTOS
 
@@ -51,7 +55,7 @@ def run_imgpipe(workspace: Path, source: Path, image_size: int) -> tuple[float, 
     ingest.run(config.ingest, paths)
     preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     train.run(config.train, config.preprocess.augment, config.base.seed, paths)
-    metrics = evaluate.run(config.evaluate, config.base.seed, paths)
+    metrics = evaluate.run(config.evaluate, config.base.seed, config.ingest.max_pixels, paths)
     return metrics["accuracy"], time.perf_counter() - started, paths
 
 

@@ -39,11 +39,12 @@ import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tasks import decode_pool, ingest  # noqa: E402
+from tasks import pool  # noqa: E402
+from tasks.ingest import examine, stage  # noqa: E402
 from tasks.source_tree import SourceFile, scan_source  # noqa: E402
 
 if TYPE_CHECKING:
-    from tasks.config import IngestParams
+    from tasks.params import IngestParams
 
 PHOTOS = machine.PHOTOS  # 713 JPEG photos in 10 classes, when present
 TARGET = 0.8
@@ -99,7 +100,7 @@ def pillow_loop(paths: list[Path]) -> tuple[float, float]:
 
 
 def examine_loop(files: list[SourceFile], params: IngestParams) -> tuple[float, float]:
-    return timed(lambda: [ingest.examine(file.path, file.source_path, None, params.max_pixels, params.min_side)
+    return timed(lambda: [examine.examine(file.path, file.source_path, None, params.max_pixels, params.min_side)
                           for file in files])
 
 
@@ -117,24 +118,24 @@ def copy_loop(files: list[SourceFile]) -> tuple[float, float]:
 
 def examine_all_once(files: list[SourceFile], params: IngestParams, workers: int) -> tuple[float, float]:
     """Seconds of ingest's parallel scan alone (examine_all: hash, check, decode; no copy, no manifest)."""
-    return timed(lambda: ingest.examine_all(files, params.model_copy(update={"workers": workers}), {}))
+    return timed(lambda: examine.examine_all(files, params.model_copy(update={"workers": workers}), {}))
 
 
 def ingest_once(source: Path, workers: int) -> tuple[float, float]:
     """Seconds of one full ingest.run into a fresh project folder (no cache from an earlier run; its removal
     afterwards not counted)."""
-    from tasks import config
+    from tasks import params, paths as project_paths
 
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-project-") as project:
-        paths = config.Paths(config.PathsParams(), Path(project))
-        return timed(lambda: ingest.run(config.IngestParams(source=str(source), workers=workers), paths))
+        paths = project_paths.Paths(params.PathsParams(), Path(project))
+        return timed(lambda: stage.run(params.IngestParams(source=str(source), workers=workers), paths))
 
 
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "unknown CPU")
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"{model}; nproc {nproc}; {decode_pool.available_cores()} cores usable; Python {platform.python_version()}"
+    return f"{model}; nproc {nproc}; {pool.available_cores()} cores usable; Python {platform.python_version()}"
 
 
 def burn(count: int) -> int:
@@ -155,12 +156,12 @@ def cpu_rate(workers: int) -> float:
 
 
 def speed(source: Path, repeat: int) -> bool:
-    from tasks import config  # here, not at the top: worker processes re-import this script, as they would the stage
+    from tasks.params import IngestParams  # here, not at the top: workers re-import this script, as they would the stage
 
-    cores = decode_pool.available_cores()
+    cores = pool.available_cores()
     files = scan_source(source).files
     paths = [file.path for file in files]
-    params = config.IngestParams(source=str(source))
+    params = IngestParams(source=str(source))
     print(f"{len(files)} files under {source}; {machine()}")
     pillow_loop(paths)  # warm the page cache: every measurement below reads from memory
     measures = {
@@ -220,7 +221,7 @@ def watch_children(stop: threading.Event, peaks: dict[int, int]) -> None:
 def scale(files: int, work_dir: Path) -> None:
     import pandas as pd
 
-    from tasks import config
+    from tasks import params, paths as project_paths
 
     source = work_dir / "source"
     started = time.perf_counter()
@@ -230,13 +231,13 @@ def scale(files: int, work_dir: Path) -> None:
     stop, worker_peaks = threading.Event(), {}
     watcher = threading.Thread(target=watch_children, args=(stop, worker_peaks), daemon=True)
     watcher.start()
-    paths = config.Paths(config.PathsParams(), work_dir / "project")
-    seconds, cpu_used = timed(lambda: ingest.run(config.IngestParams(source=str(source)), paths))
+    paths = project_paths.Paths(params.PathsParams(), work_dir / "project")
+    seconds, cpu_used = timed(lambda: stage.run(params.IngestParams(source=str(source)), paths))
     stop.set()
     watcher.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     manifest_rows = len(pd.read_parquet(paths.manifest)) if paths.manifest.exists() else 0
-    print(f"ingest.run over {files} files, {decode_pool.available_cores()} workers: {seconds:.0f}s "
+    print(f"ingest.run over {files} files, {pool.available_cores()} workers: {seconds:.0f}s "
           f"({files / seconds:.0f} files/s, {files / cpu_used:.0f} files per CPU s), "
           f"{manifest_rows} images in the manifest")
     print(f"peak RSS: main process {peak / 1024:.0f} MiB (before ingest {before / 1024:.0f} MiB), "

@@ -21,6 +21,7 @@ without them, 713 generated 400x530 JPEGs in 10 classes are used and the output 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -37,7 +38,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-from tasks import decode_pool  # noqa: E402  (light: the decoding processes re-import this file)
+from tasks import images, pool  # noqa: E402  (light: the decoding processes re-import this file)
 from tasks.config import load_config  # noqa: E402
 
 DEFAULT_PHOTOS = machine.PHOTOS
@@ -153,7 +154,9 @@ def write_shards(files: list[Path], image_size: int, folder: Path, max_pixels: i
 
     labels = sorted({path.parent.name for path in files})
     started = time.perf_counter()
-    pixels = decode_pool.decode_all(files, image_size, "stretch", max_pixels)
+    decode = functools.partial(images.load_rgb_array, image_size=image_size, resize_mode="stretch",
+                               max_pixels=max_pixels)
+    pixels = pool.ordered_map(decode, files)
     examples = zip(pixels, [labels.index(path.parent.name) for path in files], [str(path) for path in files])
     shards.write_split(examples, len(files), image_size * image_size * 3 + 256, 128 * 2**20, folder, "train")
     (folder / "labels.json").write_text(json.dumps(labels))
@@ -162,7 +165,7 @@ def write_shards(files: list[Path], image_size: int, folder: Path, max_pixels: i
 
 
 def imgpipe_input(folder: Path, image_size: int, augment: Any, seed: int) -> Any:
-    from tasks import dataset
+    from tasks.train import dataset
 
     return dataset.split_dataset(folder, "train", image_size, BATCH_SIZE, training=True, augment=augment, seed=seed)
 
@@ -171,8 +174,8 @@ def training_steps(image_size: int, num_classes: int, min_seconds: float = 8.0) 
     """Images per second of train_on_batch for the default model, compiled as the train stage compiles it."""
     import keras
 
-    from tasks import accelerator, model
-    from tasks.config import TrainParams
+    from tasks.params import TrainParams
+    from tasks.train import accelerator, model
 
     params = TrainParams()
     plan = accelerator.plan(params.precision, params.jit_compile)
@@ -182,8 +185,8 @@ def training_steps(image_size: int, num_classes: int, min_seconds: float = 8.0) 
     generator = np.random.default_rng(0)
     batches = [(generator.integers(0, 256, (BATCH_SIZE, image_size, image_size, 3), dtype=np.uint8),
                 generator.integers(0, num_classes, BATCH_SIZE)) for _ in range(4)]
-    for images, labels in batches[:2]:  # warm-up: tracing and first allocations
-        network.train_on_batch(images, labels)
+    for pixels, labels in batches[:2]:  # warm-up: tracing and first allocations
+        network.train_on_batch(pixels, labels)
     steps, started, cpu_started = 0, time.perf_counter(), cpu_seconds()
     while steps < 5 or time.perf_counter() - started < min_seconds:
         network.train_on_batch(*batches[steps % len(batches)])
@@ -200,7 +203,7 @@ def main() -> int:
     arguments = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-    from tasks.config import AugmentParams
+    from tasks.params import AugmentParams
 
     config, _ = load_config(PROJECT_ROOT / "params.yaml")
     sizes = arguments.sizes or sorted({128, config.preprocess.image_size}, reverse=True)

@@ -4,7 +4,7 @@ On the same files with the same model, in one run, images per second of
   (a) a plain loop: Pillow open, resize, model.predict per image,
   (b) keras.utils.image_dataset_from_directory + model.predict,
   (c) imgpipe predict (tasks.predict.run: walk, hash, decode on every core, predict, write the table),
-and the two limits of this machine: decode-and-resize on every core (tasks.decode_pool, the normalisation
+and the two limits of this machine: decode-and-resize on every core (tasks/pool.py, the normalisation
 imgpipe uses), and the model's own predict rate on batches already decoded.
 Targets: (c) >= 10x (a), >= 1.5x (b), >= 0.7x the smaller limit. Exits 1 if one is missed.
 
@@ -16,7 +16,6 @@ Heavy imports stay inside functions: the decoding processes this script spawns i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -68,14 +67,15 @@ def replicate(target: Path, copies: int, photo_side: int) -> list[Path]:
 def save_model(folder: Path, image_size: int, width: int, labels: list[str]) -> None:
     import keras
 
-    from tasks import model
+    import pandas as pd
+
+    from tasks import model_folder
+    from tasks.train import model
 
     keras.utils.set_random_seed(0)
     network = model.simple_cnn(image_size, len(labels), depth=3, width=width, dropout=0.2)
     folder.mkdir(parents=True)
-    network.save(folder / "model.keras")
-    (folder / "labels.json").write_text(json.dumps(labels))
-    (folder / "model_card.json").write_text(json.dumps({"image_size": image_size, "resize": "stretch"}))
+    model_folder.write(folder, network, labels, {"image_size": image_size, "resize": "stretch"}, pd.DataFrame())
 
 
 class Clock:
@@ -127,7 +127,7 @@ def keras_dataset(root: Path, count: int, network, image_size: int, batch_size: 
 
 def imgpipe_predict(root: Path, out: Path, model_folder: Path, count: int, batch_size: int,
                     cores: int) -> tuple[float, float]:
-    from tasks import predict
+    from tasks.predict import classify as predict
 
     with Clock() as clock:  # the whole command: walk, hash, start the decoders, load the model, write the table
         summary = predict.run(root, out, model_folder, predict.PredictOptions(batch_size=batch_size))
@@ -184,18 +184,18 @@ def main() -> int:
     import keras
     import numpy as np
 
-    from tasks import decode_pool, predict_model
+    from tasks import model_folder, pool
 
-    cores = decode_pool.available_cores()
+    cores = pool.available_cores()
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="imgpipe-bench-predict-"))
     try:
         root = work / "photos"
         files = replicate(root, arguments.copies, arguments.photo_side)
         labels = sorted({file.parent.name for file in files})
-        model_folder = work / "model"
-        save_model(model_folder, arguments.image_size, arguments.width, labels)
-        network = predict_model.load(predict_model.read_info(model_folder))
+        model_dir = work / "model"
+        save_model(model_dir, arguments.image_size, arguments.width, labels)
+        network = model_folder.load(model_dir)
         network.predict(np.zeros((1, arguments.image_size, arguments.image_size, 3), dtype=np.uint8), verbose=0)
         size, batch, count = arguments.image_size, arguments.batch_size, len(files)
         rounds: dict[str, list[tuple[float, float]]] = {}
@@ -206,7 +206,7 @@ def main() -> int:
             del pixels
             out = work / "predictions.parquet"
             out.unlink(missing_ok=True)
-            rounds.setdefault("imgpipe", []).append(imgpipe_predict(root, out, model_folder, count, batch, cores))
+            rounds.setdefault("imgpipe", []).append(imgpipe_predict(root, out, model_dir, count, batch, cores))
             rounds.setdefault("keras_dataset", []).append(keras_dataset(root, count, network, size, batch, cores))
         rounds["plain_loop"] = [plain_loop(files[:arguments.plain_files], network, size, cores)]
     finally:

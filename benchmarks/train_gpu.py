@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tasks import accelerator, model  # noqa: E402
-from tasks.config import TrainParams  # noqa: E402
+from tasks.params import TrainParams  # noqa: E402
+from tasks.train import accelerator, model  # noqa: E402
 
 NUM_CLASSES = 10
 

@@ -16,7 +16,9 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from tqdm import tqdm
 
-from tasks import predict, predict_copy, predict_model, predict_store
+from tasks.config import load_config
+from tasks.predict import classify, store
+from tasks.predict import copy_into as copying
 
 SHARDS_PER_WORKER = 4  # a slow shard holds a worker up less when there are several per worker
 
@@ -53,26 +55,26 @@ def api_for_workers(address: str | None) -> Iterator[None]:
 
 
 @task(name="plan", cache_policy=NONE)
-def plan_files(source: Path, out: Path, model: Path, options: predict.PredictOptions) -> predict.PredictPlan:
-    return predict.prepare(source, out, model, options)
+def plan_files(source: Path, out: Path, model: Path, options: classify.PredictOptions) -> classify.PredictPlan:
+    return classify.prepare(source, out, model, options)
 
 
 @task(name="classify", cache_policy=NONE, retries=1)
-def classify_shard(plan: predict.PredictPlan, chunks: list[int], decode_workers: int, tensorflow_threads: int,
-                   show_progress: bool = False) -> predict.ChunkCounts:
+def classify_shard(plan: classify.PredictPlan, chunks: list[int], decode_workers: int, tensorflow_threads: int,
+                   show_progress: bool = False) -> classify.ChunkCounts:
     """Classify some chunks of the plan; a retry redoes only the chunks that have no part yet."""
     with tqdm(total=plan.files, initial=plan.files - plan.pending_files, unit="file", desc="predict",
               disable=None if show_progress else True) as progress:
-        done = predict.classify_chunks(plan, chunks, decode_workers, tensorflow_threads, progress.update)
+        done = classify.classify_chunks(plan, chunks, decode_workers, tensorflow_threads, progress.update)
     get_run_logger().info("classified %d files in %d chunk(s) (%d reused)", done.files, len(chunks), done.reused)
     return done
 
 
 @flow(name="classify-shards")
-def classify_on_dask(plan: predict.PredictPlan, shards: list[list[int]]) -> predict.ChunkCounts:
+def classify_on_dask(plan: classify.PredictPlan, shards: list[list[int]]) -> classify.ChunkCounts:
     """One task per shard on the Dask cluster; each worker decodes and predicts with one thread."""
     futures = [classify_shard.submit(plan, chunks, 1, 1) for chunks in shards]
-    total = predict.ChunkCounts()
+    total = classify.ChunkCounts()
     with tqdm(total=plan.files, initial=plan.files - plan.pending_files, unit="file", desc="predict",
               disable=None) as progress:
         for future in as_completed(futures):
@@ -83,13 +85,13 @@ def classify_on_dask(plan: predict.PredictPlan, shards: list[list[int]]) -> pred
 
 
 @task(name="merge", cache_policy=NONE)
-def merge_parts(plan: predict.PredictPlan, counts: predict.ChunkCounts, seconds: float) -> predict.PredictSummary:
-    return predict.finish(plan, counts, seconds)
+def merge_parts(plan: classify.PredictPlan, counts: classify.ChunkCounts, seconds: float) -> classify.PredictSummary:
+    return classify.finish(plan, counts, seconds)
 
 
 @task(name="copy-into", cache_policy=NONE)
-def copy_files(table: Path, source: Path, destination: Path, link: bool) -> predict_copy.CopySummary:
-    return predict_copy.copy_into(table, source, destination, link)
+def copy_files(table: Path, source: Path, destination: Path, link: bool) -> copying.CopySummary:
+    return copying.copy_into(table, source, destination, link)
 
 
 @flow(name="classify_directory", log_prints=True)
@@ -104,7 +106,7 @@ def classify_directory(
     copy_into: str | None = None,
     link: bool = False,
     chunk_size: int = 1024,
-    max_pixels: int = predict.DEFAULT_MAX_PIXELS,
+    max_pixels: int = classify.DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Classify every file under `source` into the table `out` (.parquet or .csv), resuming an interrupted run.
 
@@ -117,9 +119,9 @@ def classify_directory(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     source_path, out_path = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
-    model_folder = Path(model).expanduser() if model else predict_model.default_folder()
-    options = predict.PredictOptions(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size, max_pixels=max_pixels)
-    with predict_store.locked(predict_store.state_folder(out_path)):
+    model_folder = Path(model).expanduser() if model else classify.default_model(load_config()[1])
+    options = classify.PredictOptions(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size, max_pixels=max_pixels)
+    with store.locked(store.state_folder(out_path)):
         plan = plan_files(source_path, out_path, model_folder, options)
         shards = shard(list(plan.pending), SHARDS_PER_WORKER * workers)
         if shards and (address or workers > 1):

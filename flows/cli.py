@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,8 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 def _promote(arguments: argparse.Namespace) -> int:
     from flows import stage_runner
-    from tasks import promote
     from tasks.config import load_config
+    from tasks.release import promote
 
     _, paths = load_config(Path(arguments.repo) / "params.yaml")
     if arguments.force and not arguments.reason:
@@ -75,8 +76,8 @@ def _promote(arguments: argparse.Namespace) -> int:
 
 def _rollback(arguments: argparse.Namespace) -> int:
     from flows import stage_runner
-    from tasks import promote
     from tasks.config import load_config
+    from tasks.release import promote
 
     _, paths = load_config(Path(arguments.repo) / "params.yaml")
     event = promote.rollback(paths, reason=arguments.reason)
@@ -118,15 +119,16 @@ def _predict(arguments: argparse.Namespace) -> int:
             batch_size=arguments.batch_size, workers=arguments.workers, address=arguments.scheduler,
             copy_into=copy_into, link=arguments.link, chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels)
     else:  # one process, decoding on every core: no Prefect server or Dask cluster to start
-        from tasks import predict, predict_copy, predict_model
+        from tasks.config import load_config
+        from tasks.predict import classify, copy_into
 
-        options = predict.PredictOptions(top_k=arguments.top_k, batch_size=arguments.batch_size,
-                                         chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels)
-        model = Path(arguments.model) if arguments.model else predict_model.default_folder()
-        summary = predict.run(arguments.source, arguments.out, model, options).as_dict()
+        options = classify.PredictOptions(top_k=arguments.top_k, batch_size=arguments.batch_size,
+                                          chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels)
+        model = Path(arguments.model) if arguments.model else classify.default_model(load_config()[1])
+        summary = classify.run(arguments.source, arguments.out, model, options).as_dict()
         if arguments.copy_into:
-            summary["copy_into"] = predict_copy.copy_into(arguments.out, arguments.source, arguments.copy_into,
-                                                          arguments.link).as_dict()
+            summary["copy_into"] = copy_into.copy_into(arguments.out, arguments.source, arguments.copy_into,
+                                                       arguments.link).as_dict()
     sys.stdout.write(format_predict_summary(summary))
     return 0
 
@@ -200,8 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return arguments.handler(arguments)
     except (ValueError, RuntimeError) as error:
-        sys.stderr.write(f"imgpipe: error: {error}\n")
+        sys.stderr.write(f"imgpipe: error: {as_flags(str(error))}\n")
         return 1
+
+
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
+_POSITIONAL = {"source": "SOURCE"}
+
+
+def as_flags(message: str) -> str:
+    """A message from tasks/ with its `argument_names` spelt as this command's flags (--argument-names)."""
+    return _ARGUMENT.sub(lambda match: _POSITIONAL.get(match[1], "--" + match[1].replace("_", "-")), message)
 
 
 if __name__ == "__main__":

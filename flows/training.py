@@ -13,7 +13,8 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows import notify, run_lock, stage_runner
-from tasks import gate, promote, report
+from tasks.release import gate, promote, report
+from tasks import model_folder
 from tasks.config import load_config
 
 
@@ -43,7 +44,7 @@ def judge_candidate(root: Path) -> tuple[dict[str, Any], bool]:
     if gate.is_current(paths):
         get_run_logger().info("gate: this candidate was already judged against this production model")
         return json.loads(paths.gate.read_text(encoding="utf-8")), True
-    return gate.run(config.evaluate.gate, config.base.seed, paths), False
+    return gate.run(config.evaluate.gate, config.base.seed, config.ingest.max_pixels, paths), False
 
 
 @task(name="promote")
@@ -112,7 +113,7 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
         summary.stages.append(asdict(result))
     summary.metrics = json.loads((paths.evaluation / "metrics.json").read_text(encoding="utf-8"))
     summary.outputs = {
-        "model": str(paths.candidate / "model.keras"),
+        "model": str(paths.candidate / model_folder.MODEL_FILE),
         "production model": str(paths.production),
         "metrics": str(paths.evaluation / "metrics.json"),
         "gate decision": str(paths.gate),

@@ -1,272 +1,17 @@
-"""Reads params.yaml into frozen typed models (unknown keys and bad values rejected) and names the project's paths."""
+"""Reads params.yaml (and `-S key=value` style overrides) into the typed Config and the Paths beside it; writes nothing."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tasks.params import Config
+from tasks.paths import Paths
+
 PARAMS_FILE_NAME = "params.yaml"
-
-
-class Section(BaseModel):
-    """A params.yaml section: immutable, and a typo in a key is an error rather than a silent default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BaseParams(Section):
-    seed: int = Field(default=42, ge=0)
-
-
-class PathsParams(Section):
-    """Folders as written in params.yaml, relative to the project root."""
-
-    demo: str = "data/demo/digits"
-    raw: str = "data/raw"
-    interim: str = "data/interim"
-    processed: str = "data/processed"
-    models: str = "data/models"
-    reports: str = "data/reports"
-
-
-class IngestParams(Section):
-    source: str = "data/demo/digits"
-    max_pixels: int = Field(default=40_000_000, ge=1)
-    min_side: int = Field(default=8, ge=1)
-    on_label_conflict: Literal["quarantine", "fail"] = "quarantine"
-    near_duplicate_distance: int = Field(default=4, ge=0, le=64)
-    workers: int = Field(default=0, ge=0)
-
-
-class ValidateParams(Section):
-    expected_labels: tuple[str, ...] | None = None
-    min_classes: int = Field(default=2, ge=2)
-    min_images_per_class: int = Field(default=10, ge=1)
-    min_side: int = Field(default=8, ge=1)
-    max_side: int = Field(default=20_000, ge=1)
-    max_bad_fraction: float = Field(default=0.2, ge=0, le=1)
-    warn_max_class_imbalance: float = Field(default=10.0, ge=1)
-
-    @model_validator(mode="after")
-    def _side_range(self) -> "ValidateParams":
-        if self.min_side > self.max_side:
-            raise ValueError(f"min_side ({self.min_side}) must be <= max_side ({self.max_side})")
-        return self
-
-
-class AugmentParams(Section):
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    rotation: float = Field(default=0.0, ge=0, le=1)
-    zoom: float = Field(default=0.0, ge=0, lt=1)
-    translation: float = Field(default=0.0, ge=0, lt=1)
-    contrast: float = Field(default=0.0, ge=0, lt=1)
-    brightness: float = Field(default=0.0, ge=0, lt=1)
-    mixup: float = Field(default=0.0, ge=0, le=10)  # Beta(alpha, alpha) of the mixing weight; 0 = off
-    cutmix: float = Field(default=0.0, ge=0, le=10)
-
-    @model_validator(mode="after")
-    def _one_mixing(self) -> "AugmentParams":
-        if self.mixup > 0 and self.cutmix > 0:
-            raise ValueError(f"at most one of mixup and cutmix may be > 0, got mixup={self.mixup} and "
-                             f"cutmix={self.cutmix}; set one of them to 0")
-        return self
-
-    @property
-    def mixing(self) -> bool:
-        """Whether training labels become soft (one-hot, mixed) rather than class indices."""
-        return self.mixup > 0 or self.cutmix > 0
-
-
-class GroupBy(Section):
-    """`preprocess.group_by`: images with the same key are one subject, and a subject stays in one split.
-
-    Written in params.yaml as `folder:N` (the name of the N-th folder below the class folder; the same name
-    under two classes is one subject) or `csv:FILE:COLUMN` (FILE has a `path` column, as in the manifest,
-    and the subject in COLUMN; FILE is relative to the project root).
-    """
-
-    kind: Literal["folder", "csv"]
-    level: int = Field(default=1, ge=1)
-    csv: str = ""
-    column: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_text(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return value
-        kind, _, rest = str(value).strip().partition(":")
-        if kind == "folder" and rest.strip().isdigit():
-            return {"kind": "folder", "level": int(rest)}
-        if kind == "csv" and ":" in rest:
-            csv_file, _, column = rest.rpartition(":")  # the file name may hold a colon, the column may not
-            if csv_file.strip() and column.strip():
-                return {"kind": "csv", "csv": csv_file.strip(), "column": column.strip()}
-        raise ValueError("must be null, 'folder:N' (N >= 1) or 'csv:FILE:COLUMN'")
-
-    @model_validator(mode="after")
-    def _complete(self) -> "GroupBy":
-        if self.kind == "csv" and not (self.csv and self.column):
-            raise ValueError("csv grouping needs both a file (csv) and a column")
-        return self
-
-    def __str__(self) -> str:
-        return f"folder:{self.level}" if self.kind == "folder" else f"csv:{self.csv}:{self.column}"
-
-
-class PreprocessParams(Section):
-    image_size: int = Field(default=32, ge=8, le=1024)
-    resize: Literal["stretch", "crop", "pad"] = "stretch"
-    val_fraction: float = Field(default=0.15, gt=0, lt=1)
-    test_fraction: float = Field(default=0.15, gt=0, lt=1)
-    shard_megabytes: int = Field(default=128, ge=1)
-    workers: int = Field(default=0, ge=0)
-    group_by: GroupBy | None = None
-    augment: AugmentParams = AugmentParams()
-
-    @model_validator(mode="after")
-    def _fractions(self) -> "PreprocessParams":
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}"
-            )
-        return self
-
-
-class FineTuneParams(Section):
-    """Second phase of transfer learning: the top layers of a pretrained backbone trained at a lower rate."""
-
-    epochs: int = Field(default=0, ge=0)
-    unfreeze_layers: int = Field(default=20, ge=1)
-    learning_rate: float = Field(default=1e-4, gt=0, le=1)
-
-
-class TrainParams(Section):
-    model: Literal["simple_cnn", "mobilenet_v3_small", "efficientnet_v2_b0", "resnet50"] = "simple_cnn"
-    weights: str | None = None
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    learning_rate: float = Field(default=0.002, gt=0, le=1)
-    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    warmup_epochs: int = Field(default=1, ge=0)
-    depth: int = Field(default=3, ge=1, le=8)
-    width: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.2, ge=0, lt=1)
-    patience: int = Field(default=5, ge=1)
-    fine_tune: FineTuneParams = FineTuneParams()
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
-    jit_compile: Literal["auto", "true", "false"] = "auto"
-    deterministic: bool = False
-
-    @model_validator(mode="after")
-    def _fine_tune_needs_weights(self) -> "TrainParams":
-        if self.fine_tune.epochs and self.weights is None:
-            raise ValueError("fine_tune.epochs > 0 needs pretrained weights (train.weights); "
-                             "from random weights the whole backbone trains from the start")
-        return self
-
-
-class GateParams(Section):
-    """When a candidate may replace the production model (the champion)."""
-
-    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
-    tolerance: float = Field(default=0.02, ge=0, le=1)
-    max_recall_drop: float = Field(default=0.10, ge=0, le=1)
-    min_accuracy: float = Field(default=0.6, ge=0, le=1)
-    min_macro_f1: float = Field(default=0.5, ge=0, le=1)
-    max_export_difference: float = Field(default=1e-4, gt=0)
-
-
-class EvaluateParams(Section):
-    top_k: int = Field(default=3, ge=1)
-    gate: GateParams = GateParams()
-
-
-class Config(Section):
-    base: BaseParams = BaseParams()
-    paths: PathsParams = PathsParams()
-    ingest: IngestParams = IngestParams()
-    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
-    preprocess: PreprocessParams = PreprocessParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @property
-    def validation(self) -> ValidateParams:
-        """The `validate` section (named so because `validate` is a pydantic method)."""
-        return self.validate_
-
-
-class Paths:
-    """Absolute locations of every file the stages exchange, derived from `paths` and one root folder."""
-
-    def __init__(self, params: PathsParams, root: Path) -> None:
-        self.root = root
-        self.demo = root / params.demo
-        self.raw = root / params.raw
-        self.interim = root / params.interim
-        self.processed = root / params.processed
-        self.models = root / params.models
-        self.reports = root / params.reports
-
-    @property
-    def manifest(self) -> Path:
-        return self.interim / "manifest.parquet"
-
-    @property
-    def ingest_cache(self) -> Path:
-        return self.interim / "ingest_cache.parquet"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.reports / "quarantine.csv"
-
-    @property
-    def validation(self) -> Path:
-        return self.reports / "validation"
-
-    @property
-    def validation_verdict(self) -> Path:
-        """Written by validate only when the data passed; what preprocess depends on (no timestamps inside)."""
-        return self.interim / "validation.json"
-
-    @property
-    def candidate(self) -> Path:
-        return self.models / "candidate"
-
-    @property
-    def training_reports(self) -> Path:
-        return self.reports / "training"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.reports / "evaluation"
-
-    @property
-    def gate(self) -> Path:
-        return self.evaluation / "gate.json"
-
-    @property
-    def production(self) -> Path:
-        return self.models / "production"
-
-    @property
-    def registry(self) -> Path:
-        """Every model ever promoted, by version, and history.jsonl: what was promoted or rolled back, when, why."""
-        return self.models / "registry"
-
-    def resolve(self, path: str | Path) -> Path:
-        """A path from params (absolute, or relative to the project root) as an absolute path."""
-        path = Path(os.path.expanduser(str(path)))
-        return path if path.is_absolute() else self.root / path
 
 
 _MESSAGES = {
@@ -347,3 +92,11 @@ def load_config(params_file: Path | None = None, overrides: dict[str, Any] | Non
     except ValueError as error:
         raise ValueError(f"{params_file}: {error}") from None
     return config, Paths(config.paths, params_file.parent)
+
+
+class ArgumentError(ValueError):
+    """A bad argument to a stage or command function (not a params.yaml key).
+
+    The message names arguments in backticks (`max_pixels`), as the Python caller and the Prefect flow know them;
+    the command line turns each into its flag (--max-pixels).
+    """

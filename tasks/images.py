@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -22,7 +22,8 @@ ALPHA_BACKGROUND = (255, 255, 255)
 # `pad` fills the margins with black.
 PAD_COLOR = (0, 0, 0)
 
-ResizeMode = Literal["stretch", "crop", "pad"]
+ResizeMode = Literal["stretch", "crop", "pad"]  # the one list of resize policies; params and model cards use it
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
 _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSE_FOR_ORIENTATION = {
@@ -38,7 +39,10 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 
 
 class ImageError(ValueError):
-    """A file that cannot be used as an image; `reason` is a short code for reports."""
+    """A file that cannot be used as an image; `reason` is a short code for reports.
+
+    `detail` says what is wrong, not which setting to change: each caller knows its own setting (see `advice`).
+    """
 
     def __init__(self, path: Path | str, reason: str, detail: str) -> None:
         super().__init__(f"{path}: {detail}")
@@ -75,7 +79,7 @@ def _strict_pillow(path: Path | str, max_pixels: int) -> Iterator[None]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     except _BOMB_ERRORS as error:  # e.g. a GIF frame that grows the canvas while decoding
-        raise ImageError(path, "too_many_pixels", f"{error}; raise ingest.max_pixels to accept it") from None
+        raise ImageError(path, "too_many_pixels", str(error)) from None
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
@@ -109,7 +113,7 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
         raise ImageError(
             path,
             "too_many_pixels",
-            f"{width}x{height} is over the pixel limit {max_pixels}; raise ingest.max_pixels to accept it",
+            f"{width}x{height} is over the pixel limit {max_pixels}",
         )
     return image
 
@@ -190,7 +194,7 @@ def resize(image: Image.Image, image_size: int, mode: ResizeMode) -> Image.Image
         return ImageOps.fit(image, size, Image.Resampling.BILINEAR)
     if mode == "pad":
         return ImageOps.pad(image, size, Image.Resampling.BILINEAR, color=PAD_COLOR)
-    raise ValueError(f"resize mode must be one of stretch, crop or pad, got {mode!r}")
+    raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
 
 
 def load_rgb_array(path: Path, image_size: int, resize_mode: ResizeMode, max_pixels: int) -> np.ndarray:
@@ -214,6 +218,15 @@ def inspect(
         rgb, orientation, (width, height) = _decode(image, path, draft_size)
     if min(width, height) < min_side:
         raise ImageError(
-            path, "too_small", f"{width}x{height} is under the minimum side {min_side}; lower ingest.min_side to accept it"
+            path, "too_small", f"{width}x{height} is under the minimum side {min_side}"
         )
     return ImageInfo(source_format, source_mode, width, height, orientation), rgb
+
+
+def advice(error: ImageError, settings: dict[str, str]) -> str:
+    """The error's detail with what to change, for reasons that a setting decides (too_many_pixels, too_small).
+
+    `settings` names the caller's setting per reason, e.g. {"too_many_pixels": "raise ingest.max_pixels"}.
+    """
+    action = settings.get(error.reason)
+    return f"{error.detail}; {action} to accept it" if action else error.detail

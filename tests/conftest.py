@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tasks.config import Config, Paths, load_config  # noqa: E402
+from tasks.config import load_config  # noqa: E402
+from tasks.params import Config  # noqa: E402
+from tasks.paths import Paths  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 70, 210)}
@@ -37,6 +40,19 @@ def write_class_folders(root: Path, per_class: int = 12, size: int = 20) -> Path
             suffix = "png" if index % 2 == 0 else "jpg"
             image.save(folder / f"{label}_{index:03d}.{suffix}")
     return root
+
+
+def save(image: Image.Image, path: Path, **options: Any) -> Path:
+    """Save `image` at `path`, making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **options)
+    return path
+
+
+def scene(size: int = 96, seed: int = 0) -> Image.Image:
+    """A smooth picture of large colour patches: what a perceptual hash is made for."""
+    patches = np.random.default_rng(seed).integers(0, 255, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(patches).resize((size, size), Image.Resampling.BICUBIC)
 
 
 @pytest.fixture

@@ -1,0 +1,77 @@
+"""Evaluate stage: reads the candidate model and the test shards, writes data/reports/evaluation/ (metrics, pictures)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn import metrics as sk_metrics
+
+from tasks import atomic, model_folder
+from tasks.config import load_config
+from tasks.evaluate import metrics as metric_functions
+from tasks.evaluate import plots
+from tasks.params import EvaluateParams
+from tasks.paths import Paths
+from tasks.train import dataset
+
+logger = logging.getLogger(__name__)
+
+
+def predict_split(model: keras.Model, processed_dir: Path, split: str, image_size: int) -> pd.DataFrame:
+    """Run the model over one split in shard order; one row per image with its true label and probabilities."""
+    rows: list[pd.DataFrame] = []
+    for batch in dataset.split_dataset(processed_dir, split, image_size, 256, training=False, with_paths=True):
+        probabilities = model.predict_on_batch(batch["image"].numpy())
+        rows.append(pd.DataFrame({
+            "path": [path.decode("utf-8") for path in batch["path"].numpy()],
+            "label_index": batch["label"].numpy(),
+            "probabilities": list(np.asarray(probabilities, dtype=np.float64)),
+        }))
+    return pd.concat(rows, ignore_index=True)
+
+
+def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dict[str, Any]:
+    """Score the candidate on the test split; write metrics.json, the predictions, per-class table and pictures."""
+    model = model_folder.load(paths.candidate)
+    labels = model_folder.read_labels(paths.candidate)
+    image_size = int(model.input_shape[1])
+    predictions = predict_split(model, paths.processed, "test", image_size)
+    probabilities = np.stack(predictions["probabilities"].to_numpy())
+    true_index = predictions["label_index"].to_numpy()
+    predicted_index = probabilities.argmax(axis=1)
+    metrics = metric_functions.compute_metrics(true_index, probabilities, labels, params.top_k, seed)
+    matrix = sk_metrics.confusion_matrix(true_index, predicted_index, labels=list(range(len(labels))))
+
+    output = paths.evaluation
+    output.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({
+        "path": predictions["path"],
+        "actual": [labels[index] for index in true_index],
+        "predicted": [labels[index] for index in predicted_index],
+        "confidence": probabilities.max(axis=1).round(6),
+    })
+    atomic.write_csv(output / "test_predictions.csv", table)
+    atomic.write_csv(output / "confusion_matrix.csv",
+                     pd.DataFrame(matrix, index=pd.Index(labels, name="actual"), columns=labels).reset_index())
+    per_class = pd.DataFrame([{"class": label, **scores} for label, scores in metrics["per_class"].items()])
+    atomic.write_csv(output / "per_class.csv", per_class)
+    plots.confusion_matrix(matrix, labels, output / "confusion_matrix.png", normalised=False)
+    plots.confusion_matrix(matrix, labels, output / "confusion_matrix_normalised.png", normalised=True)
+    plots.per_class_bars(metrics["per_class"], output / "per_class.png")
+    plots.training_curves(model_folder.read_history(paths.candidate), output / "training_curves.png")
+    plots.mistakes_gallery(table, paths.raw, output / "mistakes.png", max_pixels)
+    atomic.write_json(output / "metrics.json", metrics)
+    logger.info("evaluate: accuracy %.4f, macro-F1 %.4f on %d test images; wrote %s",
+                metrics["accuracy"], metrics["macro_f1"], metrics["test_images"], output)
+    return metrics
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config, paths = load_config()
+    run(config.evaluate, config.base.seed, config.ingest.max_pixels, paths)

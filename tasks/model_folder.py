@@ -1,0 +1,148 @@
+"""The model folder format: writes and reads model.keras, labels.json, model_card.json, history.csv and the exports.
+
+The one owner of the folder that train writes (data/models/candidate/) and that promotion copies into the
+registry and production. A model's version id is the first 12 hex digits of a hash of its weights file and its
+label list; it is written into the model card and is the name of the model in the registry, in history.jsonl and
+in every prediction row. Keras is imported only where a model is saved or loaded, so that commands which only
+move folders start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks import atomic
+from tasks.hashing import file_sha256
+from tasks.images import RESIZE_MODES
+
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+CARD_FILE = "model_card.json"
+HISTORY_FILE = "history.csv"
+SAVED_MODEL_FOLDER = "saved_model"
+REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, CARD_FILE)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What using a model needs to know, read without loading the model."""
+
+    folder: Path
+    labels: tuple[str, ...]
+    image_size: int
+    resize: str
+    version: str
+
+
+def exists(folder: Path) -> bool:
+    """Whether `folder` holds a saved model."""
+    return (folder / MODEL_FILE).is_file()
+
+
+def compute_version(folder: Path) -> str:
+    """The version id of the model saved in `folder`: a hash of the weights file and the label list."""
+    combined = "".join(file_sha256(folder / name) for name in (MODEL_FILE, LABELS_FILE))
+    return hashlib.sha256(combined.encode()).hexdigest()[:12]
+
+
+def write(folder: Path, network: keras.Model, labels: list[str], card: dict[str, Any],
+          history: pd.DataFrame) -> str:
+    """Save a trained model, its labels, training history and card (with the version id added) into `folder`.
+
+    `folder` is a new, empty folder (train builds it under a temporary name and renames it into place).
+    Returns the version id.
+    """
+    network.save(folder / MODEL_FILE)
+    atomic.write_json(folder / LABELS_FILE, labels)
+    history.to_csv(folder / HISTORY_FILE, index=False)
+    version = compute_version(folder)
+    atomic.write_json(folder / CARD_FILE, {**card, "labels": labels, "version": version})
+    return version
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; the model folder {path.parent} is incomplete") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable ({error}); the model folder {path.parent} is damaged") from None
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    card = _read_json(folder / CARD_FILE)
+    if not isinstance(card, dict):
+        raise ValueError(f"{folder / CARD_FILE}: must be a JSON object")
+    return card
+
+
+def read_labels(folder: Path) -> list[str]:
+    labels = _read_json(folder / LABELS_FILE)
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        raise ValueError(f"{folder / LABELS_FILE}: must be a JSON list of label names")
+    return labels
+
+
+def read_history(folder: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_csv(folder / HISTORY_FILE)
+
+
+def version_of(folder: Path) -> str:
+    """The version id recorded in the model card (computed for a folder written before cards carried one)."""
+    version = read_card(folder).get("version")
+    return version if isinstance(version, str) and version else compute_version(folder)
+
+
+def read_info(folder: Path) -> ModelInfo:
+    """Check a model folder and read what prediction needs from it, without loading the model."""
+    folder = folder.expanduser().resolve()
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder}: not a model folder, {', '.join(missing)} missing; the train stage writes one "
+                         f"(data/models/candidate/), with {', '.join(REQUIRED_FILES)}")
+    labels, card = read_labels(folder), read_card(folder)
+    image_size, resize = card.get("image_size"), card.get("resize")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"{folder / CARD_FILE}: image_size must be a positive integer, got {image_size!r}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"{folder / CARD_FILE}: resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    return ModelInfo(folder, tuple(labels), image_size, resize, version_of(folder))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(model_file: Path, version: str) -> keras.Model:
+    import keras
+
+    return keras.saving.load_model(model_file, safe_mode=True, compile=False)
+
+
+def load(folder: Path) -> keras.Model:
+    """The Keras model saved in `folder` (safe mode: no arbitrary code), loaded once per process and version."""
+    if not exists(folder):
+        raise ValueError(f"{folder / MODEL_FILE}: no saved model; the train stage writes one")
+    return _load((folder / MODEL_FILE).resolve(), compute_version(folder))
+
+
+def load_checked(info: ModelInfo) -> keras.Model:
+    """The model of `info`, refused when it changed since `info` was read or disagrees with its card and labels."""
+    if compute_version(info.folder) != info.version:
+        raise ValueError(f"{info.folder / MODEL_FILE}: the model changed during the run (version is no longer "
+                         f"{info.version}); run again to use the new model")
+    network = load(info.folder)
+    input_shape, output_shape = tuple(network.input_shape), tuple(network.output_shape)
+    if input_shape[1:] != (info.image_size, info.image_size, 3) or output_shape[-1] != len(info.labels):
+        raise ValueError(f"{info.folder}: model takes {input_shape} and gives {output_shape}, but {CARD_FILE} and "
+                         f"{LABELS_FILE} say {info.image_size}x{info.image_size}x3 images and "
+                         f"{len(info.labels)} labels")
+    return network

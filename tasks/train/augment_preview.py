@@ -1,0 +1,70 @@
+"""Augmentation preview: reads the train shards in data/processed/, writes data/reports/augmentation_preview.png.
+
+One row per training image: the image as stored, then several augmented draws of it, exactly as training
+augments a batch (the same code, with mixup or cutmix partners taken from the same rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from tasks import atomic, shards
+from tasks.params import AugmentParams
+from tasks.paths import Paths
+from tasks.train import augment, dataset
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_FILE_NAME = "augmentation_preview.png"
+MIN_CELL_PIXELS = 96  # small images are enlarged (nearest neighbour) to at least this side, so a person can see them
+GAP_PIXELS = 2
+BACKGROUND = (255, 255, 255)
+
+
+def grid(rows: list[list[np.ndarray]], scale: int) -> Image.Image:
+    """Tile equally sized uint8 RGB images into rows, each enlarged `scale` times, with white gaps between."""
+    cell = rows[0][0].shape[0] * scale
+    columns = max(len(row) for row in rows)
+    step = cell + GAP_PIXELS
+    canvas = Image.new("RGB", (columns * step + GAP_PIXELS, len(rows) * step + GAP_PIXELS), BACKGROUND)
+    for row_index, row in enumerate(rows):
+        for column_index, pixels in enumerate(row):
+            tile = Image.fromarray(pixels, "RGB").resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(tile, (GAP_PIXELS + column_index * step, GAP_PIXELS + row_index * step))
+    return canvas
+
+
+def preview_rows(images: np.ndarray, labels: np.ndarray, params: AugmentParams, seed: int, draws: int,
+                 num_classes: int) -> list[list[np.ndarray]]:
+    """For each image, the original followed by `draws` augmented versions (each draw one batch seed)."""
+    rows = [[image] for image in images]
+    augment_batch = augment.augmenter(params, num_classes)
+    for draw in range(draws):
+        augmented, _ = augment_batch(tf.constant(images), tf.constant(labels), tf.constant([seed, draw], tf.int64))
+        for row, image in zip(rows, augmented.numpy()):
+            row.append(image)
+    return rows
+
+
+def run(params: AugmentParams, seed: int, paths: Paths, image_count: int = 8, draws: int = 5) -> Path:
+    """Write the preview grid of the first `image_count` training images (in shard order) and return its path."""
+    image_size = int(json.loads((paths.processed / "preprocess.json").read_text(encoding="utf-8"))["image_size"])
+    files = [str(path) for path in shards.shard_files(paths.processed, "train")]
+    serialized = next(iter(tf.data.TFRecordDataset(files).take(image_count).batch(image_count)))
+    example = shards.parse_batch(serialized, image_size)
+    images, labels = example["image"].numpy(), example["label"].numpy()
+    if not augment.is_active(params):
+        logger.info("augmentation is off (every preprocess.augment strength is 0): the draws equal the originals")
+    rows = preview_rows(images, labels, params, seed, draws, dataset.num_classes(paths.processed))
+    output = paths.reports / PREVIEW_FILE_NAME
+    with atomic.atomic_path(output) as temporary:
+        grid(rows, scale=max(1, math.ceil(MIN_CELL_PIXELS / image_size))).save(temporary, format="PNG")
+    logger.info("augmentation preview: %d images x %d draws, wrote %s", len(images), draws, output)
+    return output

@@ -1,0 +1,115 @@
+"""Keras 3 model builders (keras.layers and keras.ops only, so any backend runs them); reads a local weights file if given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import get_args
+
+import keras
+from keras import layers, ops
+
+from tasks.params import ModelName, TrainParams
+
+SIMPLE_CNN = "simple_cnn"
+# name -> (constructor, how the backbone wants its 0-255 RGB input)
+BACKBONES: dict[str, tuple[Callable[..., keras.Model], str]] = {
+    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, "built_in"),
+    "efficientnet_v2_b0": (keras.applications.EfficientNetV2B0, "built_in"),
+    "resnet50": (keras.applications.ResNet50, "caffe"),
+}
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)  # the one list, in tasks/params.py; a test holds BACKBONES to it
+
+
+@keras.saving.register_keras_serializable(package="imgpipe")
+class CaffeNormalization(layers.Layer):
+    """RGB in 0-255 to BGR minus the ImageNet channel means: the input ResNet50's weights were trained on."""
+
+    def call(self, inputs):
+        values = ops.flip(ops.cast(inputs, self.compute_dtype), axis=-1)
+        return values - ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
+
+
+def simple_cnn(image_size: int, num_classes: int, depth: int, width: int, dropout: float) -> keras.Model:
+    """Blocks of two 3x3 convolutions with batch-norm and ReLU, then max-pooling; global pooling; softmax head.
+
+    Takes uint8 images and rescales them itself, so a saved model carries its own preprocessing.
+    """
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for block in range(depth):
+        filters = width * 2**block
+        for position in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{position}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn{position}")(x)
+            x = layers.ReLU(name=f"block{block}_relu{position}")(x)
+        if block < depth - 1:
+            x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=SIMPLE_CNN)
+
+
+def check_weights_file(weights: str | None) -> Path | None:
+    """The local weights file, which must exist: imgpipe never downloads weights."""
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"train.weights: {path} not found; give a local backbone weights file (saved without the top, "
+            "include_top=False) or null to start from random weights. imgpipe never downloads weights."
+        )
+    return path
+
+
+def backbone_model(name: str, image_size: int, num_classes: int, dropout: float, weights: Path | None) -> keras.Model:
+    """A keras.applications backbone with global pooling and a new softmax head; uint8 input, scaled inside."""
+    if name not in BACKBONES:
+        raise ValueError(f"train.model {name!r} is unknown; use one of {', '.join(MODEL_NAMES)}")
+    if image_size < 32:
+        raise ValueError(f"train.model {name} needs preprocess.image_size >= 32, got {image_size}")
+    constructor, input_style = BACKBONES[name]
+    options = {"include_preprocessing": True} if input_style == "built_in" else {}
+    backbone = constructor(include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg",
+                           **options)
+    if weights is not None:
+        backbone.load_weights(weights)
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0, name="to_float")(inputs)  # a cast: the backbones take 0-255 values
+    if input_style == "caffe":
+        x = CaffeNormalization(name="caffe_normalization")(x)
+    # Pretrained batch-norm statistics stay fixed (inference mode) even when layers are unfrozen later;
+    # from random weights they must learn.
+    x = backbone(x, training=False if weights is not None else None)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build(params: TrainParams, image_size: int, num_classes: int) -> keras.Model:
+    """The model that `train.model` names."""
+    if params.model == SIMPLE_CNN:
+        if params.weights is not None:
+            raise ValueError("train.weights applies to backbones only; set it to null for simple_cnn")
+        return simple_cnn(image_size, num_classes, params.depth, params.width, params.dropout)
+    return backbone_model(params.model, image_size, num_classes, params.dropout, check_weights_file(params.weights))
+
+
+def find_backbone(network: keras.Model) -> keras.Model | None:
+    """The keras.applications model nested inside a backbone model, or None for simple_cnn."""
+    return next((layer for layer in network.layers if isinstance(layer, keras.Model)), None)
+
+
+def set_backbone_trainable(model: keras.Model, trainable_layers: int | None) -> None:
+    """Freeze the backbone (0), unfreeze its top N layers, or all of it (None); batch-norm layers stay frozen."""
+    backbone = find_backbone(model)
+    if backbone is None:
+        return
+    backbone.trainable = trainable_layers != 0
+    if trainable_layers in (0, None):
+        return
+    for index, layer in enumerate(backbone.layers):
+        in_top = index >= len(backbone.layers) - trainable_layers
+        layer.trainable = in_top and not isinstance(layer, layers.BatchNormalization)

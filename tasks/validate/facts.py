@@ -1,0 +1,54 @@
+"""What the manifest, quarantine list and ingest summary say about a data set, in figures; pure computation on tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+INGEST_KEYS = ("files_seen", "images_used", "quarantined", "duplicates_dropped", "near_duplicate_groups",
+               "non_image_files", "hidden_entries", "empty_class_folders", "root_files", "skipped_links",
+               "unreadable_folders")  # what the report uses of ingest_summary.json
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What the inputs say about the data set, computed once with pandas."""
+
+    images_per_class: dict[str, int]  # largest class first
+    images_per_format: dict[str, int]
+    quarantined_by_reason: dict[str, int]
+    images_used: int
+    quarantined: int
+    bad_fraction: float
+    class_imbalance: float | None  # largest class / smallest class
+    side_ranges: dict[str, tuple[int, int]]  # width and height: smallest, largest
+    ingest_summary: dict[str, Any]
+
+
+def _value_counts(column: pd.Series) -> dict[str, int]:
+    return {str(key): int(count) for key, count in column.value_counts().items()}
+
+
+def compute_facts(manifest: pd.DataFrame, quarantine: pd.DataFrame, ingest_summary: dict[str, Any]) -> Facts:
+    per_class = _value_counts(manifest["label"])
+    images_used, quarantined = len(manifest), len(quarantine)
+    for key, counted in (("images_used", images_used), ("quarantined", quarantined)):
+        if ingest_summary.get(key, counted) != counted:
+            logger.warning("ingest_summary.json says %s=%s, the files hold %d", key, ingest_summary[key], counted)
+    return Facts(
+        images_per_class=per_class,
+        images_per_format=_value_counts(manifest["format"]),
+        quarantined_by_reason=_value_counts(quarantine["reason"].replace("", "unknown")),
+        images_used=images_used,
+        quarantined=quarantined,
+        bad_fraction=quarantined / (images_used + quarantined) if images_used + quarantined else 0.0,
+        class_imbalance=max(per_class.values()) / min(per_class.values()) if per_class else None,
+        side_ranges={side: (int(manifest[side].min()), int(manifest[side].max()))
+                     for side in ("width", "height") if manifest[side].notna().any()},
+        ingest_summary={key: ingest_summary[key] for key in INGEST_KEYS if key in ingest_summary},
+    )

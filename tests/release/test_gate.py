@@ -1,0 +1,97 @@
+"""Metrics with intervals, the champion/challenger gate, promotion and rollback, on a tiny trained model."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tasks import model_folder
+from tasks.evaluate import stage as evaluate
+from tasks.ingest import stage as ingest
+from tasks.preprocess import stage as preprocess
+from tasks.release import gate, promote
+from tasks.train import stage as train
+
+
+@pytest.fixture
+def evaluated(shrunk_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    train.run(config.train.model_copy(update={"epochs": 6, "width": 8}), config.preprocess.augment,
+              config.base.seed, paths)
+    evaluate.run(config.evaluate, config.base.seed, config.ingest.max_pixels, paths)
+    return config, paths
+
+
+def _make_candidate_worse(paths) -> None:
+    """Pretend the candidate got every test image wrong (a unit test of the gate's arithmetic, not of training)."""
+    table = pd.read_csv(paths.evaluation / "test_predictions.csv")
+    labels = sorted(table["actual"].unique())
+    table["predicted"] = [labels[(labels.index(actual) + 1) % len(labels)] for actual in table["actual"]]
+    table.to_csv(paths.evaluation / "test_predictions.csv", index=False)
+
+
+def test_first_gate_uses_the_floors_and_always_writes_gate_json(evaluated):
+    config, paths = evaluated
+    strict = config.evaluate.gate.model_copy(update={"min_accuracy": 1.01 - 1e-9, "min_macro_f1": 0.0})
+    decision = gate.run(strict, config.base.seed, config.ingest.max_pixels, paths)
+    assert decision["decision"] == "fail" and decision["champion"] is None
+    assert "accuracy floor" in decision["sentence"] and "Production is unchanged" in decision["sentence"]
+    assert json.loads(paths.gate.read_text()) == decision
+    assert {check["name"] for check in decision["checks"]} == {"export parity", "accuracy floor", "macro-F1 floor"}
+    parity = next(check for check in decision["checks"] if check["name"] == "export parity")
+    assert parity["passed"] and parity["value"] <= 1e-4
+    with pytest.raises(promote.PromotionRefused, match="the gate refused"):
+        promote.promote(paths, reason="try")
+    assert not paths.production.exists()
+
+
+def test_promote_compare_refuse_force_and_roll_back(evaluated):
+    config, paths = evaluated
+    lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
+    assert gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)["decision"] == "pass"
+    first = promote.promote(paths, reason="passed the gate")
+    assert (paths.production / "model.keras").read_bytes() == (paths.candidate / "model.keras").read_bytes()
+    assert gate.is_current(paths)
+
+    # the same model against itself: no worse, so it passes the comparison
+    same = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert same["decision"] == "pass" and same["champion"]["difference"]["value"] == 0.0
+    with pytest.raises(ValueError, match="already the production model"):
+        promote.promote(paths, reason="again")
+
+    _make_candidate_worse(paths)
+    refused = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert refused["decision"] == "fail"
+    assert any(not check["passed"] and "not worse than production" in check["name"] for check in refused["checks"])
+    assert "refused" in refused["sentence"]
+    with pytest.raises(promote.PromotionRefused):
+        promote.promote(paths, reason="nope")
+    with pytest.raises(ValueError, match="needs a `reason`"):
+        promote.promote(paths, reason=" ", force=True)
+
+    # a forced promotion needs a different model: nudge the weights file (a zip file tolerates trailing bytes) and
+    # record its new version id, as training would
+    with (paths.candidate / "model.keras").open("ab") as handle:
+        handle.write(b"\0")
+    card = json.loads((paths.candidate / "model_card.json").read_text())
+    (paths.candidate / "model_card.json").write_text(json.dumps(card | {"version": model_folder.compute_version(
+        paths.candidate)}))
+    forced = promote.promote(paths, reason="customer demo needs it", force=True, requested_by="alice")
+    history = promote.read_history(paths)
+    assert [event["action"] for event in history] == ["promote", "promote"]
+    assert history[-1]["forced"] and history[-1]["requested_by"] == "alice"
+    assert promote.current_version(paths) == forced["version"]
+
+    rolled = promote.rollback(paths, reason="bad in production")
+    assert rolled["restored"] == first["version"]
+    assert json.loads((paths.production / "version.json").read_text())["version"] == first["version"]
+    assert (paths.production / "model.keras").read_bytes() == (paths.registry / first["version"] / "model.keras").read_bytes()
+    with pytest.raises(ValueError, match="no earlier production model"):
+        promote.rollback(paths, reason="again")
+    with pytest.raises(promote.PromotionRefused, match="was rolled back"):
+        gate_file = json.loads(paths.gate.read_text())
+        paths.gate.write_text(json.dumps(gate_file | {"decision": "pass", "promoted": False}))
+        promote.promote(paths, reason="passed")

@@ -1,0 +1,50 @@
+"""The one tree walker and its policy: sorted, streamed, hidden entries and links skipped and reported."""
+
+import os
+
+from tasks import source_tree
+
+
+def touch(path, content=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_files_come_sorted_by_relative_path_with_folders_as_name_slash(tmp_path):
+    for name in ("b.jpg", "a/z.jpg", "a-b.jpg", "a/b/c.jpg", "A.jpg"):
+        touch(tmp_path / name)
+    assert [file.relative for file in source_tree.walk(tmp_path)] == ["A.jpg", "a-b.jpg", "a/b/c.jpg", "a/z.jpg",
+                                                                       "b.jpg"]
+
+
+def test_hidden_entries_links_and_special_files_are_skipped_and_reported(tmp_path):
+    root = tmp_path / "root"
+    touch(root / "cat" / "a.jpg")
+    touch(root / ".hidden.jpg")
+    touch(root / "__MACOSX" / "cat" / "._a.jpg")
+    touch(root / "cat" / ".git" / "config")
+    outside = touch(tmp_path / "outside.jpg")
+    (root / "cat" / "out.jpg").symlink_to(outside)
+    (root / "cat" / "in.jpg").symlink_to(root / "cat" / "a.jpg")
+    (root / "cat" / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "loop").symlink_to(root)
+    os.mkfifo(root / "cat" / "pipe.jpg")
+    skipped = []
+    files = list(source_tree.walk(root, lambda reason, relative: skipped.append((reason, relative))))
+    assert [(file.relative, file.path) for file in files] == [("cat/a.jpg", root / "cat" / "a.jpg"),
+                                                              ("cat/in.jpg", root / "cat" / "a.jpg")]
+    assert sorted(skipped) == [("hidden", ".hidden.jpg"), ("hidden", "__MACOSX"), ("hidden", "cat/.git"),
+                               ("link", "cat/dangling.jpg"), ("link", "cat/out.jpg"), ("link", "loop"),
+                               ("special_file", "cat/pipe.jpg")]
+
+
+def test_scan_source_uses_the_same_walk_with_class_folders(tmp_path):
+    touch(tmp_path / "cat" / "deep" / "a.png")
+    touch(tmp_path / "cat" / "notes.txt")
+    touch(tmp_path / "dog" / ".b.png")
+    touch(tmp_path / "stray.jpg")
+    scan = source_tree.scan_source(tmp_path)
+    assert [(file.source_path, file.label) for file in scan.files] == [("cat/deep/a.png", "cat")]
+    assert scan.non_image_files == ["cat/notes.txt"] and scan.root_files == ["stray.jpg"]
+    assert scan.empty_class_folders == ["dog"] and scan.hidden_entries == 1

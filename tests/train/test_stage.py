@@ -1,0 +1,126 @@
+"""Training features: backbones, transfer learning, resumable runs, determinism, export, other Keras backends."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from tasks.ingest import stage as ingest
+from tasks.params import TrainParams
+from tasks.preprocess import stage as preprocess
+from tasks.train import model
+from tasks.train import stage as train
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def prepared(shrunk_config, tmp_path, monkeypatch):
+    """Tiny data ingested and preprocessed at 32 px (the backbones' minimum), in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    config, paths = shrunk_config
+    config = config.model_copy(update={"preprocess": config.preprocess.model_copy(update={"image_size": 32})})
+    ingest.run(config.ingest, paths)
+    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    return config, paths
+
+
+def test_transfer_learning_from_a_local_weights_file_runs_both_phases(prepared, tmp_path):
+    config, paths = prepared
+    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                                   pooling="avg")
+    weights_file = tmp_path / "mobilenet_notop.weights.h5"
+    backbone.save_weights(weights_file)
+    params = TrainParams(model="mobilenet_v3_small", weights=str(weights_file), epochs=1, batch_size=8,
+                         fine_tune={"epochs": 1, "unfreeze_layers": 5, "learning_rate": 1e-4})
+    candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
+    history = (candidate / "history.csv").read_text()
+    assert "train" in history and "fine_tune" in history
+    loaded = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
+    first_kernel = next(w for w in model.find_backbone(loaded).weights if "kernel" in w.path)
+    assert first_kernel.shape == next(w for w in backbone.weights if "kernel" in w.path).shape
+
+
+def test_deterministic_runs_give_identical_weights(prepared):
+    config, paths = prepared
+    params = config.train.model_copy(update={"deterministic": True, "epochs": 2})
+    weights = []
+    for _ in range(2):
+        candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
+        weights.append([np.array(w) for w in keras.saving.load_model(candidate / "model.keras").get_weights()])
+    for first, second in zip(*weights):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_model_card_and_saved_model_export(prepared):
+    import tensorflow as tf
+
+    config, paths = prepared
+    candidate = train.run(config.train, config.preprocess.augment, config.base.seed, paths)
+    card = json.loads((candidate / "model_card.json").read_text())
+    assert card["manifest_sha256"] and card["git_revision"] and card["image_size"] == 32
+    assert card["params"]["train"]["epochs"] == config.train.epochs and "val_accuracy" in card["validation"]
+    network = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
+    exported = tf.saved_model.load(str(candidate / "saved_model"))
+    images = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    served = exported.serve(tf.constant(images)).numpy()
+    assert np.abs(served - network.predict(images, verbose=0)).max() <= 1e-4
+
+
+EPOCH_LINE = re.compile(r"train epoch (\d+):")
+
+
+def _write_project(paths, config, epochs: int) -> None:
+    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    values["train"].update({"epochs": epochs, "patience": epochs, "batch_size": 4, "width": 4, "depth": 2})
+    values["preprocess"]["image_size"] = config.preprocess.image_size
+    (paths.root / "params.yaml").write_text(yaml.safe_dump(values))
+
+
+def test_training_killed_mid_run_resumes_from_its_last_epoch(prepared):
+    config, paths = prepared
+    _write_project(paths, config, epochs=12)
+    environment = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "tasks.train"]
+    log_file = paths.root / "first.log"
+    with log_file.open("w") as log:
+        process = subprocess.Popen(command, cwd=paths.root, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        while "train epoch 3:" not in log_file.read_text() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    first = log_file.read_text()
+    assert "train epoch 3:" in first, first[-3000:]
+    completed = max(int(number) for number in EPOCH_LINE.findall(first))
+    assert not (paths.candidate / "model.keras").exists()
+    # the worst moment to die: halfway through writing the latest backup (the previous copy must take over)
+    latest = next((paths.models / ".runs").glob("*/train.backup/latest.weights.h5"))
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+
+    second = subprocess.run(command, cwd=paths.root, env=environment, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    output = second.stdout + second.stderr
+    assert "resuming an interrupted run" in output
+    epochs_seen = [int(number) for number in EPOCH_LINE.findall(output)]
+    # resumes from the last whole backup: the last finished epoch, or the one before when its copy was cut short
+    assert completed - 1 <= epochs_seen[0] <= completed + 1, (completed, epochs_seen[:3])
+    history = (paths.candidate / "history.csv").read_text().splitlines()
+    assert len(history) - 1 == 12  # every epoch exactly once, across the interruption
+
+
+@pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
+def test_training_with_mixing_uses_soft_labels_end_to_end(prepared, mixing):
+    config, paths = prepared
+    augment = config.preprocess.augment.model_copy(update={mixing: 0.4})
+    candidate = train.run(config.train.model_copy(update={"epochs": 1}), augment, config.base.seed, paths)
+    history = (candidate / "history.csv").read_text()
+    assert "val_accuracy" in history
+    assert (paths.reports / "augmentation_preview.png").is_file()
