@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,37 +88,63 @@ def _strict_pillow(path: Path | str, max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def open_image(path: Path, max_pixels: int) -> Image.Image:
-    """Open an image lazily (header only), refusing empty files, other formats and images over the pixel limit.
+# Errors of the machine rather than of one file: they stop a stage (nothing is quarantined for them).
+MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EDQUOT,
+                            errno.EROFS})
 
-    Call it inside `_strict_pillow`, as `inspect` and `load_rgb_array` do.
+
+def read_file(path: Path) -> bytes:
+    """The bytes of one regular file: the one way imgpipe reads an input file.
+
+    The file is opened without following a link at its name (O_NOFOLLOW) and without blocking on a FIFO
+    (O_NONBLOCK), and read only after fstat says the open descriptor is a regular file: a name swapped for a link
+    or a FIFO after the tree was walked is refused, never followed or waited on. A file's own trouble (gone, not
+    permitted, a link, a FIFO) raises ImageError; trouble of the machine (disk full, I/O error, out of file
+    handles: MACHINE_ERRORS) raises the OSError itself, for the caller to stop on.
     """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(path, "empty_file", "file is empty (0 bytes)")
+        descriptor = os.open(path, flags)
     except OSError as error:
+        if error.errno in MACHINE_ERRORS:
+            raise
+        if error.errno == errno.ELOOP:
+            raise ImageError(path, "link", "is a symbolic link; links are not followed") from None
         raise ImageError(path, "unreadable", f"cannot read file: {error.strerror or error}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ImageError(path, "special_file", "not a regular file (a FIFO, socket or device)")
+        with open(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    except OSError as error:
+        if error.errno in MACHINE_ERRORS:
+            raise
+        raise ImageError(path, "unreadable", f"cannot read file: {error.strerror or error}") from None
+    finally:
+        os.close(descriptor)
+
+
+def open_image(data: bytes, name: Path | str, max_pixels: int) -> Image.Image:
+    """Open an image from its bytes lazily (header only), refusing empty data, other formats and images over the
+    pixel limit. `name` is only for messages.
+
+    Call it inside `_strict_pillow`, as `inspect_bytes` and `decode_array` do.
+    """
+    if not data:
+        raise ImageError(name, "empty_file", "file is empty (0 bytes)")
     previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked below, with a clearer message
     try:
-        image = Image.open(path, formats=PILLOW_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
     except Image.UnidentifiedImageError:
-        raise ImageError(path, "not_an_image", f"not a {', '.join(PILLOW_FORMATS)} image") from None
-    except OSError as error:
-        if error.filename is not None:  # the file itself could not be opened, as opposed to a bad header
-            raise ImageError(path, "unreadable", f"cannot read file: {error.strerror or error}") from None
-        raise ImageError(path, "corrupt", f"unreadable image header: {error}") from None
+        raise ImageError(name, "not_an_image", f"not a {', '.join(PILLOW_FORMATS)} image") from None
     except Exception as error:  # Pillow raises many types for a broken header
-        raise ImageError(path, "corrupt", f"unreadable image header: {error}") from None
+        raise ImageError(name, "corrupt", f"unreadable image header: {error}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
     width, height = image.size
     if width * height > max_pixels:  # from the header: nothing has been decoded yet
         image.close()
-        raise ImageError(
-            path,
-            "too_many_pixels",
-            f"{width}x{height} is over the pixel limit {max_pixels}",
-        )
+        raise ImageError(name, "too_many_pixels", f"{width}x{height} is over the pixel limit {max_pixels}")
     return image
 
 
@@ -197,30 +227,39 @@ def resize(image: Image.Image, image_size: int, mode: ResizeMode) -> Image.Image
     raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
 
 
-def load_rgb_array(path: Path, image_size: int, resize_mode: ResizeMode, max_pixels: int) -> np.ndarray:
-    """Decode, orient, convert and resize one file: the pixels that training and prediction both see (uint8 HxWx3)."""
-    with _strict_pillow(path, max_pixels), open_image(path, max_pixels) as image:
-        rgb = decode_rgb(image, path, draft_size=image_size)
+def decode_array(data: bytes, name: Path | str, image_size: int, resize_mode: ResizeMode,
+                 max_pixels: int) -> np.ndarray:
+    """Decode, orient, convert and resize one image's bytes: the pixels training and prediction both see (uint8)."""
+    with _strict_pillow(name, max_pixels), open_image(data, name, max_pixels) as image:
+        rgb = decode_rgb(image, name, draft_size=image_size)
         return np.asarray(resize(rgb, image_size, resize_mode), dtype=np.uint8)
 
 
-def inspect(
-    path: Path, max_pixels: int, min_side: int, draft_size: int | None = None
-) -> tuple[ImageInfo, Image.Image]:
-    """Check one file by decoding all of its data; return its description and upright RGB pixels, or raise ImageError.
+def load_rgb_array(path: Path, image_size: int, resize_mode: ResizeMode, max_pixels: int) -> np.ndarray:
+    """decode_array of a file's bytes (read with read_file)."""
+    return decode_array(read_file(path), path, image_size, resize_mode, max_pixels)
+
+
+def inspect_bytes(data: bytes, name: Path | str, max_pixels: int, min_side: int,
+                  draft_size: int | None = None) -> tuple[ImageInfo, Image.Image]:
+    """Check one image by decoding all of its data; return its description and upright RGB pixels, or raise ImageError.
 
     With `draft_size` a JPEG's pixels come back DCT-scaled (see decode_rgb): every byte of the compressed data is
     still entropy-decoded, so truncation and corruption show just the same, only the inverse DCT is smaller (2x
     faster on 400x500 photos, more on larger ones). The width and height described are always the full image's.
     """
-    with _strict_pillow(path, max_pixels), open_image(path, max_pixels) as image:
+    with _strict_pillow(name, max_pixels), open_image(data, name, max_pixels) as image:
         source_format, source_mode = image.format or "", image.mode
-        rgb, orientation, (width, height) = _decode(image, path, draft_size)
+        rgb, orientation, (width, height) = _decode(image, name, draft_size)
     if min(width, height) < min_side:
-        raise ImageError(
-            path, "too_small", f"{width}x{height} is under the minimum side {min_side}"
-        )
+        raise ImageError(name, "too_small", f"{width}x{height} is under the minimum side {min_side}")
     return ImageInfo(source_format, source_mode, width, height, orientation), rgb
+
+
+def inspect(path: Path, max_pixels: int, min_side: int,
+            draft_size: int | None = None) -> tuple[ImageInfo, Image.Image]:
+    """inspect_bytes of a file's bytes (read with read_file)."""
+    return inspect_bytes(read_file(path), path, max_pixels, min_side, draft_size)
 
 
 def advice(error: ImageError, settings: dict[str, str]) -> str:

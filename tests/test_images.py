@@ -1,5 +1,7 @@
 """tasks/images.py: every normalisation case, the format restriction, the pixel limit and broken data."""
 
+import errno
+import os
 import struct
 import warnings
 import zlib
@@ -335,3 +337,33 @@ def test_training_and_prediction_see_the_same_pixels_for_every_format(tmp_path):
         np.testing.assert_array_equal(first, second)
         full = np.asarray(images.resize(images.inspect(tmp_path / f"photo.{suffix}", LIMIT, 1)[1], 32, "stretch"))
         assert np.abs(first.astype(int) - full.astype(int)).mean() < 12, suffix
+
+
+def test_read_file_refuses_a_link_or_a_fifo_at_the_name_without_following_or_waiting(tmp_path):
+    real = tmp_path / "real.png"
+    Image.new("RGB", (4, 4), RED).save(real)
+    assert images.read_file(real) == real.read_bytes()
+    (tmp_path / "link.png").symlink_to(real)
+    with pytest.raises(images.ImageError) as link:
+        images.read_file(tmp_path / "link.png")
+    assert link.value.reason == "link"
+    os.mkfifo(tmp_path / "pipe.png")  # nobody writes to it: a blocking open would hang here
+    with pytest.raises(images.ImageError) as fifo:
+        images.read_file(tmp_path / "pipe.png")
+    assert fifo.value.reason == "special_file"
+    with pytest.raises(images.ImageError) as gone:
+        images.read_file(tmp_path / "gone.png")
+    assert gone.value.reason == "unreadable" and "No such file" in gone.value.detail
+
+
+def test_read_file_lets_errors_of_the_machine_through(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (4, 4), RED).save(path)
+
+    def out_of_handles(*arguments, **keywords):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(images.os, "open", out_of_handles)
+    with pytest.raises(OSError) as error:
+        images.load_rgb_array(path, 4, "stretch", 10_000)
+    assert error.value.errno == errno.EMFILE and not isinstance(error.value, images.ImageError)
