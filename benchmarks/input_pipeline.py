@@ -150,16 +150,24 @@ def write_shards(files: list[Path], image_size: int, folder: Path, max_pixels: i
     """Decode once, as the preprocess stage does (all cores), into one train split: images per second.
 
     CPU time is not shown: the decoding happens in worker processes."""
-    from tasks import shards
+    import hashlib
+
+    import pandas as pd
+
+    from tasks import processed_store
 
     labels = sorted({path.parent.name for path in files})
     started = time.perf_counter()
     decode = functools.partial(images.load_rgb_array, image_size=image_size, resize_mode="stretch",
                                max_pixels=max_pixels)
-    pixels = pool.ordered_map(decode, files)
-    examples = zip(pixels, [labels.index(path.parent.name) for path in files], [str(path) for path in files])
-    shards.write_split(examples, len(files), image_size * image_size * 3 + 256, 128 * 2**20, folder, "train")
-    (folder / "labels.json").write_text(json.dumps(labels))
+    keys = [hashlib.sha256(str(path).encode()).hexdigest() for path in files]
+    with processed_store.ShardWriter(folder, 128 * 2**20) as writer:
+        shards = [writer.add(key, pixels) for key, pixels in zip(keys, pool.ordered_map(decode, files))]
+    table = pd.DataFrame({"path": [str(path) for path in files], "label": [path.parent.name for path in files],
+                          "label_index": [labels.index(path.parent.name) for path in files], "split": "train",
+                          "group": keys, "unit": keys, "sha256": keys, "shard": shards})
+    table.to_parquet(folder / processed_store.SPLIT_TABLE)
+    (folder / processed_store.LABELS_FILE).write_text(json.dumps(labels))
     rate = len(files) / (time.perf_counter() - started)
     return rate, rate, float("nan")
 

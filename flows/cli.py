@@ -86,6 +86,24 @@ def _rollback(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(arguments: argparse.Namespace) -> int:
+    from flows import run_lock, stage_runner
+    from tasks.config import load_config
+    from tasks.ingest import gc
+
+    config, paths = load_config(Path(arguments.repo) / "params.yaml")
+    with run_lock.workspace_lock(paths.root, arguments.lock_timeout):
+        summary = gc.run(config.ingest, paths)
+        log = logging.getLogger("dvc").info
+        stage_runner.commit(paths.root, "ingest", log)
+        if not arguments.keep_cache:
+            stage_runner.collect_garbage(paths.root, log)
+    sys.stdout.write(f"raw store: {summary['shards_before']} shards, {summary['bytes_before'] / 1e6:.1f} MB -> "
+                     f"{summary['shards_after']} shards, {summary['bytes_after'] / 1e6:.1f} MB "
+                     f"({summary['images_moved']} images moved)\n")
+    return 0
+
+
 def format_predict_summary(summary: dict[str, Any]) -> str:
     """A short, plain-text account of a classification run."""
     errors = summary["errors"]
@@ -163,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     rollback.add_argument("--reason", default="rolled back by hand", help="why; kept in the history")
     rollback.set_defaults(handler=_rollback)
+
+    collect = commands.add_parser(
+        "gc", help="compact the raw store (shards mostly holding removed images) and prune DVC's cache",
+        description="Rewrite the raw store's shards whose images were mostly removed from the source, then drop "
+                    "from DVC's cache what no commit, branch, tag, experiment or the workspace names.")
+    collect.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    collect.add_argument("--keep-cache", action="store_true", help="compact the workspace only; leave DVC's cache")
+    collect.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                         help="wait this long for a running imgpipe run to finish (default: do not wait)")
+    collect.set_defaults(handler=_gc)
 
     predict = commands.add_parser(
         "predict", help="classify every image under a folder into a table (streamed, resumable, optionally on Dask)",

@@ -45,8 +45,20 @@ class TransientError(RuntimeError):
 @dataclass(frozen=True)
 class StageResult:
     name: str
-    status: str  # "ran", "skipped" (unchanged) or "restored" (outputs taken from DVC's run cache)
+    # "ran"; "unchanged" (ran, as an always-changed stage does, and wrote the same outputs); "skipped" (its deps,
+    # params and code unchanged); or "restored" (outputs taken from DVC's run cache)
+    status: str
     seconds: float
+
+
+def _locked_outputs(root: Path, name: str) -> dict[str, str] | None:
+    """The output hashes dvc.lock records for a stage (None when it records none)."""
+    lock_file = root / "dvc.lock"
+    if not lock_file.is_file():
+        return None
+    stage = ((yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages") or {}).get(name) or {}
+    outputs = stage.get("outs")
+    return {item["path"]: item.get("md5", "") for item in outputs} if outputs else None
 
 
 def stage_names(root: Path) -> list[str]:
@@ -101,6 +113,7 @@ def _error_message(lines: list[str]) -> str:
 def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResult:
     """Reproduce one stage through DVC (skipped when its deps, params and code are unchanged)."""
     started = time.perf_counter()
+    outputs_before = _locked_outputs(root, name)
     code, lines = _dvc(root, ["repro", "--single-item", name], log)
     seconds = time.perf_counter() - started
     if code != 0:
@@ -109,7 +122,7 @@ def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResul
         raise failure(f"stage '{name}' failed: {message}", name, error_type)
     text = "\n".join(lines)
     if _RAN.search(text):
-        status = "ran"
+        status = "unchanged" if outputs_before is not None and _locked_outputs(root, name) == outputs_before else "ran"
     elif _RESTORED.search(text):
         status = "restored"
     elif _SKIPPED.search(text):
@@ -136,3 +149,18 @@ def track(root: Path, targets: list[Path], log: Callable[[str], None]) -> None:
     code, lines = _dvc(root, ["add", *[str(target.relative_to(root)) for target in targets]], log)
     if code != 0:
         raise TransientError(f"dvc add failed: {_error_message(lines)}")
+
+
+def commit(root: Path, stage: str, log: Callable[[str], None]) -> None:
+    """Record a stage's current outputs in dvc.lock (after they were changed outside `dvc repro`, as gc does)."""
+    code, lines = _dvc(root, ["commit", "--force", stage], log)
+    if code != 0:
+        raise StageFailed(f"dvc commit {stage} failed: {_error_message(lines)}", stage, "")
+
+
+def collect_garbage(root: Path, log: Callable[[str], None]) -> None:
+    """Drop from DVC's cache what neither the workspace nor any commit, branch, tag or experiment names."""
+    code, lines = _dvc(root, ["gc", "--workspace", "--all-commits", "--all-branches", "--all-tags",
+                              "--all-experiments", "--force"], log)
+    if code != 0:
+        raise StageFailed(f"dvc gc failed: {_error_message(lines)}", "gc", "")

@@ -123,7 +123,7 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
     }
     summary.gate, already_judged = judge_candidate(root)
     if already_judged:
-        nothing_ran = all(stage["status"] == "skipped" for stage in summary.stages)
+        nothing_ran = all(stage["status"] in ("skipped", "unchanged") for stage in summary.stages)
         summary.outcome = "Nothing to do" if nothing_ran else "Unchanged"
         if nothing_ran:  # no data, code or params changed: leave every output as it is
             return summary

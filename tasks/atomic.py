@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -15,36 +16,42 @@ import pandas as pd
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary file path beside `path`; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: Path, keep_if_same: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path beside `path`; on success it replaces `path`, on error it is removed.
+
+    With `keep_if_same`, a `path` that already holds exactly the new bytes is left untouched (its modification time
+    too), so that tools comparing files (DVC, make) see no change.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(descriptor)
     temporary = Path(temporary_name)
     try:
         yield temporary
+        if keep_if_same and path.is_file() and filecmp.cmp(temporary, path, shallow=False):
+            return
         os.chmod(temporary, 0o644)  # mkstemp makes files private; outputs are ordinary files
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as temporary:
+def write_text(path: Path, text: str, keep_if_same: bool = False) -> None:
+    with atomic_path(path, keep_if_same) as temporary:
         temporary.write_text(text, encoding="utf-8")
 
 
-def write_json(path: Path, value: Any) -> None:
-    write_text(path, json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+def write_json(path: Path, value: Any, keep_if_same: bool = False) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n", keep_if_same)
 
 
-def write_parquet(path: Path, table: pd.DataFrame) -> None:
-    with atomic_path(path) as temporary:
+def write_parquet(path: Path, table: pd.DataFrame, keep_if_same: bool = False) -> None:
+    with atomic_path(path, keep_if_same) as temporary:
         table.to_parquet(temporary, index=False, engine="pyarrow", compression="zstd")
 
 
-def write_csv(path: Path, table: pd.DataFrame) -> None:
-    with atomic_path(path) as temporary:
+def write_csv(path: Path, table: pd.DataFrame, keep_if_same: bool = False) -> None:
+    with atomic_path(path, keep_if_same) as temporary:
         table.to_csv(temporary, index=False)
 
 

@@ -21,6 +21,10 @@ from PIL import Image, ImageFile, ImageOps
 PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
+# Bump when decode_array would give other pixels for the same bytes and settings: every store of decoded pixels
+# (the processed shards, prediction's reuse of earlier rows) is keyed by it.
+NORMALISATION_VERSION = 1
+
 # Transparent pixels are composited on white, the background most viewers show them on.
 ALPHA_BACKGROUND = (255, 255, 255)
 # `pad` fills the margins with black.

@@ -39,7 +39,9 @@ class IngestParams(Section):
     min_side: int = Field(default=8, ge=1)
     on_label_conflict: Literal["quarantine", "fail"] = "quarantine"
     near_duplicate_distance: int = Field(default=4, ge=0, le=64)
+    shard_megabytes: int = Field(default=256, ge=1)  # largest size of a raw store shard
     workers: int = Field(default=0, ge=0)
+    scheduler: str | None = None  # a Dask scheduler address (tcp://host:8786) to examine files on a cluster
 
 
 class ValidateParams(Section):
@@ -126,6 +128,7 @@ class PreprocessParams(Section):
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
     shard_megabytes: int = Field(default=128, ge=1)
     workers: int = Field(default=0, ge=0)
+    scheduler: str | None = None  # a Dask scheduler address (tcp://host:8786) to decode on a cluster
     group_by: GroupBy | None = None
     augment: AugmentParams = AugmentParams()
 

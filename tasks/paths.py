@@ -8,8 +8,16 @@ from pathlib import Path
 from tasks.params import PathsParams
 
 
+FOLDER_KEYS = ("demo", "raw", "interim", "processed", "models", "reports")
+DATA_FOLDER = "data"
+
+
 class Paths:
-    """Absolute locations of every file the stages exchange, derived from `paths` and one root folder."""
+    """Absolute locations of every file the stages exchange, derived from `paths` and one root folder.
+
+    imgpipe deletes and replaces what it writes, so every paths.* folder must lie inside the project's data/ folder
+    and no two may overlap: a careless `paths.raw: .` is refused here, before anything is written.
+    """
 
     def __init__(self, params: PathsParams, root: Path) -> None:
         self.root = root
@@ -19,14 +27,45 @@ class Paths:
         self.processed = root / params.processed
         self.models = root / params.models
         self.reports = root / params.reports
+        self._check_folders()
+
+    def _check_folders(self) -> None:
+        data = (self.root / DATA_FOLDER).resolve()
+        folders = {key: getattr(self, key).resolve() for key in FOLDER_KEYS}
+        for key, folder in folders.items():
+            if folder == data or not folder.is_relative_to(data):
+                raise ValueError(f"paths.{key}: {folder} is not inside the project's data folder {data}; imgpipe "
+                                 f"replaces and deletes what it writes there, so keep every paths.* folder under "
+                                 f"{DATA_FOLDER}/ (a link named data/ may point to a larger disk)")
+        for key, folder in folders.items():
+            for other, other_folder in folders.items():
+                if key != other and folder.is_relative_to(other_folder):
+                    raise ValueError(f"paths.{key} ({folder}) lies inside paths.{other} ({other_folder}); give each "
+                                     "paths.* key a folder of its own")
+
+    def check_source(self, source: Path, key: str) -> None:
+        """Refuse a source folder that overlaps a folder imgpipe writes (the demo folder may be the source)."""
+        source = source.resolve()
+        for folder_key in FOLDER_KEYS:
+            folder = getattr(self, folder_key).resolve()
+            if folder_key == "demo" and source == folder:
+                continue
+            if source.is_relative_to(folder) or folder.is_relative_to(source):
+                raise ValueError(f"{key}: {source} overlaps paths.{folder_key} ({folder}), which imgpipe writes; "
+                                 f"point {key} at a folder outside {self.root / DATA_FOLDER}'s outputs")
 
     @property
     def manifest(self) -> Path:
         return self.interim / "manifest.parquet"
 
     @property
-    def ingest_cache(self) -> Path:
-        return self.interim / "ingest_cache.parquet"
+    def ingest_state(self) -> Path:
+        """What ingest saw of each source file last time (size, mtime, sha256, verdict): its incremental memory."""
+        return self.interim / "ingest_state.parquet"
+
+    @property
+    def ingest_summary(self) -> Path:
+        return self.interim / "ingest_summary.json"
 
     @property
     def quarantine(self) -> Path:

@@ -99,17 +99,39 @@ class ProcessPool:
             yield in_flight.popleft().result()
 
 
-def ordered_map(function: Callable[[Item], Result], items: Sequence[Item], workers: int = 0) -> Iterator[Result]:
-    """Yield function(item) for each item in order: in this process for few items, else batched over a pool."""
+def ordered_map(function: Callable[[Item], Result], items: Sequence[Item], workers: int = 0,
+                scheduler: str | None = None) -> Iterator[Result]:
+    """Yield function(item) for each item in order: in this process for few items, else batched over a pool of
+    `workers` processes, or over the Dask cluster at `scheduler` (its workers must import this project and see
+    the same files). The results are the same whichever runs them."""
     workers = worker_count(workers)
-    if workers == 1 or len(items) < SERIAL_BELOW:
+    if scheduler is None and (workers == 1 or len(items) < SERIAL_BELOW):
         yield from map(function, items)
+        return
+    if scheduler is not None:
+        yield from _dask_map(function, items, scheduler)
         return
     size = batch_size(len(items), workers)
     batches = (list(items[start:start + size]) for start in range(0, len(items), size))
     with ProcessPool(workers) as pool:
         for results in pool.imap(_BatchCall(function), batches):
             yield from results
+
+
+def _dask_map(function: Callable[[Item], Result], items: Sequence[Item], scheduler: str) -> Iterator[Result]:
+    """ordered_map over a Dask cluster: batches submitted a window ahead, gathered in order."""
+    from distributed import Client  # imported only when asked for: a cluster is optional
+
+    with Client(scheduler, set_as_default=False) as client:
+        workers = max(1, len(client.scheduler_info()["workers"]))
+        size = batch_size(len(items), workers)
+        call, in_flight = _BatchCall(function), collections.deque()
+        for start in range(0, len(items), size):
+            in_flight.append(client.submit(call, list(items[start:start + size]), pure=False))
+            if len(in_flight) >= IN_FLIGHT_PER_WORKER * workers:
+                yield from in_flight.popleft().result()
+        while in_flight:
+            yield from in_flight.popleft().result()
 
 
 class _BatchCall:

@@ -32,6 +32,8 @@ SkipHandler = Callable[[str, str], None]
 class TreeFile:
     path: Path  # where to read it (inside the tree)
     relative: str  # posix path relative to the root, as text that can be written anywhere
+    size: int  # bytes and modification time when walked: what an incremental run compares, without reading
+    mtime_ns: int
 
 
 def is_hidden(name: str) -> bool:
@@ -43,11 +45,12 @@ def readable_name(relative: Path) -> str:
     return os.fsencode(relative).decode("utf-8", errors="backslashreplace").replace(os.sep, "/")
 
 
-def _is_regular_file(path: Path) -> bool:
+def _regular_file_stat(path: Path) -> os.stat_result | None:
     try:
-        return stat.S_ISREG(path.stat().st_mode)
+        facts = path.stat()
     except OSError:
-        return False
+        return None
+    return facts if stat.S_ISREG(facts.st_mode) else None
 
 
 def walk(root: Path, on_skipped: SkipHandler | None = None) -> Iterator[TreeFile]:
@@ -83,12 +86,18 @@ def walk(root: Path, on_skipped: SkipHandler | None = None) -> Iterator[TreeFile
             stack.append(sorted_entries(path))
         elif entry.is_symlink():
             target = path.resolve()
-            if target.is_relative_to(root) and _is_regular_file(target):
-                yield TreeFile(target, relative)
+            facts = _regular_file_stat(target) if target.is_relative_to(root) else None
+            if facts is not None:
+                yield TreeFile(target, relative, facts.st_size, facts.st_mtime_ns)
             else:
                 skipped("link", relative)
         elif entry.is_file(follow_symlinks=False):
-            yield TreeFile(path, relative)
+            try:
+                facts = entry.stat(follow_symlinks=False)
+            except OSError:  # gone since it was listed: whoever reads it reports that
+                yield TreeFile(path, relative, -1, -1)
+            else:
+                yield TreeFile(path, relative, facts.st_size, facts.st_mtime_ns)
         else:
             skipped("special_file", relative)
 
@@ -98,6 +107,8 @@ class SourceFile:
     path: Path  # where to read it (inside the source tree)
     source_path: str  # posix path relative to the source root, used in reports
     label: str
+    size: int = -1
+    mtime_ns: int = -1
 
 
 @dataclass
@@ -146,7 +157,7 @@ def scan_source(source: Path) -> SourceScan:
         elif not images.has_image_extension(file.relative):
             scan.non_image_files.append(file.relative)
         else:
-            scan.files.append(SourceFile(file.path, file.relative, label))
+            scan.files.append(SourceFile(file.path, file.relative, label, file.size, file.mtime_ns))
     labels = set(scan.labels)
     for folder in _class_folders(root):
         if folder not in labels:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # the object API draws with Agg and touches no global pyplot state
 
-from tasks import atomic, images
+from tasks import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -190,26 +191,15 @@ def per_class_bars(per_class: dict[str, dict[str, float]], path: Path) -> None:
     _save(figure, path)
 
 
-def _thumbnail(image_root: Path, relative_path: str, max_pixels: int) -> np.ndarray | None:
-    """The image at image_root/relative_path as a padded square, or None when it is missing, unreadable or outside."""
-    root = image_root.resolve()
-    candidate = (root / relative_path).resolve()
-    if not candidate.is_relative_to(root):
-        logger.warning("mistakes gallery: %s is outside %s; drawn as a blank tile", relative_path, image_root)
-        return None
-    try:
-        return images.load_rgb_array(candidate, THUMBNAIL_SIDE, "pad", max_pixels)
-    except (images.ImageError, OSError) as error:
-        logger.warning("mistakes gallery: cannot show %s: %s", candidate, error)
-        return None
+Thumbnails = Callable[[list[str]], list[np.ndarray | None]]  # image paths -> square pictures, None if unreadable
 
 
-def mistakes_gallery(rows: pd.DataFrame, image_root: Path, path: Path, max_pixels: int, limit: int = 24) -> None:
+def mistakes_gallery(rows: pd.DataFrame, thumbnails: Thumbnails, path: Path, limit: int = 24) -> None:
     """Save a grid of the most confident mistakes, each captioned "true X / predicted Y (0.97)".
 
-    `rows` has columns path (relative to `image_root`, i.e. data/raw), actual, predicted and confidence; rows
-    whose prediction is right are ignored, so the whole test_predictions.csv may be passed. Images over
-    `max_pixels` are drawn as blank tiles, unopened.
+    `rows` has columns path, actual, predicted and confidence; rows whose prediction is right are ignored, so the
+    whole test_predictions.csv may be passed. `thumbnails` gives the pictures of the paths shown (THUMBNAIL_SIDE
+    squares); one it cannot give is drawn as a blank tile.
     """
     mistakes = rows[rows["actual"].astype(str) != rows["predicted"].astype(str)]
     if mistakes.empty:
@@ -219,9 +209,9 @@ def mistakes_gallery(rows: pd.DataFrame, image_root: Path, path: Path, max_pixel
     columns = min(GALLERY_COLUMNS, len(shown))
     grid_rows = math.ceil(len(shown) / columns)
     figure = Figure(figsize=(1.8 * columns, 2.2 * grid_rows + 0.5))  # about the width of the report page
-    for position, row in enumerate(shown.itertuples(index=False), start=1):
+    pictures = thumbnails([str(name) for name in shown["path"]])
+    for position, (row, pixels) in enumerate(zip(shown.itertuples(index=False), pictures), start=1):
         axes = figure.add_subplot(grid_rows, columns, position)
-        pixels = _thumbnail(image_root, str(row.path), max_pixels)
         if pixels is None:
             axes.imshow(np.full((THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3), 220, dtype=np.uint8))
             axes.text(THUMBNAIL_SIDE / 2, THUMBNAIL_SIDE / 2, "unreadable", ha="center", va="center", color="#555555")

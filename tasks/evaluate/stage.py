@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from tasks import atomic, model_folder
+from tasks import atomic, images, model_folder, stored_images
 from tasks.config import load_config
 from tasks.evaluate import metrics as metric_functions
 from tasks.evaluate import plots
@@ -33,6 +33,23 @@ def predict_split(model: keras.Model, processed_dir: Path, split: str, image_siz
             "probabilities": list(np.asarray(probabilities, dtype=np.float64)),
         }))
     return pd.concat(rows, ignore_index=True)
+
+
+def stored_thumbnails(paths: Paths, max_pixels: int) -> plots.Thumbnails:
+    """Pictures of images by manifest path, from the raw store (the originals, not the model's small input)."""
+    decoder = stored_images.Decoder(paths.raw, plots.THUMBNAIL_SIDE, "pad", max_pixels)
+
+    def thumbnails(names: list[str]) -> list[np.ndarray | None]:
+        pictures: list[np.ndarray | None] = []
+        for job in stored_images.jobs_for(paths.manifest, names):
+            try:
+                pictures.append(decoder(job))
+            except (images.ImageError, OSError) as error:
+                logger.warning("mistakes gallery: cannot show %s: %s", job[0], error)
+                pictures.append(None)
+        return pictures
+
+    return thumbnails
 
 
 def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dict[str, Any]:
@@ -64,7 +81,7 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
     plots.confusion_matrix(matrix, labels, output / "confusion_matrix_normalised.png", normalised=True)
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
     plots.training_curves(model_folder.read_history(paths.candidate), output / "training_curves.png")
-    plots.mistakes_gallery(table, paths.raw, output / "mistakes.png", max_pixels)
+    plots.mistakes_gallery(table, stored_thumbnails(paths, max_pixels), output / "mistakes.png")
     atomic.write_json(output / "metrics.json", metrics)
     logger.info("evaluate: accuracy %.4f, macro-F1 %.4f on %d test images; wrote %s",
                 metrics["accuracy"], metrics["macro_f1"], metrics["test_images"], output)

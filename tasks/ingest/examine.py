@@ -1,106 +1,79 @@
-"""Examines one source file (hash, full decode check, perceptual hash) and many over all cores; reads the files and
-writes only the copy of a good image into data/raw/.
+"""Examines source files: reads each once (images.read_file), hashes it and fully decodes it to check it; reads
+the files, writes nothing.
 
 Worker processes import this module: pandas, pydantic and tqdm are imported where the main process uses them, not
-here, which saves each worker 0.3 s or more of start-up (a quarter of a small run).
+here, which saves each worker 0.3 s or more of start-up.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tasks import images, pool
-from tasks.hashing import file_sha256
+from tasks import images
 from tasks.ingest.near_duplicates import HASH_INPUT_SIDE, perceptual_hash
 
-if TYPE_CHECKING:
-    from tasks.params import IngestParams
-    from tasks.source_tree import SourceFile
-
-logger = logging.getLogger(__name__)
-
-CACHE_COLUMNS = ["source_path", "settings", "size", "mtime_ns", "sha256", "width", "height", "format", "mode",
-                 "orientation", "phash", "reason", "detail"]
-# A cached verdict holds only for the same checks: bump the version when examine() changes.
-_CACHE_VERSION = 2
+# A verdict holds only for the same checks: bump the version when examine() changes what it decides.
+CHECKS_VERSION = 3
+# Reasons that say nothing about a file's content: a file quarantined for one is examined again next run.
+READ_REASONS = frozenset({"unreadable", "link", "special_file"})
 # What a quarantine reason asks the user to change.
 _ADVICE = {"too_many_pixels": "raise ingest.max_pixels", "too_small": "lower ingest.min_side"}
+VERDICT_FIELDS = ("width", "height", "format", "mode", "orientation", "phash", "reason", "detail")
 
 
-def _settings(max_pixels: int, min_side: int) -> str:
-    return f"v{_CACHE_VERSION} max_pixels={max_pixels} min_side={min_side}"
+def checks(max_pixels: int, min_side: int) -> str:
+    """The settings a verdict was made under; a verdict is reused only under the same."""
+    return f"v{CHECKS_VERSION} max_pixels={max_pixels} min_side={min_side}"
 
 
-def examine(path: Path, source_path: str, cached: dict[str, Any] | None, max_pixels: int, min_side: int,
-            copy_to: Path | None = None) -> dict[str, Any]:
-    """Hash and (unless an earlier run's result for the same bytes is given) fully decode one file.
+@dataclass(frozen=True)
+class FileJob:
+    path: str  # where to read the file
+    source_path: str  # posix path relative to the source root
+    previous: dict[str, Any] | None = None  # the verdict of an earlier run on this path, reused if the sha256 matches
 
-    With `copy_to`, a good image is also copied there, in the same pass that hashes it; workers copying in
-    parallel keep data/raw/ from being written by one process alone.
+
+@dataclass
+class Examined:
+    record: dict[str, Any]  # sha256, bytes and the verdict fields; reason is "" for a good image
+    data: bytes | None = field(default=None, repr=False)  # the file's bytes, for a good image
+
+
+def examine(job: FileJob, max_pixels: int, min_side: int) -> Examined:
+    """Read, hash and (unless an earlier verdict for the same bytes is given) fully decode one file.
+
+    A file's own trouble (gone, unreadable, a link or a FIFO at its name, not an image, corrupt, too large or
+    small) becomes a quarantine reason; an error of the machine (disk, I/O, file handles) is raised.
     """
-    record: dict[str, Any] = {"source_path": source_path, "settings": _settings(max_pixels, min_side),
-                              "size": 0, "mtime_ns": 0, "sha256": "", "reason": "", "detail": ""}
-    try:  # the file may have gone, or be unreadable, since the tree was scanned
-        stat = path.stat()
-        record |= {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        record["sha256"] = file_sha256(path, copy_to)
-    except OSError as error:
-        record |= {"reason": "unreadable", "detail": f"cannot read file: {error.strerror or error}"}
-    else:
-        # The mtime is not compared: every file is hashed anyway, and a copy or checkout of the same bytes (new
-        # mtimes) should not cost a full decode.
-        if cached is not None and (cached["size"], cached["sha256"]) == (stat.st_size, record["sha256"]):
-            record = cached | {"mtime_ns": stat.st_mtime_ns}
-        else:
-            try:
-                info, rgb = images.inspect(path, max_pixels, min_side, draft_size=HASH_INPUT_SIDE)
-                record |= {"width": info.width, "height": info.height, "format": info.format, "mode": info.mode,
-                           "orientation": info.orientation, "phash": perceptual_hash(rgb)}
-            except images.ImageError as error:
-                record |= {"reason": error.reason, "detail": images.advice(error, _ADVICE)}
-    if copy_to is not None and record["reason"]:
-        copy_to.unlink(missing_ok=True)
-    return record
-
-
-def _examine_job(job: tuple[str, str, dict[str, Any] | None, int, int, str | None]) -> dict[str, Any]:
-    path, source_path, cached, max_pixels, min_side, copy_to = job
-    return examine(Path(path), source_path, cached, max_pixels, min_side, Path(copy_to) if copy_to else None)
-
-
-def load_cache(path: Path) -> dict[str, dict[str, Any]]:
-    import pandas as pd
-
-    if not path.exists():
-        return {}
+    record: dict[str, Any] = {"source_path": job.source_path, "sha256": "", "bytes": 0, "width": 0, "height": 0,
+                              "format": "", "mode": "", "orientation": 0, "phash": "", "reason": "", "detail": ""}
     try:
-        table = pd.read_parquet(path)
-    except Exception as error:  # a damaged cache only costs a full decode
-        logger.warning("%s: ignoring unreadable ingest cache (%s)", path, error)
-        return {}
-    return {row["source_path"]: row for row in table.to_dict("records")}
+        data = images.read_file(Path(job.path))
+    except images.ImageError as error:
+        return Examined(record | {"reason": error.reason, "detail": error.detail})
+    record |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    previous = job.previous
+    if previous is not None and previous.get("sha256") == record["sha256"]:
+        record |= {name: previous[name] for name in VERDICT_FIELDS}
+    else:
+        try:
+            info, rgb = images.inspect_bytes(data, job.source_path, max_pixels, min_side, draft_size=HASH_INPUT_SIDE)
+            record |= {"width": info.width, "height": info.height, "format": info.format, "mode": info.mode,
+                       "orientation": info.orientation, "phash": perceptual_hash(rgb)}
+        except images.ImageError as error:
+            record |= {"reason": error.reason, "detail": images.advice(error, _ADVICE)}
+    return Examined(record, None if record["reason"] else data)
 
 
-def examine_all(files: list[SourceFile], params: IngestParams, cache: dict[str, dict[str, Any]],
-                copy_root: Path | None = None) -> list[dict[str, Any]]:
-    """Examine every file, in parallel over all cores; an earlier verdict is reused for the same path, settings,
-    size and sha256."""
-    from tqdm import tqdm
+class Examiner:
+    """examine() with fixed settings, as one picklable callable for worker processes."""
 
-    jobs = []
-    settings = _settings(params.max_pixels, params.min_side)
-    for file in files:
-        cached = cache.get(file.source_path)
-        cached = cached if cached is not None and cached["settings"] == settings else None
-        copy_to = str(copy_root / file.source_path) if copy_root is not None else None
-        jobs.append((str(file.path), file.source_path, cached, params.max_pixels, params.min_side, copy_to))
-    reused = sum(job[2] is not None for job in jobs)
-    logger.info("examining %d files (%d have an earlier verdict, reused if their sha256 matches)", len(jobs), reused)
-    with tqdm(total=len(jobs), unit="file", desc="ingest", disable=None) as progress:
-        records = []
-        for record in pool.ordered_map(_examine_job, jobs, params.workers):
-            records.append(record)
-            progress.update()
-    return records
+    def __init__(self, max_pixels: int, min_side: int) -> None:
+        self.max_pixels = max_pixels
+        self.min_side = min_side
+
+    def __call__(self, job: FileJob) -> Examined:
+        return examine(job, self.max_pixels, self.min_side)

@@ -88,19 +88,29 @@ def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) ->
 
 
 def assign_splits(manifest: pd.DataFrame, seed: int, val_fraction: float, test_fraction: float,
-                  subjects: Iterable[str] | None = None) -> pd.DataFrame:
+                  subjects: Iterable[str] | None = None, kept: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Return the manifest with `unit`, `split` and `order` columns.
 
     The split of an image follows from its unit's key (see split_units; a lone image is its own near-duplicate
     group, named by its content hash) and the seed only, so adding images never moves an existing one and a
     unit never straddles two splits. The hashed positions are uniform within every class, so each class is split
     in the requested proportions in expectation (stratified without depending on order or dataset size).
+
+    `kept` (sha256 -> split) is an earlier run's assignment: those images keep their split whatever the hash says
+    now (a new near-duplicate or subject may rename a unit), and a new image joins the split its unit already has.
     """
     units = split_units(manifest["group"], subjects)
     positions = [unit_interval(unit, seed) for unit in units]
     splits = ["test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
               for position in positions]
-    # `order` is a per-image pseudo-random key: shards are written in this order so that each holds a mix of classes
+    if kept:
+        earlier = [kept.get(digest) for digest in manifest["sha256"]]
+        unit_split: dict[str, str] = {}
+        for unit, split in zip(units, earlier):
+            if split is not None:
+                unit_split.setdefault(unit, split)
+        splits = [split or unit_split.get(unit, hashed) for unit, split, hashed in zip(units, earlier, splits)]
+    # `order` is a per-image pseudo-random key: new images are stored in this order, a mix of classes in every shard
     order = [unit_interval(f"order/{digest}", seed) for digest in manifest["sha256"]]
     return manifest.assign(unit=units, split=splits, order=order)
 

@@ -1,21 +1,32 @@
-"""Preprocess stage: reads data/raw/ and the manifest, writes data/processed/ and data/reports/split.json."""
+"""Preprocess stage: reads the manifest and data/raw/, writes data/processed/ (decoded shards, split.parquet, labels,
+preprocess.json) and data/reports/split.json.
+
+Incremental: each image is decoded once per normalisation (image size, resize mode, decoder version) and kept by
+its sha256, so a run decodes only images it has not decoded before; an image keeps the split it was given; shards
+whose images were mostly removed are compacted (their live records copied, not decoded again).
+"""
 
 from __future__ import annotations
 
-import functools
-import itertools
+import json
 import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
-from tasks import atomic, images, pool, shards
+from tasks import atomic, images, pool, processed_store, raw_store, stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
 from tasks.preprocess.split import SPLITS, assign_splits, split_counts, split_report, subjects_for
 
 logger = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ["path", "label", "label_index", "split", "group", "unit", "sha256", "shard"]
+COMPACT_BELOW = 0.5  # a shard whose live share of records falls under this is rewritten without the dead ones
 
 
 def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths) -> list[str] | None:
@@ -35,63 +46,131 @@ def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths
     return subjects_for(manifest, group_by, csv_table)
 
 
-def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> pd.DataFrame:
-    """Split the manifest, decode every image once and write each split as a few large shards.
+def normalisation(params: PreprocessParams) -> str:
+    """What decoded pixels depend on: an earlier run's shards are reused only under the same."""
+    return f"image_size={params.image_size} resize={params.resize} decoder=v{images.NORMALISATION_VERSION}"
 
-    Also writes the split report (sizes, shares and per-class counts) to data/reports/split.json.
-    """
+
+def _splitting(params: PreprocessParams, seed: int) -> dict[str, Any]:
+    """What the split depends on: an earlier run's assignment is kept only under the same."""
+    return {"seed": seed, "val_fraction": params.val_fraction, "test_fraction": params.test_fraction,
+            "group_by": None if params.group_by is None else str(params.group_by)}
+
+
+@dataclass
+class Earlier:
+    """What the last run left that this one may reuse."""
+
+    shards: dict[str, str] = field(default_factory=dict)  # sha256 -> the shard holding its pixels
+    splits: dict[str, str] = field(default_factory=dict)  # sha256 -> its split
+    records: dict[str, int] = field(default_factory=dict)  # shard -> how many records it holds, live or not
+
+
+def _earlier(paths: Paths, params: PreprocessParams, seed: int) -> Earlier:
+    """The last run's shards (under the same normalisation) and splits (under the same splitting), when its outputs
+    are whole. Unfinished shards of a killed run are removed."""
+    folder = paths.processed
+    processed_store.remove_temporary(folder)
+    summary_file, table_file = folder / processed_store.SUMMARY_FILE, folder / processed_store.SPLIT_TABLE
+    if not (summary_file.is_file() and table_file.is_file()):
+        return Earlier()
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    table = pd.read_parquet(table_file)
+    if "shard" not in table.columns or not isinstance(summary.get("shard_records"), dict):
+        logger.info("%s: written before the incremental store; every image is decoded again", folder)
+        return Earlier()
+    earlier = Earlier()
+    if summary.get("normalisation") == normalisation(params):
+        present = set(processed_store.shard_names(folder))
+        earlier.shards = {sha256: shard for sha256, shard in zip(table["sha256"], table["shard"]) if shard in present}
+        earlier.records = {shard: int(count) for shard, count in summary["shard_records"].items() if shard in present}
+    if summary.get("splitting") == _splitting(params, seed):
+        earlier.splits = dict(zip(table["sha256"], table["split"]))
+    return earlier
+
+
+def _decode_new(table: pd.DataFrame, earlier: Earlier, params: PreprocessParams, max_pixels: int,
+                paths: Paths) -> tuple[dict[str, str], dict[str, int]]:
+    """Decode the images no shard holds yet (in `order`, over all cores) into new shards; return sha256 -> shard
+    and the record count of each new shard."""
+    new = table[~table["sha256"].isin(earlier.shards)].sort_values("order", kind="stable")
+    decoder = stored_images.Decoder(paths.raw, params.image_size, params.resize, max_pixels)
+    jobs = [(row.path, raw_store.location_of(row)) for row in new.itertuples(index=False)]
+    placed: dict[str, str] = {}
+    with processed_store.ShardWriter(paths.processed, params.shard_megabytes * 2**20) as writer, \
+            tqdm(total=len(jobs), unit="image", desc="preprocess", disable=None) as progress:
+        for sha256, pixels in zip(new["sha256"], pool.ordered_map(decoder, jobs, params.workers, params.scheduler)):
+            placed[sha256] = writer.add(sha256, pixels)
+            progress.update()
+    return placed, writer.counts
+
+
+def _compact(table: pd.DataFrame, records: dict[str, int], params: PreprocessParams,
+             paths: Paths) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rewrite the shards whose records are mostly no longer used (their live records copied, not decoded)."""
+    live = table.groupby("shard").size()
+    sparse = [shard for shard, count in live.items() if count < COMPACT_BELOW * records.get(shard, count)]
+    if not sparse:
+        return table, records
+    wanted = set(table.loc[table["shard"].isin(sparse), "sha256"])
+    moved: dict[str, str] = {}
+    with processed_store.ShardWriter(paths.processed, params.shard_megabytes * 2**20) as writer:
+        for shard in sparse:
+            for sha256, pixels in processed_store.records(paths.processed, shard, params.image_size):
+                if sha256 in wanted and sha256 not in moved:
+                    moved[sha256] = writer.add(sha256, pixels)
+    logger.info("preprocess: compacted %d sparse shard(s) into %d", len(sparse), len(writer.written))
+    table = table.assign(shard=table["sha256"].map(moved).fillna(table["shard"]))
+    return table, {shard: count for shard, count in records.items() if shard not in sparse} | writer.counts
+
+
+def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> pd.DataFrame:
+    """Split the manifest, decode the images not decoded before, and write the split table and reports."""
+    started = time.perf_counter()
     manifest = pd.read_parquet(paths.manifest)
     if manifest.empty:
         raise ValueError(f"{paths.manifest}: the manifest lists no images; run ingest on a folder of class folders")
+    if "shard" not in manifest.columns:
+        raise ValueError(f"{paths.manifest}: written by an older ingest, without the raw store; run the ingest "
+                         "stage again (dvc repro ingest) and then this one")
     labels = sorted(manifest["label"].unique().tolist())
-    label_index = {label: index for index, label in enumerate(labels)}
     subjects = read_subjects(manifest, params.group_by, paths)
-    table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects)
-    split_rank = table["split"].map({split: rank for rank, split in enumerate(SPLITS)})
-    table = table.assign(split_rank=split_rank).sort_values(["split_rank", "order"], kind="stable")
-    table = table.drop(columns="split_rank").reset_index(drop=True)
-    table["label_index"] = table["label"].map(label_index).astype("int64")
-    # pixels, plus the path, label and record framing stored beside them
-    longest_path = int(table["path"].str.encode("utf-8").str.len().max())
-    bytes_per_example = params.image_size * params.image_size * 3 + longest_path + 96
+    earlier = _earlier(paths, params, seed)
+    table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects, earlier.splits)
+    table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).astype("int64")
+    placed, new_records = _decode_new(table, earlier, params, max_pixels, paths)
+    table = table.assign(shard=table["sha256"].map(earlier.shards | placed))
+    table, records = _compact(table, earlier.records | new_records, params, paths)
+    table = table.sort_values(["shard", "order"], kind="stable").reset_index(drop=True)
+
     counts = split_counts(table)
     for split in SPLITS:
         missing = [label for label in labels if counts[split].get(label, 0) == 0]
         if missing:
             logger.warning("split %s has no images of class(es) %s; add images or change the fractions", split, missing)
-
-    # one pass over all images (table is sorted by split), so the worker processes start once
-    files = [paths.raw / path for path in table["path"]]
-    decode = functools.partial(images.load_rgb_array, image_size=params.image_size, resize_mode=params.resize,
-                               max_pixels=max_pixels)
-    pixels = iter(tqdm(pool.ordered_map(decode, files, params.workers), total=len(files), unit="image",
-                       desc="preprocess", disable=None))
-    with atomic.atomic_directory(paths.processed) as building:
-        shard_paths: dict[str, list[str]] = {}
-        for split in SPLITS:
-            rows = table[table["split"] == split]
-            examples = zip(itertools.islice(pixels, len(rows)), rows["label_index"].tolist(), rows["path"].tolist())
-            written = shards.write_split(examples, len(rows), bytes_per_example, params.shard_megabytes * 2**20,
-                                         building, split)
-            shard_paths[split] = [path.name for path in written]
-        atomic.write_parquet(building / "split.parquet",
-                             table[["path", "label", "label_index", "split", "group", "unit", "sha256"]])
-        atomic.write_json(building / "labels.json", labels)
-        atomic.write_json(building / "preprocess.json", {
-            "image_size": params.image_size,
-            "resize": params.resize,
-            "seed": seed,
-            "labels": labels,
-            "shards": shard_paths,
-            "counts": {split: int((table["split"] == split).sum()) for split in SPLITS},
-            "counts_per_class": counts,
-            "group_by": None if params.group_by is None else str(params.group_by),
-        })
+    folder = paths.processed
+    atomic.write_parquet(folder / processed_store.SPLIT_TABLE, table[TABLE_COLUMNS], keep_if_same=True)
+    atomic.write_json(folder / processed_store.LABELS_FILE, labels, keep_if_same=True)
+    atomic.write_json(folder / processed_store.SUMMARY_FILE, {
+        "image_size": params.image_size,
+        "resize": params.resize,
+        "normalisation": normalisation(params),
+        "splitting": _splitting(params, seed),
+        "seed": seed,
+        "labels": labels,
+        "shards": sorted(table["shard"].unique().tolist()),
+        "shard_records": {shard: records[shard] for shard in sorted(table["shard"].unique())},
+        "counts": {split: int((table["split"] == split).sum()) for split in SPLITS},
+        "counts_per_class": counts,
+        "group_by": None if params.group_by is None else str(params.group_by),
+    }, keep_if_same=True)
+    processed_store.remove(folder, sorted(set(processed_store.shard_names(folder)) - set(table["shard"])))
     atomic.write_json(paths.reports / "split.json",
-                      split_report(table, seed, params.val_fraction, params.test_fraction, params.group_by))
-    logger.info("preprocess: images per split %s, %d x %d px, resize=%s",
+                      split_report(table, seed, params.val_fraction, params.test_fraction, params.group_by),
+                      keep_if_same=True)
+    logger.info("preprocess: images per split %s, %d x %d px, resize=%s; %d decoded now, %d reused; %.1f s",
                 {split: sum(counts[split].values()) for split in SPLITS}, params.image_size, params.image_size,
-                params.resize)
+                params.resize, len(placed), len(table) - len(placed), time.perf_counter() - started)
     return table
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, images, model_folder, pool
+from tasks import atomic, model_folder, pool, stored_images
 from tasks.evaluate import metrics as metric_functions
 from tasks.params import GateParams
 from tasks.paths import Paths
@@ -28,19 +27,18 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _decode_files(info: model_folder.ModelInfo, files: list[Path], max_pixels: int) -> Iterator[np.ndarray]:
-    """The pixels of image files as the model saw them in training (its card's size and resize policy)."""
-    decode = functools.partial(images.load_rgb_array, image_size=info.image_size, resize_mode=info.resize,
-                               max_pixels=max_pixels)
-    return pool.ordered_map(decode, files)
+def _decode_stored(info: model_folder.ModelInfo, images: list[stored_images.Job], raw: Path,
+                   max_pixels: int) -> Iterator[np.ndarray]:
+    """The pixels of stored images as a model saw them in training (its card's size and resize policy)."""
+    return pool.ordered_map(stored_images.Decoder(raw, info.image_size, info.resize, max_pixels), images)
 
 
-def predict_files(folder: Path, files: list[Path], max_pixels: int) -> np.ndarray:
-    """Class probabilities of a saved model for image files, decoded at the model's own size and resize policy."""
+def predict_stored(folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int) -> np.ndarray:
+    """Class probabilities of a saved model for stored images, decoded at the model's own size and resize policy."""
     info = model_folder.read_info(folder)
     network = model_folder.load(folder)
     batches, batch = [], []
-    for pixels in _decode_files(info, files, max_pixels):
+    for pixels in _decode_stored(info, images, raw, max_pixels):
         batch.append(pixels)
         if len(batch) == PREDICT_BATCH:
             batches.append(np.asarray(network.predict_on_batch(np.stack(batch))))
@@ -50,11 +48,11 @@ def predict_files(folder: Path, files: list[Path], max_pixels: int) -> np.ndarra
     return np.concatenate(batches) if batches else np.zeros((0, len(info.labels)))
 
 
-def export_parity(folder: Path, files: list[Path], max_pixels: int) -> float:
+def export_parity(folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int) -> float:
     """Largest absolute difference between the SavedModel export's and the .keras model's probabilities."""
     import tensorflow as tf
 
-    pixels = np.stack(list(_decode_files(model_folder.read_info(folder), files[:PARITY_IMAGES], max_pixels)))
+    pixels = np.stack(list(_decode_stored(model_folder.read_info(folder), images[:PARITY_IMAGES], raw, max_pixels)))
     expected = model_folder.load(folder).predict(pixels, verbose=0)
     exported = tf.saved_model.load(str(folder / model_folder.SAVED_MODEL_FOLDER))  # keep it: it owns the variables
     served = exported.serve(tf.constant(pixels)).numpy()
@@ -66,11 +64,11 @@ def _check(name: str, passed: bool, value: float | None, threshold: float | None
 
 
 def compare_with_champion(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
-                          champion_dir: Path, raw_dir: Path, max_pixels: int
+                          champion_dir: Path, stored: list[stored_images.Job], raw: Path, max_pixels: int
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Non-inferiority of the headline metric (paired bootstrap) and per-class recall, on the same test images."""
     champion_labels = model_folder.read_labels(champion_dir)
-    probabilities = predict_files(champion_dir, [raw_dir / path for path in table["path"]], max_pixels)
+    probabilities = predict_stored(champion_dir, stored, raw, max_pixels)
     index_of = {label: index for index, label in enumerate(labels)}
     # a class the champion never knew counts as a wrong answer for it
     champion_index = np.array([index_of.get(champion_labels[i], -1) for i in probabilities.argmax(axis=1)])
@@ -131,15 +129,16 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     labels = model_folder.read_labels(paths.candidate)
     table = pd.read_csv(paths.evaluation / "test_predictions.csv", keep_default_na=False,
                         dtype={"actual": str, "predicted": str})
-    difference = export_parity(paths.candidate, [paths.raw / path for path in table["path"]], max_pixels)
+    stored = stored_images.jobs_for(paths.manifest, table["path"].tolist())  # the test images, from the raw store
+    difference = export_parity(paths.candidate, stored, paths.raw, max_pixels)
     checks = [_check("export parity", difference <= params.max_export_difference, difference,
                      params.max_export_difference,
                      f"SavedModel and .keras probabilities differ by at most {difference:.2e} on "
                      f"{min(len(table), PARITY_IMAGES)} test images")]
     champion = None
     if model_folder.exists(paths.production):
-        champion_checks, champion = compare_with_champion(params, seed, labels, table, paths.production, paths.raw,
-                                                          max_pixels)
+        champion_checks, champion = compare_with_champion(params, seed, labels, table, paths.production, stored,
+                                                          paths.raw, max_pixels)
         checks += champion_checks
     else:
         checks += floor_checks(params, metrics)

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tasks import atomic, shards
+from tasks import atomic, processed_store
 from tasks.params import AugmentParams
 from tasks.paths import Paths
 from tasks.train import augment, dataset
@@ -55,11 +55,11 @@ def preview_rows(images: np.ndarray, labels: np.ndarray, params: AugmentParams, 
 
 def run(params: AugmentParams, seed: int, paths: Paths, image_count: int = 8, draws: int = 5) -> Path:
     """Write the preview grid of the first `image_count` training images (in shard order) and return its path."""
-    image_size = int(json.loads((paths.processed / "preprocess.json").read_text(encoding="utf-8"))["image_size"])
-    files = [str(path) for path in shards.shard_files(paths.processed, "train")]
-    serialized = next(iter(tf.data.TFRecordDataset(files).take(image_count).batch(image_count)))
-    example = shards.parse_batch(serialized, image_size)
-    images, labels = example["image"].numpy(), example["label"].numpy()
+    summary = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    image_size = int(summary["image_size"])
+    first = next(iter(dataset.split_dataset(paths.processed, "train", image_size, image_count, training=False,
+                                            with_paths=True)))
+    images, labels = first["image"].numpy(), first["label"].numpy()
     if not augment.is_active(params):
         logger.info("augmentation is off (every preprocess.augment strength is 0): the draws equal the originals")
     rows = preview_rows(images, labels, params, seed, draws, dataset.num_classes(paths.processed))

@@ -62,7 +62,7 @@ def read_inputs(paths: Paths) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any
         quarantine = pd.read_csv(paths.quarantine, dtype=str, keep_default_na=False)
         if "reason" not in quarantine.columns:
             raise ValidationInputError(f"{paths.quarantine}: no 'reason' column; re-run the ingest stage")
-    summary_file = paths.interim / "ingest_summary.json"
+    summary_file = paths.ingest_summary
     if not summary_file.is_file():
         return manifest, quarantine, {}
     try:

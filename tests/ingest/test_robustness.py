@@ -18,9 +18,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks import images
+from tasks import images, raw_store
 from tasks.config import load_config
 from tasks.ingest import stage as ingest
+from tasks.ingest.duplicates import LabelConflictError
 from tasks.params import Config
 from tasks.paths import Paths
 from tasks.validate import stage as validate
@@ -125,8 +126,18 @@ def nasty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCap
                 raise PermissionError(13, "the test forbids reading outside the source tree", str(file))
         return real_open(file, *arguments, **keywords)
 
+    real_os_open = os.open
+
+    def watching_os_open(file: Any, *arguments: Any, **keywords: Any) -> Any:
+        path = Path(os.fsdecode(file)).resolve()
+        opened.append(path)
+        if path.is_relative_to(outside.resolve()):
+            raise PermissionError(13, "the test forbids reading outside the source tree", str(file))
+        return real_os_open(file, *arguments, **keywords)
+
     monkeypatch.setattr(builtins, "open", watching_open)
     monkeypatch.setattr(io, "open", watching_open)  # pathlib opens through io.open
+    monkeypatch.setattr(os, "open", watching_os_open)  # images.read_file opens with os.open
     config = config_for(source)
     paths = Paths(config.paths, tmp_path / "project")
     manifest = ingest.run(config.ingest, paths)
@@ -137,7 +148,13 @@ def nasty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCap
             "summary": json.loads((paths.interim / "ingest_summary.json").read_text(encoding="utf-8"))}
 
 
-def test_every_good_image_is_used_once_and_copied(nasty):
+def stored_bytes(paths: Paths, manifest: pd.DataFrame) -> list[bytes]:
+    """Each manifest row's bytes as the raw store holds them."""
+    with raw_store.Reader(paths.raw) as reader:
+        return [reader.read(raw_store.Location(row.shard, row.offset, row.bytes)) for row in manifest.itertuples()]
+
+
+def test_every_good_image_is_used_once_and_stored(nasty):
     manifest, paths, source = nasty["manifest"], nasty["paths"], nasty["source"]
     expected = {f"{label}/good {index}.{suffix}"
                 for label, count in (("cat", 11), ("dog", 11), ("chat noir", 6))
@@ -150,10 +167,12 @@ def test_every_good_image_is_used_once_and_copied(nasty):
     assert sorted(manifest["label"].unique()) == ["cat", "chat noir", "dog"]
     assert set(manifest["format"]) == {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
     assert manifest["sha256"].is_unique
-    raw_files = {path.relative_to(paths.raw).as_posix() for path in paths.raw.rglob("*") if path.is_file()}
-    assert raw_files == expected  # nothing quarantined, skipped or duplicated is copied
-    for row in manifest.itertuples():
-        assert (paths.raw / row.path).read_bytes() == (source / row.source_path).read_bytes()
+    assert stored_bytes(paths, manifest) == [(source / path).read_bytes() for path in manifest["source_path"]]
+    stored = {key for shard in raw_store.shard_names(paths.raw) for key in raw_store.contents(paths.raw, shard)}
+    conflicted = {hashlib.sha256((source / path).read_bytes()).hexdigest() for path in ("cat/conflict.png",)}
+    # stored once each: nothing bad, skipped or duplicated (content under two labels is known to conflict only once
+    # every file is read, so its bytes may stay in a shard, unused)
+    assert set(manifest["sha256"]) <= stored <= set(manifest["sha256"]) | conflicted
 
 
 def test_bad_files_are_quarantined_with_a_reason_and_the_run_continues(nasty):
@@ -196,7 +215,7 @@ def test_the_user_is_told_what_was_done(nasty):
     assert "only text: class folder holds no image files; it is not a class" in log
     assert "2 file(s) directly under" in log and "belong to no class" in log
     assert "5 link(s) were not followed" in log
-    assert ("ingest: 44 files seen, 32 images used in 3 classes, 10 quarantined {'corrupt': 1, 'empty_file': 1, "
+    assert ("ingest: 44 files seen (44 read), 32 images used in 3 classes, 10 quarantined {'corrupt': 1, 'empty_file': 1, "
             "'label_conflict': 2, 'not_an_image': 3, 'too_many_pixels': 2, 'too_small': 1}, 2 duplicates dropped, "
             "4 non-image files skipped") in log
 
@@ -226,7 +245,6 @@ def test_near_duplicates_share_a_group(nasty):
 def test_the_walk_never_blocks_on_a_fifo_and_reads_names_with_spaces_quotes_and_unicode(nasty):
     manifest = nasty["manifest"].set_index("path")
     assert manifest.loc[f"chat noir/{UNICODE_NAME}", "format"] == "JPEG"
-    assert (nasty["paths"].raw / "chat noir" / UNICODE_NAME).is_file()
     assert "cat/pipe.jpg" not in set(nasty["quarantine"]["source_path"]) | set(manifest.index)
 
 
@@ -234,7 +252,7 @@ def test_a_label_conflict_can_stop_the_run_naming_the_files(tmp_path):
     source, _ = build_nasty_tree(tmp_path)
     config = config_for(source, **{"ingest.on_label_conflict": "fail"})
     paths = Paths(config.paths, tmp_path / "project")
-    with pytest.raises(ingest.LabelConflictError) as caught:
+    with pytest.raises(LabelConflictError) as caught:
         ingest.run(config.ingest, paths)
     message = str(caught.value)
     assert isinstance(caught.value, ValueError)
@@ -253,8 +271,8 @@ def test_file_names_that_are_not_utf8_are_used_with_an_escaped_name(tmp_path):
     config = config_for(source)
     paths = Paths(config.paths, tmp_path / "project")
     manifest = ingest.run(config.ingest, paths)
-    assert "cat/caf\\xe9.png" in set(manifest["path"])
-    assert (paths.raw / "cat" / "caf\\xe9.png").read_bytes() == (source / "cat" / raw_name).read_bytes()
+    row = manifest[manifest["path"] == "cat/caf\\xe9.png"]
+    assert stored_bytes(paths, row) == [(source / "cat" / raw_name).read_bytes()]
 
 
 def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
@@ -289,51 +307,76 @@ def small_source(root: Path, per_class: int = 6) -> Path:
     return root
 
 
-def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    decoded: list[str] = []
-    real_inspect = images.inspect
+def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """The names of the files images.<name> is called for, from now on."""
+    called: list[str] = []
+    real = getattr(images, name)
 
-    def counting_inspect(path: Path, *arguments: Any, **keywords: Any) -> Any:
-        decoded.append(Path(path).name)
-        return real_inspect(path, *arguments, **keywords)
+    def counting(first: Any, *arguments: Any, **keywords: Any) -> Any:  # a path, or bytes and then their name
+        called.append(Path(first).name if isinstance(first, (str, os.PathLike)) else str(arguments[0]))
+        return real(first, *arguments, **keywords)
 
-    monkeypatch.setattr(images, "inspect", counting_inspect)
-    return decoded
+    monkeypatch.setattr(images, name, counting)
+    return called
 
 
-def test_reingest_decodes_only_new_or_changed_files(tmp_path, monkeypatch):
+def test_reingest_reads_only_new_or_changed_files_and_decodes_only_new_content(tmp_path, monkeypatch):
     source = small_source(tmp_path / "source")
     config = config_for(source)
     paths = Paths(config.paths, tmp_path / "project")
     ingest.run(config.ingest, paths)
-    outputs = [paths.manifest, paths.quarantine, paths.interim / "ingest_summary.json"]
-    first = [path.read_bytes() for path in outputs]
+    outputs = [paths.manifest, paths.quarantine, paths.ingest_summary, paths.ingest_state,
+               *(paths.raw / name for name in raw_store.shard_names(paths.raw))]
+    first = [(path.read_bytes(), path.stat().st_mtime_ns) for path in outputs]
 
-    decoded = count_decodes(monkeypatch)
+    read, decoded = count_calls(monkeypatch, "read_file"), count_calls(monkeypatch, "inspect_bytes")
     ingest.run(config.ingest, paths)
-    assert decoded == []  # unchanged: bad files' verdicts are reused too
-    assert [path.read_bytes() for path in outputs] == first  # byte-identical, so DVC skips what follows
-    raw_files = sorted(path.relative_to(paths.raw).as_posix() for path in paths.raw.rglob("*") if path.is_file())
-    assert raw_files == sorted(pd.read_parquet(paths.manifest)["path"])  # reused verdicts are still copied
+    assert read == [] and decoded == []  # unchanged (a stat said so): bad files' verdicts are reused too
+    assert [(path.read_bytes(), path.stat().st_mtime_ns) for path in outputs] == first  # untouched: DVC skips on
 
     for index in range(3):
         save(make_image((40, 180, 60), seed=500 + index, size=24), source / "dog" / f"new {index}.png")
-    os.utime(source / "cat" / "000.png", ns=(1, 1))  # touched (or re-copied): same bytes -> reused by hash
-    changed = source / "cat" / "frame.bmp"
-    before = changed.stat()
-    save(make_image((200, 40, 40), seed=777, size=24), changed)  # new pixels, same size (BMP is uncompressed)
-    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same mtime: only the hash tells
-    assert changed.stat().st_size == before.st_size
+    os.utime(source / "cat" / "000.png", ns=(1, 1))  # touched (or copied again): same bytes, read but not decoded
+    save(make_image((200, 40, 40), seed=777, size=24), source / "cat" / "frame.bmp")  # new pixels
     manifest = ingest.run(config.ingest, paths)
-    assert sorted(decoded) == ["frame.bmp", "new 0.png", "new 1.png", "new 2.png"]
+    assert sorted(read) == ["000.png", "frame.bmp", "new 0.png", "new 1.png", "new 2.png"]
+    assert sorted(decoded) == ["cat/frame.bmp", "dog/new 0.png", "dog/new 1.png", "dog/new 2.png"]
     assert len(manifest) == 13 + 3
-    new_digest = hashlib.sha256(changed.read_bytes()).hexdigest()
+    new_digest = hashlib.sha256((source / "cat" / "frame.bmp").read_bytes()).hexdigest()
     assert manifest.set_index("path").loc["cat/frame.bmp", "sha256"] == new_digest
+    old_shards = first[4:]
+    assert [((paths.raw / name).read_bytes(), (paths.raw / name).stat().st_mtime_ns)
+            for name in raw_store.shard_names(paths.raw)[:len(old_shards)]] == old_shards  # never rewritten
+    assert stored_bytes(paths, manifest) == [(source / path).read_bytes() for path in manifest["source_path"]]
+
+    (source / "dog" / "new 1.png").unlink()
+    read.clear()
+    manifest = ingest.run(config.ingest, paths)
+    assert read == [] and "dog/new 1.png" not in set(manifest["path"])  # a removed file leaves the manifest
 
     decoded.clear()
     changed_config = config_for(source, **{"ingest.min_side": 10})
     ingest.run(changed_config.ingest, paths)
-    assert len(decoded) == 18  # other checks: every verdict is made again
+    assert len(decoded) == 17  # other checks: every verdict is made again
+
+
+def test_a_file_quarantined_for_a_read_error_is_examined_again_next_run(tmp_path, monkeypatch):
+    source = small_source(tmp_path / "source")
+    locked = source / "cat" / "000.png"
+    real_read = images.read_file
+
+    def refuse_locked(path: Path) -> bytes:
+        if Path(path) == locked:
+            raise images.ImageError(path, "unreadable", "cannot read file: Permission denied")
+        return real_read(path)
+
+    monkeypatch.setattr(images, "read_file", refuse_locked)
+    config = config_for(source)
+    paths = Paths(config.paths, tmp_path / "project")
+    first = ingest.run(config.ingest, paths)
+    assert "cat/000.png" not in set(first["path"])
+    monkeypatch.undo()  # the permissions are mended; nothing about the file changed
+    assert "cat/000.png" in set(ingest.run(config.ingest, paths)["path"])
 
 
 def test_parallel_and_serial_ingest_write_the_same_manifest(tmp_path):
@@ -346,6 +389,9 @@ def test_parallel_and_serial_ingest_write_the_same_manifest(tmp_path):
     ingest.run(parallel.ingest, parallel_paths)
     assert serial_paths.manifest.read_bytes() == parallel_paths.manifest.read_bytes()
     assert serial_paths.quarantine.read_bytes() == parallel_paths.quarantine.read_bytes()
+    shards = raw_store.shard_names(serial_paths.raw)
+    assert shards and shards == raw_store.shard_names(parallel_paths.raw)
+    assert all((serial_paths.raw / name).read_bytes() == (parallel_paths.raw / name).read_bytes() for name in shards)
 
 
 def test_validation_fails_when_too_many_files_are_bad(tmp_path):

@@ -1,26 +1,44 @@
+"""The ingest stage: the raw store, incremental runs, kill -9 at any point, a full disk, migration, a Dask cluster."""
+
+import errno
 import json
+import multiprocessing
+import os
 
 import pandas as pd
+import pytest
 
-from tasks.ingest import examine
+from tasks import raw_store
+from tasks.config import load_config
 from tasks.ingest import stage as ingest
 from tasks.ingest.stage import MANIFEST_COLUMNS
+from tasks.params import PathsParams
+from tasks.paths import Paths
+from tests.conftest import PROJECT_ROOT, make_image, write_class_folders
 
 
-def test_ingest_copies_every_image_and_writes_the_manifest(shrunk_config):
+def stored_bytes(paths: Paths, manifest: pd.DataFrame) -> list[bytes]:
+    with raw_store.Reader(paths.raw) as reader:
+        return [reader.read(raw_store.Location(row.shard, row.offset, row.bytes)) for row in manifest.itertuples()]
+
+
+def test_ingest_stores_every_image_once_in_shards_and_writes_the_manifest(shrunk_config):
     config, paths = shrunk_config
+    source = paths.resolve(config.ingest.source)
+    (source / "red" / "copy.png").write_bytes((source / "red" / "red_000.png").read_bytes())
     manifest = ingest.run(config.ingest, paths)
 
     assert list(manifest.columns) == MANIFEST_COLUMNS
-    assert len(manifest) == 36
+    assert len(manifest) == 36 and manifest["sha256"].is_unique  # the exact copy is dropped, stored once
     assert sorted(manifest["label"].unique()) == ["blue", "green", "red"]
     assert set(manifest["format"]) == {"PNG", "JPEG"}
     assert (manifest["width"] == 20).all() and (manifest["height"] == 20).all()
-    for row in manifest.itertuples():
-        assert (paths.raw / row.path).read_bytes() == (paths.resolve(config.ingest.source) / row.source_path).read_bytes()
+    assert stored_bytes(paths, manifest) == [(source / path).read_bytes() for path in manifest["source_path"]]
+    assert raw_store.shard_names(paths.raw) == ["shard-000001.tar"]
+    assert sorted(os.listdir(paths.raw)) == ["shard-000001.tar"]  # no loose files, nothing left half-written
     assert pd.read_parquet(paths.manifest).equals(manifest)
-    summary = json.loads((paths.interim / "ingest_summary.json").read_text())
-    assert summary["images_used"] == 36 and summary["quarantined"] == 0
+    summary = json.loads(paths.ingest_summary.read_text())
+    assert summary["images_used"] == 36 and summary["quarantined"] == 0 and summary["duplicates_dropped"] == 1
 
 
 def test_a_broken_file_is_quarantined_and_the_run_continues(shrunk_config, tiny_source):
@@ -33,17 +51,136 @@ def test_a_broken_file_is_quarantined_and_the_run_continues(shrunk_config, tiny_
     quarantine = pd.read_csv(paths.quarantine)
     assert dict(zip(quarantine["source_path"], quarantine["reason"])) == {
         "red/broken.jpg": "corrupt", "red/empty.png": "empty_file"}
-    assert not (paths.raw / "red" / "broken.jpg").exists()
 
 
-def test_unchanged_source_gives_a_byte_identical_manifest_without_decoding(shrunk_config, monkeypatch):
+def _die_at(point: str, config_values: dict, root: str) -> None:
+    """In a child process: ingest, and end abruptly (os._exit: no cleanup, as under kill -9) at `point`."""
+    from tasks import raw_store as store
+    from tasks.ingest import state
+
+    def die(*arguments, **keywords):
+        os._exit(137)
+
+    if point == "while adding":  # a shard half written
+        real_add, added = store.ShardWriter.add, []
+
+        def add_then_die(self, *arguments, **keywords):
+            added.append(1)
+            if len(added) == 12:
+                die()
+            return real_add(self, *arguments, **keywords)
+        store.ShardWriter.add = add_then_die
+    elif point == "after the shards":  # shards finished, no manifest names them yet
+        state.write = die
+        ingest.atomic.write_parquet = die
+    config, _ = load_config(PROJECT_ROOT / "params.yaml", overrides=config_values)
+    ingest.run(config.ingest, Paths(config.paths, type(PROJECT_ROOT)(root)))
+
+
+@pytest.mark.parametrize("point", ["while adding", "after the shards"])
+def test_a_kill_at_any_point_leaves_the_last_manifest_usable_and_the_next_run_finishes(tmp_path, point):
+    source = write_class_folders(tmp_path / "source", per_class=8)
+    overrides = {"ingest.source": str(source), "ingest.workers": 1}
+    config, _ = load_config(PROJECT_ROOT / "params.yaml", overrides=overrides)
+    paths = Paths(config.paths, tmp_path / "project")
+    first = ingest.run(config.ingest, paths)
+    before = paths.manifest.read_bytes()
+    write_class_folders(tmp_path / "source", per_class=20)  # 36 new images
+
+    child = multiprocessing.get_context("spawn").Process(target=_die_at, args=(point, overrides, str(paths.root)))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 137
+    assert paths.manifest.read_bytes() == before  # the last manifest, whole, and every image it names readable
+    assert stored_bytes(paths, first) == [(source / path).read_bytes() for path in first["source_path"]]
+
+    manifest = ingest.run(config.ingest, paths)
+    assert len(manifest) == 60
+    assert stored_bytes(paths, manifest) == [(source / path).read_bytes() for path in manifest["source_path"]]
+    assert not [name for name in os.listdir(paths.raw) if name.endswith(".partial")]
+    stored = {key for shard in raw_store.shard_names(paths.raw) for key in raw_store.contents(paths.raw, shard)}
+    assert stored == set(manifest["sha256"])  # what the killed run stored was used, not stored twice
+
+
+def test_a_full_disk_stops_the_stage_with_its_cause_and_changes_nothing(shrunk_config, monkeypatch, tiny_source):
     config, paths = shrunk_config
     ingest.run(config.ingest, paths)
-    first = paths.manifest.read_bytes()
+    outputs = [paths.manifest, paths.quarantine, paths.ingest_summary, paths.ingest_state]
+    before = {path: path.read_bytes() for path in outputs} | {name: (paths.raw / name).read_bytes()
+                                                             for name in raw_store.shard_names(paths.raw)}
+    make_image((9, 9, 200), seed=77, size=20).save(tiny_source / "blue" / "new.png")
 
-    def refuse(*arguments, **keywords):
-        raise AssertionError("an unchanged file was decoded again")
+    def disk_full(*arguments, **keywords):
+        raise OSError(errno.ENOSPC, "No space left on device", str(paths.raw / ".shard-000002.tar.partial"))
 
-    monkeypatch.setattr(examine.images, "inspect", refuse)
-    ingest.run(config.ingest, paths)
-    assert paths.manifest.read_bytes() == first
+    monkeypatch.setattr(raw_store.tarfile.TarFile, "addfile", disk_full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        ingest.run(config.ingest, paths)
+    assert "nothing was changed" in str(caught.value) and "Free some space" in str(caught.value)
+    after = {path: path.read_bytes() for path in outputs} | {name: (paths.raw / name).read_bytes()
+                                                            for name in raw_store.shard_names(paths.raw)}
+    assert after == before and sorted(os.listdir(paths.raw)) == ["shard-000001.tar"]
+    monkeypatch.undo()
+    assert "blue/new.png" in set(ingest.run(config.ingest, paths)["path"])  # nothing was skipped for good
+
+
+def test_a_project_with_loose_raw_files_is_migrated_by_its_next_run(shrunk_config):
+    config, paths = shrunk_config
+    (paths.raw / "red").mkdir(parents=True)
+    (paths.raw / "red" / "old.png").write_bytes(b"a loose copy from the old layout")
+    paths.interim.mkdir(parents=True)
+    pd.DataFrame({"path": ["red/old.png"], "label": ["red"], "sha256": ["0" * 64]}).to_parquet(paths.manifest)
+    (paths.interim / "ingest_cache.parquet").write_bytes(b"old verdicts")
+    manifest = ingest.run(config.ingest, paths)
+    assert len(manifest) == 36 and "shard" in manifest.columns
+    assert sorted(os.listdir(paths.raw)) == ["shard-000001.tar"]
+    assert not (paths.interim / "ingest_cache.parquet").exists()
+    assert not [name for name in os.listdir(paths.raw.parent) if name.startswith(".raw")]
+
+
+def test_paths_that_would_let_ingest_delete_what_it_did_not_write_are_refused(tmp_path):
+    for params, key in ((PathsParams(raw="."), "paths.raw"), (PathsParams(models="/tmp/elsewhere"), "paths.models"),
+                        (PathsParams(interim="data/raw/x"), "paths.interim")):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            Paths(params, tmp_path)
+    paths = Paths(PathsParams(), tmp_path)
+    for source in (tmp_path, tmp_path / "data", tmp_path / "data" / "raw" / "inside"):
+        with pytest.raises(ValueError, match="ingest.source: .* overlaps paths"):
+            paths.check_source(source, "ingest.source")
+    paths.check_source(tmp_path / "data" / "demo" / "digits", "ingest.source")  # the demo may be the source
+    paths.check_source(tmp_path.parent / "photos", "ingest.source")
+
+
+def test_a_two_worker_dask_cluster_gives_the_same_manifest_and_shards_as_one_process(tmp_path):
+    from distributed import LocalCluster
+
+    source = write_class_folders(tmp_path / "source", per_class=100)  # over the serial threshold
+    config, _ = load_config(PROJECT_ROOT / "params.yaml", overrides={"ingest.source": str(source),
+                                                                       "ingest.workers": 1})
+    alone = Paths(config.paths, tmp_path / "alone")
+    ingest.run(config.ingest, alone)
+    clustered = Paths(config.paths, tmp_path / "cluster")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        ingest.run(config.ingest.model_copy(update={"scheduler": cluster.scheduler_address}), clustered)
+    assert alone.manifest.read_bytes() == clustered.manifest.read_bytes()
+    assert raw_store.shard_names(alone.raw) == raw_store.shard_names(clustered.raw)
+    for name in raw_store.shard_names(alone.raw):
+        assert (alone.raw / name).read_bytes() == (clustered.raw / name).read_bytes()
+
+
+def test_gc_compacts_shards_mostly_holding_removed_images_and_keeps_every_used_image(shrunk_config, tiny_source):
+    from tasks.ingest import gc
+
+    config, paths = shrunk_config
+    params = config.ingest.model_copy(update={"shard_megabytes": 1})
+    ingest.run(params, paths)
+    for path in sorted(tiny_source.rglob("*.png"))[:15]:
+        path.unlink()
+    manifest = ingest.run(params, paths)
+    before = stored_bytes(paths, manifest)
+    summary = gc.run(params, paths)
+    assert summary["compacted"] == 1 and summary["bytes_after"] < summary["bytes_before"]
+    after = pd.read_parquet(paths.manifest)
+    assert stored_bytes(paths, after) == before and list(after["path"]) == list(manifest["path"])
+    assert raw_store.shard_names(paths.raw) == ["shard-000002.tar"]
+    assert ingest.run(params, paths).equals(after)  # the next run agrees, reading nothing

@@ -1,14 +1,21 @@
+"""The preprocess stage: decoded pixels equal prediction's, incremental runs, kept splits, compaction, kill -9."""
+
 import json
+import multiprocessing
+from pathlib import Path
 
 import numpy as np
 
 from tasks import images
+from tasks.config import load_config
 from tasks.ingest import stage as ingest
+from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
 from tasks.train import dataset
+from tests.conftest import PROJECT_ROOT, make_image, write_class_folders
 
 
-def test_shards_hold_the_pixels_prediction_sees(shrunk_config):
+def test_the_decoded_store_holds_the_pixels_prediction_sees(shrunk_config):
     config, paths = shrunk_config
     ingest.run(config.ingest, paths)
     table = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
@@ -22,12 +29,13 @@ def test_shards_hold_the_pixels_prediction_sees(shrunk_config):
     assert json.loads((paths.processed / "labels.json").read_text()) == ["blue", "green", "red"]
 
     size = config.preprocess.image_size
+    source = paths.resolve(config.ingest.source)  # what prediction reads: the files themselves
     seen = 0
     for split in ("train", "val", "test"):
         # evaluation order, inside tf.data
         for batch in dataset.split_dataset(paths.processed, split, size, 4, training=False, with_paths=True):
             for image, label, path in zip(batch["image"].numpy(), batch["label"].numpy(), batch["path"].numpy()):
-                expected = images.load_rgb_array(paths.raw / path.decode(), size, config.preprocess.resize,
+                expected = images.load_rgb_array(source / path.decode(), size, config.preprocess.resize,
                                                  config.ingest.max_pixels)
                 np.testing.assert_array_equal(image, expected)
                 row = table[table["path"] == path.decode()].iloc[0]
@@ -41,6 +49,120 @@ def test_shards_hold_the_pixels_prediction_sees(shrunk_config):
                                      with_paths=True)
     for batch in training:
         for image, path in zip(batch["image"].numpy(), batch["path"].numpy()):
-            expected = images.load_rgb_array(paths.raw / path.decode(), size, config.preprocess.resize,
+            expected = images.load_rgb_array(source / path.decode(), size, config.preprocess.resize,
                                              config.ingest.max_pixels)
             np.testing.assert_array_equal(image, expected)
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    decoded: list[str] = []
+    real = images.decode_array
+
+    def counting(data, name, *arguments, **keywords):
+        decoded.append(str(name))
+        return real(data, name, *arguments, **keywords)
+
+    monkeypatch.setattr(images, "decode_array", counting)
+    return decoded
+
+
+def _outputs(paths) -> dict[str, tuple[bytes, int]]:
+    files = sorted(paths.processed.iterdir()) + [paths.reports / "split.json"]
+    return {file.name: (file.read_bytes(), file.stat().st_mtime_ns) for file in files}
+
+
+def test_a_rerun_decodes_only_new_images_and_never_moves_an_existing_one(shrunk_config, tiny_source, monkeypatch):
+    config, paths = shrunk_config
+    params = config.preprocess.model_copy(update={"workers": 1})
+    ingest.run(config.ingest, paths)
+    first = preprocess.run(params, config.base.seed, config.ingest.max_pixels, paths)
+    before = _outputs(paths)
+
+    decoded = _count_decodes(monkeypatch)
+    preprocess.run(params, config.base.seed, config.ingest.max_pixels, paths)
+    assert decoded == [] and _outputs(paths) == before  # nothing new: nothing decoded, nothing rewritten
+
+    for index in range(4):
+        make_image((200, 40, 40), seed=900 + index, size=20).save(tiny_source / "red" / f"new {index}.png")
+    (tiny_source / "blue" / "blue_000.png").unlink()
+    ingest.run(config.ingest, paths)
+    second = preprocess.run(params, config.base.seed, config.ingest.max_pixels, paths)
+    assert sorted(decoded) == [f"red/new {index}.png" for index in range(4)]
+    kept = first[first["path"] != "blue/blue_000.png"].set_index("sha256")["split"]
+    assert (second.set_index("sha256").loc[kept.index, "split"] == kept).all()
+    old_shards = [name for name in before if name.startswith("decoded-")]
+    assert all(_outputs(paths)[name] == before[name] for name in old_shards)  # never rewritten
+    assert len(second) == 39 and "blue/blue_000.png" not in set(second["path"])
+
+    decoded.clear()  # another image size: every image decoded again, the split kept
+    resized = params.model_copy(update={"image_size": 12})
+    third = preprocess.run(resized, config.base.seed, config.ingest.max_pixels, paths)
+    assert len(decoded) == 39
+    assert third.set_index("sha256")["split"].sort_index().equals(second.set_index("sha256")["split"].sort_index())
+    assert not set(old_shards) & set(path.name for path in paths.processed.iterdir())
+
+
+def test_shards_left_mostly_dead_by_removed_images_are_compacted_without_decoding(shrunk_config, tiny_source,
+                                                                                    monkeypatch):
+    config, paths = shrunk_config
+    params = config.preprocess.model_copy(update={"workers": 1})
+    ingest.run(config.ingest, paths)
+    preprocess.run(params, config.base.seed, config.ingest.max_pixels, paths)
+    for path in sorted(tiny_source.rglob("*"))[:30]:
+        if path.is_file():
+            path.unlink()
+    ingest.run(config.ingest, paths)
+    decoded = _count_decodes(monkeypatch)
+    table = preprocess.run(params, config.base.seed, config.ingest.max_pixels, paths)
+    assert decoded == []
+    summary = json.loads((paths.processed / "preprocess.json").read_text())
+    assert summary["shard_records"] == {name: int((table["shard"] == name).sum()) for name in summary["shards"]}
+    seen = [path.decode() for split in ("train", "val", "test")
+            for batch in dataset.split_dataset(paths.processed, split, config.preprocess.image_size, 8,
+                                               training=False, with_paths=True) for path in batch["path"].numpy()]
+    assert sorted(seen) == sorted(table["path"])
+
+
+def _preprocess_and_die(overrides: dict, root: str) -> None:
+    """In a child process: preprocess, and end abruptly (os._exit, as under kill -9) after the third image."""
+    import os
+
+    from tasks import processed_store
+    from tasks.config import load_config
+    from tasks.paths import Paths
+
+    real_add, added = processed_store.ShardWriter.add, []
+
+    def add_then_die(self, *arguments, **keywords):
+        added.append(1)
+        if len(added) == 3:
+            os._exit(137)
+        return real_add(self, *arguments, **keywords)
+
+    processed_store.ShardWriter.add = add_then_die
+    config, _ = load_config(PROJECT_ROOT / "params.yaml", overrides=overrides)
+    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, Paths(config.paths, Path(root)))
+
+
+def test_a_killed_preprocess_leaves_the_last_outputs_usable_and_the_next_run_finishes(tmp_path):
+    source = write_class_folders(tmp_path / "source", per_class=6)
+    overrides = {"ingest.source": str(source), "ingest.workers": 1, "preprocess.workers": 1,
+                 "preprocess.image_size": 16, "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25}
+    config, _ = load_config(PROJECT_ROOT / "params.yaml", overrides=overrides)
+    paths = Paths(config.paths, tmp_path / "project")
+    ingest.run(config.ingest, paths)
+    first = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    write_class_folders(source, per_class=10)
+    ingest.run(config.ingest, paths)
+
+    child = multiprocessing.get_context("spawn").Process(target=_preprocess_and_die,
+                                                         args=(overrides, str(paths.root)))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 137
+    readable = [path.decode() for split in ("train", "val", "test")  # the last outputs, whole
+                for batch in dataset.split_dataset(paths.processed, split, 16, 8, training=False, with_paths=True)
+                for path in batch["path"].numpy()]
+    assert sorted(readable) == sorted(first["path"])
+    table = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    assert len(table) == 30 and not [path for path in paths.processed.iterdir() if path.name.endswith(".partial")]

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tasks import images
 from tasks.evaluate import plots
 from tasks.params import PathsParams
 from tasks.paths import Paths
@@ -44,6 +45,19 @@ def fake_history() -> pd.DataFrame:
             for step, (phase, epoch) in enumerate([("train", 0), ("train", 1), ("train", 2), ("train", 3),
                                                     ("fine_tune", 0), ("fine_tune", 1)])]
     return pd.DataFrame(rows)
+
+
+def thumbnails_from(root: Path) -> plots.Thumbnails:
+    """Pictures from image files under root; None for a missing or outside one (as the raw store would fail)."""
+    def thumbnails(names: list[str]) -> list[np.ndarray | None]:
+        pictures = []
+        for name in names:
+            file = (root / name).resolve()
+            inside = file.is_relative_to(root.resolve()) and file.is_file()
+            pictures.append(images.load_rgb_array(file, plots.THUMBNAIL_SIDE, "pad", 10**7) if inside else None)
+        return pictures
+
+    return thumbnails
 
 
 def fake_predictions(raw: Path) -> pd.DataFrame:
@@ -103,7 +117,7 @@ def report_paths(tmp_path_factory: pytest.TempPathFactory) -> Paths:
     plots.confusion_matrix(matrix, LABELS, paths.evaluation / "confusion_matrix_normalised.png", normalised=True)
     plots.training_curves(fake_history(), paths.evaluation / "training_curves.png")
     plots.per_class_bars(metrics["per_class"], paths.evaluation / "per_class.png")
-    plots.mistakes_gallery(fake_predictions(paths.raw), paths.raw, paths.evaluation / "mistakes.png", 10_000_000)
+    plots.mistakes_gallery(fake_predictions(paths.raw), thumbnails_from(paths.raw), paths.evaluation / "mistakes.png")
     return paths
 
 
@@ -135,7 +149,7 @@ def test_plot_sizes_scale_with_class_count(tmp_path: Path) -> None:
 
 def test_gallery_and_curves_with_nothing_to_show(tmp_path: Path) -> None:
     right = pd.DataFrame({"path": ["a/1.png"], "actual": ["a"], "predicted": ["a"], "confidence": [0.9]})
-    plots.mistakes_gallery(right, tmp_path, tmp_path / "mistakes.png", 10_000_000)
+    plots.mistakes_gallery(right, thumbnails_from(tmp_path), tmp_path / "mistakes.png")
     plots.training_curves(pd.DataFrame(), tmp_path / "curves.png")
     plots.per_class_bars({}, tmp_path / "bars.png")
     for name in ("mistakes.png", "curves.png", "bars.png"):

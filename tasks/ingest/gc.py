@@ -1,0 +1,62 @@
+"""Compacts the raw store: reads the manifest and data/raw/, rewrites shards that mostly hold images no longer used.
+
+Removing files from the source leaves their bytes in their shards (shards are never rewritten by ingest). Here the
+images still used from shards whose used share fell under COMPACT_BELOW are copied into new shards, the manifest
+is pointed at them, and the old shards are removed from the workspace: DVC's cache and remote keep every version
+a commit still names, so nothing a tracked version needs is lost (`dvc gc` with --all-commits, run after this by
+`imgpipe gc`, drops only what no commit names).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pandas as pd
+
+from tasks import atomic, raw_store
+from tasks.params import IngestParams
+from tasks.paths import Paths
+
+logger = logging.getLogger(__name__)
+
+COMPACT_BELOW = 0.5  # a shard whose used bytes fall under this share of its size is rewritten
+
+
+def run(params: IngestParams, paths: Paths) -> dict[str, Any]:
+    """Compact the raw store in place; return what was done (shards and bytes before and after)."""
+    if not paths.manifest.is_file():
+        raise ValueError(f"{paths.manifest}: not found; run the ingest stage first")
+    manifest = pd.read_parquet(paths.manifest)
+    if "shard" not in manifest.columns:
+        raise ValueError(f"{paths.manifest}: written before the raw store; run the ingest stage first")
+    shards = raw_store.shard_names(paths.raw)
+    sizes = {name: os.path.getsize(paths.raw / name) for name in shards}
+    used = manifest.groupby("shard")["bytes"].sum()
+    sparse = [name for name in shards if name in used.index and used[name] < COMPACT_BELOW * sizes[name]]
+    unused = [name for name in shards if name not in used.index]
+    moving = manifest[manifest["shard"].isin(sparse)]
+    moved: dict[str, raw_store.Location] = {}
+    with raw_store.Reader(paths.raw) as reader, \
+            raw_store.ShardWriter(paths.raw, params.shard_megabytes * 2**20) as writer:
+        for row in moving.itertuples(index=False):
+            if row.sha256 not in moved:
+                data = reader.read(raw_store.location_of(row))
+                moved[row.sha256] = writer.add(row.sha256, raw_store.extension_for(row.format), data)
+    if moved:
+        locations = manifest["sha256"].map(moved)
+        manifest = manifest.assign(
+            shard=locations.map(lambda location: location.shard, na_action="ignore").fillna(manifest["shard"]),
+            offset=locations.map(lambda location: location.offset, na_action="ignore").fillna(manifest["offset"])
+            .astype("int64"))
+        atomic.write_parquet(paths.manifest, manifest)
+    raw_store.remove(paths.raw, sparse + unused)
+    after = raw_store.shard_names(paths.raw)
+    summary = {"shards_before": len(shards), "shards_after": len(after), "bytes_before": sum(sizes.values()),
+               "bytes_after": sum(os.path.getsize(paths.raw / name) for name in after),
+               "compacted": len(sparse), "removed_unused": len(unused), "images_moved": len(moved)}
+    logger.info("gc: %d shard(s) compacted, %d unused removed: %d shards, %.1f MB -> %d shards, %.1f MB",
+                len(sparse), len(unused), len(shards), summary["bytes_before"] / 1e6, len(after),
+                summary["bytes_after"] / 1e6)
+    return summary

@@ -1,0 +1,134 @@
+"""The processed store format: writes and reads data/processed/, every image decoded once (oriented, RGB, resized) as
+uint8 pixels in TFRecord shards, and the split table that says which image is in which split with which label.
+
+A shard (`decoded-NNNNNN.tfrecord`) holds records of (sha256, pixels) for one normalisation (image size, resize
+mode, decoder version), is written once under a temporary name and never rewritten; shards know nothing of splits
+or labels, so adding images, relabelling or re-splitting never moves a decoded image. split.parquet maps each
+image (by sha256) to its path, label, split and shard; readers keep the records the table names and drop the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+SHARD_PATTERN = re.compile(r"decoded-(?P<serial>\d{6})\.tfrecord")
+SPLIT_TABLE = "split.parquet"
+LABELS_FILE = "labels.json"
+SUMMARY_FILE = "preprocess.json"
+RECORD_OVERHEAD = 16  # TFRecord framing per record: its length and two checksums
+
+
+def shard_names(folder: Path) -> list[str]:
+    """The finished shards in `folder`, in the order they were written."""
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(folder) if SHARD_PATTERN.fullmatch(entry.name))
+
+
+def remove_temporary(folder: Path) -> None:
+    """Delete shards a killed run left unfinished."""
+    if folder.is_dir():
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".decoded-") and entry.name.endswith(".partial"):
+                os.unlink(entry.path)
+
+
+def remove(folder: Path, names: list[str]) -> None:
+    for name in names:
+        if not SHARD_PATTERN.fullmatch(name):
+            raise ValueError(f"{name}: not a processed shard; refusing to delete it")
+        (folder / name).unlink(missing_ok=True)
+
+
+def _record(sha256: str, pixels: np.ndarray) -> bytes:
+    features = {
+        "sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sha256.encode("ascii")])),
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(pixels).tobytes()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+class ShardWriter:
+    """Adds decoded images to new shards of at most about `shard_bytes` each (a context manager).
+
+    A shard is renamed into place when full and on a clean exit; on an error its temporary file is removed.
+    """
+
+    def __init__(self, folder: Path, shard_bytes: int) -> None:
+        self.folder = folder
+        self.shard_bytes = shard_bytes
+        names = shard_names(folder)
+        self._serial = int(SHARD_PATTERN.fullmatch(names[-1])["serial"]) if names else 0
+        self._writer: tf.io.TFRecordWriter | None = None
+        self._size = 0
+        self.written: list[str] = []
+        self.counts: dict[str, int] = {}  # records in each shard written
+
+    @property
+    def _name(self) -> str:
+        return f"decoded-{self._serial:06d}.tfrecord"
+
+    def __enter__(self) -> ShardWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, error_type: object, *rest: object) -> None:
+        if error_type is None:
+            self._finish()
+        elif self._writer is not None:
+            self._writer.close()
+            (self.folder / f".{self._name}.partial").unlink(missing_ok=True)
+            self._writer = None
+
+    def add(self, sha256: str, pixels: np.ndarray) -> str:
+        """Append one decoded image; return the name its shard will have."""
+        record = _record(sha256, pixels)
+        if self._writer is not None and self._size + len(record) + RECORD_OVERHEAD > self.shard_bytes:
+            self._finish()
+        if self._writer is None:
+            self._serial += 1
+            self._writer = tf.io.TFRecordWriter(str(self.folder / f".{self._name}.partial"))
+            self._size = 0
+        self._writer.write(record)
+        self._size += len(record) + RECORD_OVERHEAD
+        self.counts[self._name] = self.counts.get(self._name, 0) + 1
+        return self._name
+
+    def _finish(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        os.replace(self.folder / f".{self._name}.partial", self.folder / self._name)
+        self.written.append(self._name)
+        self._writer = None
+
+
+def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+    """Parse a batch of serialized records into uint8 images [batch, size, size, 3] and their sha256."""
+    features = tf.io.parse_example(serialized, {"sha256": tf.io.FixedLenFeature([], tf.string),
+                                                "image": tf.io.FixedLenFeature([], tf.string)})
+    images = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), [-1, image_size, image_size, 3])
+    return {"image": images, "sha256": features["sha256"]}
+
+
+def records(folder: Path, name: str, image_size: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(sha256, pixels) of every record of one shard, in order (for compaction and checks)."""
+    for batch in tf.data.TFRecordDataset(str(folder / name)).batch(256):
+        parsed = parse_batch(batch, image_size)
+        for sha256, pixels in zip(parsed["sha256"].numpy(), parsed["image"].numpy()):
+            yield sha256.decode("ascii"), pixels
+
+
+def read_table(folder: Path) -> pd.DataFrame:
+    """The split table: path, label, label_index, split, group, unit, sha256, shard (one row per image used)."""
+    path = folder / SPLIT_TABLE
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; run the preprocess stage first")
+    return pd.read_parquet(path)

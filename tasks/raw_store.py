@@ -1,0 +1,189 @@
+"""The raw store format: writes and reads data/raw/, the original bytes of every image used, in immutable tar shards.
+
+Each shard is a plain tar file in the WebDataset layout: one member `<sha256>.<ext>` per image, in the order added,
+with fixed headers (USTAR, mtime 0, owner 0), so the same images added in the same order give the same bytes. A
+shard (`shard-NNNNNN.tar`, numbered on from the last) is written once under a temporary name, renamed into place
+when it reaches its size bound, and never rewritten. The manifest records each image's shard, the offset of its
+bytes in it and their length, so one `pread` returns them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARD_PATTERN = re.compile(r"shard-(?P<serial>\d{6})\.tar")
+_BLOCK = tarfile.BLOCKSIZE  # 512: a member's header, and the unit its data is padded to
+_END_OF_ARCHIVE = tarfile.RECORDSIZE  # the end blocks, and the padding of the last record
+
+
+@dataclass(frozen=True)
+class Location:
+    shard: str  # file name in the raw folder
+    offset: int  # of the image's first byte
+    bytes: int
+
+
+def shard_names(folder: Path) -> list[str]:
+    """The finished shards in `folder`, in the order they were written."""
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(folder) if SHARD_PATTERN.fullmatch(entry.name))
+
+
+_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif"}
+
+
+def extension_for(image_format: str) -> str:
+    """The member extension for an image format as Pillow names it (JPEG -> jpg)."""
+    return _EXTENSIONS.get(image_format, "bin")
+
+
+def member_name(sha256: str, extension: str) -> str:
+    """`<sha256>.<ext>` (the WebDataset key and type); the extension is the format's, lower case, no dot."""
+    extension = extension.lower().lstrip(".") or "bin"
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256) or not re.fullmatch(r"[a-z0-9]{1,8}", extension):
+        raise ValueError(f"not a content key: {sha256!r}.{extension!r}")
+    return f"{sha256}.{extension}"
+
+
+class ShardWriter:
+    """Adds images to new shards of at most about `shard_bytes` each in `folder` (a context manager).
+
+    Shards are numbered on from the highest serial in the folder. A shard is renamed into place when full and on
+    a clean exit; on an error its temporary file is removed, and shards already finished stay (the caller records
+    what they hold only once all is written, so a shard no manifest names is garbage, found by the next run).
+    """
+
+    def __init__(self, folder: Path, shard_bytes: int) -> None:
+        if shard_bytes < _BLOCK * 4:
+            raise ValueError(f"shard size must be at least {_BLOCK * 4} bytes, got {shard_bytes}")
+        self.folder = folder
+        self.shard_bytes = shard_bytes
+        self.written: list[str] = []
+        names = shard_names(folder)
+        self._serial = int(SHARD_PATTERN.fullmatch(names[-1])["serial"]) if names else 0
+        self._temporary: Path | None = None
+        self._archive: tarfile.TarFile | None = None
+        self._handle: io.BufferedWriter | None = None
+        self._pending: list[tuple[int, int]] = []  # (offset, bytes) of the members of the open shard
+
+    def __enter__(self) -> ShardWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, error_type: object, *rest: object) -> None:
+        if error_type is None:
+            self._finish()
+        else:
+            self._abandon()
+
+    def add(self, sha256: str, extension: str, data: bytes) -> Location:
+        """Append one image and return where it will be once its shard is finished."""
+        name = member_name(sha256, extension)
+        if self._archive is not None and self._handle.tell() + _BLOCK + len(data) + _END_OF_ARCHIVE > self.shard_bytes:
+            self._finish()
+        if self._archive is None:
+            self._open()
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+        offset = self._archive.offset + _BLOCK  # a USTAR header of a short ASCII name is exactly one block
+        self._archive.addfile(info, io.BytesIO(data))
+        return Location(self._name, offset, len(data))
+
+    @property
+    def _name(self) -> str:
+        return f"shard-{self._serial:06d}.tar"
+
+    def _open(self) -> None:
+        self._serial += 1
+        self._temporary = self.folder / f".{self._name}.partial"
+        self._handle = self._temporary.open("wb")
+        self._archive = tarfile.open(fileobj=self._handle, mode="w", format=tarfile.USTAR_FORMAT)
+
+    def _finish(self) -> None:
+        if self._archive is None:
+            return
+        self._archive.close()  # writes the end-of-archive blocks; the file object stays ours
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self._temporary, self.folder / self._name)
+        self.written.append(self._name)
+        self._archive = self._handle = self._temporary = None
+
+    def _abandon(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        if self._temporary is not None:
+            self._temporary.unlink(missing_ok=True)
+        self._archive = self._handle = self._temporary = None
+
+
+def read(folder: Path, location: Location) -> bytes:
+    """The bytes of one stored image (opens its shard for this one read; for many reads use Reader)."""
+    with Reader(folder) as reader:
+        return reader.read(location)
+
+
+def location_of(row: object) -> Location:
+    """The location of a manifest row (anything with shard, offset and bytes attributes, such as an itertuples row)."""
+    return Location(str(row.shard), int(row.offset), int(row.bytes))
+
+
+class Reader:
+    """Reads many stored images, keeping each shard open once (a context manager)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._descriptors: dict[str, int] = {}
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        for descriptor in self._descriptors.values():
+            os.close(descriptor)
+        self._descriptors.clear()
+
+    def read(self, location: Location) -> bytes:
+        descriptor = self._descriptors.get(location.shard)
+        if descriptor is None:
+            descriptor = os.open(self.folder / location.shard, os.O_RDONLY | os.O_CLOEXEC)
+            self._descriptors[location.shard] = descriptor
+        data = os.pread(descriptor, location.bytes, location.offset)
+        if len(data) != location.bytes:
+            raise ValueError(f"{self.folder / location.shard}: shorter than the manifest says (offset "
+                             f"{location.offset}, {location.bytes} bytes); re-run ingest to rebuild it")
+        return data
+
+
+def contents(folder: Path, shard: str) -> dict[str, Location]:
+    """sha256 -> location of every image in one shard, read from its tar headers (for shards no manifest names)."""
+    found = {}
+    with tarfile.open(folder / shard, mode="r:", format=tarfile.USTAR_FORMAT) as archive:
+        for member in archive:
+            key = member.name.split(".", 1)[0]
+            if member.isfile() and re.fullmatch(r"[0-9a-f]{64}", key):
+                found[key] = Location(shard, member.offset_data, member.size)
+    return found
+
+
+def remove(folder: Path, names: list[str]) -> None:
+    """Delete finished shards that nothing refers to any more (DVC's cache keeps the versions that named them)."""
+    for name in names:
+        if not SHARD_PATTERN.fullmatch(name):
+            raise ValueError(f"{name}: not a raw shard; refusing to delete it")
+        (folder / name).unlink(missing_ok=True)
+
+
+def remove_temporary(folder: Path) -> None:
+    """Delete shards a killed run left unfinished."""
+    if folder.is_dir():
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".shard-") and entry.name.endswith(".tar.partial"):
+                os.unlink(entry.path)

@@ -1,0 +1,44 @@
+"""Decodes images held in the raw store exactly as training sees them; reads data/raw/ and the manifest.
+
+The decoder runs in worker processes (tasks/pool.py), so this module stays free of TensorFlow and pandas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tasks import images, raw_store
+
+Job = tuple[str, raw_store.Location]  # an image's path (for messages) and where the raw store holds it
+
+
+class Decoder:
+    """A picklable callable: (path, location) of a stored image -> its pixels at one size and resize policy."""
+
+    def __init__(self, raw: Path, image_size: int, resize_mode: str, max_pixels: int) -> None:
+        self.raw = raw
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.max_pixels = max_pixels
+
+    def __call__(self, job: Job) -> np.ndarray:
+        name, location = job
+        data = raw_store.read(self.raw, location)
+        return images.decode_array(data, name, self.image_size, self.resize_mode,  # type: ignore[arg-type]
+                                   self.max_pixels)
+
+
+def jobs_for(manifest: Path, names: list[str]) -> list[Job]:
+    """The decode jobs of the images of these manifest paths, in the order given."""
+    import pandas as pd
+
+    table = pd.read_parquet(manifest, columns=["path", "shard", "offset", "bytes"]).set_index("path")
+    missing = [name for name in names if name not in table.index]
+    if missing:
+        raise ValueError(f"{manifest}: no image {missing[0]!r} (and {len(missing) - 1} more); the manifest and the "
+                         "reports disagree: run the pipeline again (dvc repro)")
+    rows = table.loc[names]
+    return [(name, raw_store.Location(shard, int(offset), int(size)))
+            for name, shard, offset, size in zip(names, rows["shard"], rows["offset"], rows["bytes"])]

@@ -1,0 +1,34 @@
+"""The processed store format: decoded uint8 images in bounded TFRecord shards, read back by the split table."""
+
+import numpy as np
+import pandas as pd
+
+from tasks import processed_store
+from tasks.train import dataset
+
+
+def test_shards_are_bounded_written_once_and_read_back_in_order_by_the_split_table(tmp_path):
+    generator = np.random.default_rng(0)
+    pixels = [generator.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(10)]
+    keys = [f"{index:064x}" for index in range(10)]
+    record_bytes = len(processed_store._record(keys[0], pixels[0])) + processed_store.RECORD_OVERHEAD
+    with processed_store.ShardWriter(tmp_path, 3 * record_bytes) as writer:
+        shards = [writer.add(key, image) for key, image in zip(keys, pixels)]
+    assert all((tmp_path / name).stat().st_size <= 3 * record_bytes for name in writer.written)
+    assert writer.written == [f"decoded-{index:06d}.tfrecord" for index in range(1, 5)]
+    assert writer.counts == dict.fromkeys(writer.written[:3], 3) | {writer.written[3]: 1}
+    assert not [name for name in tmp_path.iterdir() if name.name.endswith(".partial")]
+    assert [key for shard in writer.written for key, _ in processed_store.records(tmp_path, shard, 8)] == keys
+
+    # the table decides: test holds every other image, with labels; image 9 was removed (its record stays)
+    table = pd.DataFrame({"path": [f"label/{index}.png" for index in range(9)], "label": ["a", "b", "c"] * 3,
+                          "label_index": [0, 1, 2] * 3, "split": ["test", "train"] * 4 + ["test"],
+                          "group": keys[:9], "unit": keys[:9], "sha256": keys[:9], "shard": shards[:9]})
+    table.to_parquet(tmp_path / processed_store.SPLIT_TABLE)
+    (tmp_path / processed_store.LABELS_FILE).write_text('["a", "b", "c"]')
+    batches = list(dataset.split_dataset(tmp_path, "test", 8, 4, training=False, with_paths=True))
+    np.testing.assert_array_equal(np.concatenate([batch["image"].numpy() for batch in batches]),
+                                  np.stack(pixels[0:9:2]))
+    assert [path.decode() for batch in batches for path in batch["path"].numpy()] == [f"label/{index}.png"
+                                                                                       for index in range(0, 9, 2)]
+    assert [int(label) for batch in batches for label in batch["label"].numpy()] == [0, 2, 1, 0, 2]
