@@ -165,7 +165,7 @@ def write_shards(files: list[Path], image_size: int, folder: Path, max_pixels: i
         shards = [writer.add(key, pixels) for key, pixels in zip(keys, pool.ordered_map(decode, files))]
     table = pd.DataFrame({"path": [str(path) for path in files], "label": [path.parent.name for path in files],
                           "label_index": [labels.index(path.parent.name) for path in files], "split": "train",
-                          "group": keys, "unit": keys, "sha256": keys, "shard": shards})
+                          "sha256": keys, "shard": shards})
     table.to_parquet(folder / processed_store.SPLIT_TABLE)
     (folder / processed_store.LABELS_FILE).write_text(json.dumps(labels))
     rate = len(files) / (time.perf_counter() - started)

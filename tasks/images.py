@@ -69,7 +69,7 @@ class ImageInfo:
 
 
 def has_image_extension(path: Path | str) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)

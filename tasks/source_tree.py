@@ -53,38 +53,48 @@ def _regular_file_stat(path: Path) -> os.stat_result | None:
     return facts if stat.S_ISREG(facts.st_mode) else None
 
 
+def _readable_entry_name(name: str) -> str:
+    """readable_name of one entry name, without building a path (the walk's hot loop)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, held as surrogates: spelt as \xNN
+        return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+    return name
+
+
 def walk(root: Path, on_skipped: SkipHandler | None = None) -> Iterator[TreeFile]:
     """Every file under `root` that the policy above lets through, in sorted order of its relative path."""
     root = root.resolve()
     skipped = on_skipped or (lambda reason, relative: None)
 
-    def sorted_entries(directory: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    def sorted_entries(directory: str, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         try:
             with os.scandir(directory) as scanned:
                 entries = []
                 for entry in scanned:
-                    relative = readable_name(Path(entry.path).relative_to(root))
+                    relative = prefix + _readable_entry_name(entry.name)
                     if is_hidden(entry.name):
                         skipped("hidden", relative)
                         continue
                     entries.append((relative + ("/" if entry.is_dir(follow_symlinks=False) else ""), entry))
         except OSError as error:
-            skipped("unreadable_folder", readable_name(directory.relative_to(root)))
+            skipped("unreadable_folder", prefix.removesuffix("/"))
             logger.warning("%s: cannot list folder (%s); its files were skipped", directory, error.strerror or error)
             return iter(())
         return iter(sorted(entries, key=lambda item: item[0]))
 
-    stack = [sorted_entries(root)]
+    stack = [sorted_entries(str(root), "")]
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
             continue
         sort_key, entry = item
-        path, relative = Path(entry.path), sort_key.removesuffix("/")
         if entry.is_dir(follow_symlinks=False):
-            stack.append(sorted_entries(path))
-        elif entry.is_symlink():
+            stack.append(sorted_entries(entry.path, sort_key))
+            continue
+        path, relative = Path(entry.path), sort_key
+        if entry.is_symlink():
             target = path.resolve()
             facts = _regular_file_stat(target) if target.is_relative_to(root) else None
             if facts is not None:

@@ -23,7 +23,7 @@ def test_shards_are_bounded_written_once_and_read_back_in_order_by_the_split_tab
     # the table decides: test holds every other image, with labels; image 9 was removed (its record stays)
     table = pd.DataFrame({"path": [f"label/{index}.png" for index in range(9)], "label": ["a", "b", "c"] * 3,
                           "label_index": [0, 1, 2] * 3, "split": ["test", "train"] * 4 + ["test"],
-                          "group": keys[:9], "unit": keys[:9], "sha256": keys[:9], "shard": shards[:9]})
+                          "sha256": keys[:9], "shard": shards[:9]})
     table.to_parquet(tmp_path / processed_store.SPLIT_TABLE)
     (tmp_path / processed_store.LABELS_FILE).write_text('["a", "b", "c"]')
     batches = list(dataset.split_dataset(tmp_path, "test", 8, 4, training=False, with_paths=True))

@@ -1,41 +1,37 @@
 """Exact duplicates and label conflicts among the good images: keeps one copy of content repeated in a class and sets
-aside content found under two labels; pure computation on records."""
+aside content found under two labels; pure computation on a table."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Any
+import pandas as pd
 
 
 class LabelConflictError(ValueError):
     """The same content under two labels, with ingest.on_label_conflict: fail."""
 
 
-def resolve_duplicates(
-    good: list[dict[str, Any]], on_label_conflict: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[list[str]]]:
-    """Keep one copy of content repeated inside a class; set aside content found under two labels."""
-    labels_by_hash: dict[str, set[str]] = defaultdict(set)
-    for record in good:
-        labels_by_hash[record["sha256"]].add(record["label"])
-    conflicts = {digest: labels for digest, labels in labels_by_hash.items() if len(labels) > 1}
-    if conflicts and on_label_conflict == "fail":
-        examples = [sorted(r["source_path"] for r in good if r["sha256"] == digest) for digest in list(conflicts)[:5]]
+def resolve_duplicates(good: pd.DataFrame, on_label_conflict: str) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                             list[list[str]]]:
+    """Split the good images (columns source_path, label, sha256, ..., in source_path order) into the kept ones,
+    the ones set aside for a label conflict (reason and detail filled in), and [first, dropped] duplicate pairs."""
+    labels_per_hash = good.groupby("sha256", sort=False)["label"].agg(lambda labels: sorted(set(labels)))
+    conflicts = labels_per_hash[labels_per_hash.map(len) > 1]
+    if len(conflicts) and on_label_conflict == "fail":
+        examples = [sorted(good.loc[good["sha256"] == digest, "source_path"]) for digest in conflicts.index[:5]]
         raise LabelConflictError(
             f"{len(conflicts)} image(s) appear under two or more labels, e.g. {examples}; remove the wrong copies "
             "or set ingest.on_label_conflict: quarantine"
         )
-    kept, conflicted, duplicates = [], [], []
-    first_by_key: dict[tuple[str, str], str] = {}
-    for record in good:
-        if record["sha256"] in conflicts:
-            others = ", ".join(sorted(conflicts[record["sha256"]] - {record["label"]}))
-            conflicted.append(record | {"reason": "label_conflict", "detail": f"same content also under label(s) {others}"})
-            continue
-        key = (record["label"], record["sha256"])
-        if key in first_by_key:
-            duplicates.append([first_by_key[key], record["source_path"]])
-            continue
-        first_by_key[key] = record["source_path"]
-        kept.append(record)
-    return kept, conflicted, duplicates
+    in_conflict = good["sha256"].isin(conflicts.index)
+    conflicted = good[in_conflict].copy()
+    conflicted["reason"] = "label_conflict"
+    conflicted["detail"] = [
+        "same content also under label(s) " + ", ".join(label for label in conflicts[digest] if label != own)
+        for digest, own in zip(conflicted["sha256"], conflicted["label"])]
+    rest = good[~in_conflict]
+    repeated = rest.duplicated(["label", "sha256"], keep="first")
+    first_path = rest[~repeated].set_index(["label", "sha256"])["source_path"]
+    duplicates = [[first_path[(label, digest)], path]
+                  for label, digest, path in zip(rest.loc[repeated, "label"], rest.loc[repeated, "sha256"],
+                                                 rest.loc[repeated, "source_path"])]
+    return rest[~repeated], conflicted, duplicates

@@ -8,11 +8,11 @@ new shards. When nothing changed, every output is left byte for byte as it was, 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +27,15 @@ from tasks.ingest.examine import READ_REASONS, VERDICT_FIELDS, Examiner, FileJob
 from tasks.ingest.near_duplicates import group_near_duplicates
 from tasks.params import IngestParams
 from tasks.paths import Paths
-from tasks.source_tree import SourceFile, SourceScan, scan_source
+from tasks.source_tree import SourceScan, scan_source
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["path", "label", "sha256", "shard", "offset", "bytes", "width", "height", "format", "mode",
                     "orientation", "phash", "group", "source_path"]
 QUARANTINE_COLUMNS = ["source_path", "label", "sha256", "bytes", "reason", "detail"]
-
-
-def _reusable(file: SourceFile, previous: dict[str, Any] | None, settings: str,
-              locations: dict[str, raw_store.Location]) -> bool:
-    """Whether the last run's verdict on this path still holds without reading the file: same size and mtime, same
-    checks, not a read error, and (for a good image) its content still in the raw store."""
-    return (previous is not None and previous["checks"] == settings and previous["reason"] not in READ_REASONS
-            and (previous["size"], previous["mtime_ns"]) == (file.size, file.mtime_ns) and file.size >= 0
-            and (bool(previous["reason"]) or previous["sha256"] in locations))
+IMAGE_SUMMARY_KEYS = ("images_used", "quarantined", "quarantined_by_reason", "duplicates_dropped", "duplicates",
+                      "near_duplicate_groups", "labels")
 
 
 def _migrate_old_layout(raw: Path) -> Path | None:
@@ -58,8 +51,41 @@ def _migrate_old_layout(raw: Path) -> Path | None:
     return aside
 
 
+def _settings(params: IngestParams) -> dict[str, Any]:
+    """Every param that shapes the outputs beyond the files' own verdicts."""
+    return {"checks": checks(params.max_pixels, params.min_side), "on_label_conflict": params.on_label_conflict,
+            "near_duplicate_distance": params.near_duplicate_distance}
+
+
+def _scanned(scan: SourceScan) -> pd.DataFrame:
+    return pd.DataFrame({"source_path": [file.source_path for file in scan.files],
+                         "label": [file.label for file in scan.files],
+                         # where to read: a file system name, which may hold undecodable bytes (kept as objects)
+                         "read_from": pd.Series([str(file.path) for file in scan.files], dtype=object),
+                         "size": pd.array([file.size for file in scan.files], dtype="int64"),
+                         "mtime_ns": pd.array([file.mtime_ns for file in scan.files], dtype="int64")})
+
+
+def _reusable(files: pd.DataFrame, earlier: pd.DataFrame, settings: str,
+              locations: dict[str, raw_store.Location]) -> pd.Series:
+    """Whether the last run's verdict on each path still holds without reading the file: same size and mtime,
+    same checks, not a read error, and (for a good image) its content still in the raw store."""
+    before = earlier.reindex(files["source_path"]).reset_index(drop=True)
+    reusable = ((before["checks"] == settings) & ~before["reason"].isin(READ_REASONS)
+                & (before["size"] == files["size"]) & (before["mtime_ns"] == files["mtime_ns"]) & (files["size"] >= 0)
+                & ((before["reason"] != "") | before["sha256"].isin(locations.keys())))
+    return reusable.fillna(False).astype(bool)
+
+
+def _earlier_verdict(earlier: pd.DataFrame, source_path: str, settings: str) -> dict[str, Any] | None:
+    """The last verdict on a path, reused by examine when the file's bytes turn out the same (same checks only)."""
+    if source_path not in earlier.index or earlier.at[source_path, "checks"] != settings:
+        return None
+    return earlier.loc[source_path, ["sha256", *VERDICT_FIELDS]].to_dict()
+
+
 def _examine_and_store(jobs: list[FileJob], params: IngestParams, raw: Path,
-                       locations: dict[str, raw_store.Location]) -> list[dict[str, Any]]:
+                       locations: dict[str, raw_store.Location]) -> pd.DataFrame:
     """Examine the files that need it (over all cores, or a Dask cluster) and add new content to new shards, in
     the order of the jobs, so the same source gives the same shards however it was spread."""
     records = []
@@ -73,29 +99,27 @@ def _examine_and_store(jobs: list[FileJob], params: IngestParams, raw: Path,
                 locations[record["sha256"]] = writer.add(record["sha256"], extension, examined.data)
             records.append(record)
             progress.update()
-    return records
+    return pd.DataFrame(records, columns=["source_path", "sha256", "bytes", *VERDICT_FIELDS])
 
 
-def _summary(source: Path, scan: SourceScan, kept: list[dict[str, Any]], bad: list[dict[str, Any]],
-             duplicates: list[list[str]], group_leaders: list[int]) -> dict[str, Any]:
-    group_sizes = Counter(group_leaders)
-    return {
-        "source": str(source),
-        "files_seen": len(scan.files),
-        "images_used": len(kept),
-        "quarantined": len(bad),
-        "quarantined_by_reason": dict(sorted(Counter(record["reason"] for record in bad).items())),
-        "duplicates_dropped": len(duplicates),
-        "duplicates": duplicates,
-        "near_duplicate_groups": sum(1 for size in group_sizes.values() if size > 1),
-        "non_image_files": len(scan.non_image_files),
-        "empty_class_folders": scan.empty_class_folders,
-        "root_files": scan.root_files,
-        "skipped_links": scan.skipped_links,
-        "unreadable_folders": scan.unreadable_folders,
-        "hidden_entries": scan.hidden_entries,
-        "labels": sorted({record["label"] for record in kept}),
-    }
+def _manifest(kept: pd.DataFrame, locations: dict[str, raw_store.Location], distance: int) -> pd.DataFrame:
+    """One row per image used, in path order: where the raw store holds it and its near-duplicate group."""
+    kept = kept.reset_index(drop=True)
+    leaders = group_near_duplicates(kept["phash"].tolist(), distance)
+    stored = [locations[digest] for digest in kept["sha256"]]
+    manifest = kept.assign(path=kept["source_path"], group=kept["sha256"].to_numpy()[leaders],
+                           shard=[location.shard for location in stored],
+                           offset=[location.offset for location in stored])
+    numbers = {"offset": "int64", "bytes": "int64", "width": "int64", "height": "int64", "orientation": "int64"}
+    return manifest[MANIFEST_COLUMNS].astype({column: numbers.get(column, "str") for column in MANIFEST_COLUMNS})
+
+
+def _summary(source: Path, scan: SourceScan, settings: dict[str, Any], images_found: dict[str, Any]) -> dict[str, Any]:
+    """The ingest summary: what the scan found, and (in `images_found`) what became of the image files."""
+    return {"source": str(source), "settings": settings, "files_seen": len(scan.files), **images_found,
+            "non_image_files": len(scan.non_image_files), "empty_class_folders": scan.empty_class_folders,
+            "root_files": scan.root_files, "skipped_links": scan.skipped_links,
+            "unreadable_folders": scan.unreadable_folders, "hidden_entries": scan.hidden_entries}
 
 
 def run(params: IngestParams, paths: Paths) -> pd.DataFrame:
@@ -123,57 +147,56 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     old_raw = _migrate_old_layout(paths.raw)
     raw_store.remove_temporary(paths.raw)
     locations, old_manifest = state.stored_locations(paths.manifest, paths.raw)
-    previous = {} if old_manifest or old_raw else state.load(paths.ingest_state)
-    settings = checks(params.max_pixels, params.min_side)
+    earlier = state.empty() if old_manifest or old_raw else state.load(paths.ingest_state)
+    settings = _settings(params)
+    files = _scanned(scan)
+    reusable = _reusable(files, earlier, settings["checks"], locations)
+    to_read = files[~reusable]
+    logger.info("ingest: %d files under %s; %d unchanged since the last run, %d to read", len(files), source,
+                int(reusable.sum()), len(to_read))
 
-    reused, jobs = {}, []
-    for file in scan.files:
-        earlier = previous.get(file.source_path)
-        if _reusable(file, earlier, settings, locations):
-            reused[file.source_path] = earlier
-        else:
-            jobs.append(FileJob(str(file.path), file.source_path, earlier if earlier and earlier["checks"] == settings
-                                else None))
-    logger.info("ingest: %d files under %s; %d unchanged since the last run, %d to read", len(scan.files), source,
-                len(reused), len(jobs))
-    examined = {record["source_path"]: record for record in
-                _examine_and_store(jobs, params, paths.raw, locations)}
+    summary_before = json.loads(paths.ingest_summary.read_text()) if paths.ingest_summary.is_file() else {}
+    if (to_read.empty and len(earlier) == len(files) and paths.manifest.is_file() and not old_manifest
+            and summary_before.get("settings") == settings):
+        # The same files as last time, none changed: the manifest stands; only what the scan says may differ.
+        found = {key: summary_before[key] for key in IMAGE_SUMMARY_KEYS}
+        atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
+        logger.info("ingest: nothing changed under %s (%d files); %.1f s", source, len(files),
+                    time.perf_counter() - started)
+        return pd.read_parquet(paths.manifest)
 
-    records, state_rows = [], []
-    for file in scan.files:
-        record = reused.get(file.source_path) or examined[file.source_path]
-        state_rows.append({**record, "checks": settings, "size": file.size, "mtime_ns": file.mtime_ns})
-        records.append({**{name: record[name] for name in ("sha256", "bytes", *VERDICT_FIELDS)},
-                        "source_path": file.source_path, "label": file.label})
-    good = [record for record in records if not record["reason"] and record["sha256"] in locations]
-    bad = [record for record in records if record["reason"]]
+    jobs = [FileJob(row.read_from, row.source_path, _earlier_verdict(earlier, row.source_path, settings["checks"]))
+            for row in to_read.itertuples(index=False)]
+    examined = _examine_and_store(jobs, params, paths.raw, locations).set_index("source_path")
+    verdicts = pd.concat([earlier.loc[files.loc[reusable, "source_path"], ["sha256", "bytes", *VERDICT_FIELDS]],
+                          examined[["sha256", "bytes", *VERDICT_FIELDS]]])
+    records = files[["source_path", "label", "size", "mtime_ns"]].join(verdicts, on="source_path")
+
+    good = records[(records["reason"] == "") & records["sha256"].isin(locations.keys())]
     kept, conflicted, duplicates = resolve_duplicates(good, params.on_label_conflict)
-    bad = sorted(bad + conflicted, key=lambda record: record["source_path"])
-    kept.sort(key=lambda record: record["source_path"])
-    group_leaders = group_near_duplicates([record["phash"] for record in kept], params.near_duplicate_distance)
-    for record, leader in zip(kept, group_leaders):
-        location = locations[record["sha256"]]
-        record |= {"path": record["source_path"], "group": kept[leader]["sha256"], "shard": location.shard,
-                   "offset": location.offset}
-    manifest = pd.DataFrame(kept, columns=MANIFEST_COLUMNS).astype(
-        {"offset": "int64", "bytes": "int64", "width": "int64", "height": "int64", "orientation": "int64"})
-    quarantine = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS).astype({"bytes": "int64"})
-    summary = _summary(source, scan, kept, bad, duplicates, group_leaders)
+    bad = pd.concat([records[records["reason"] != ""], conflicted]).sort_values("source_path", kind="stable")
+    manifest = _manifest(kept, locations, params.near_duplicate_distance)
+    quarantine = bad[QUARANTINE_COLUMNS].astype({"bytes": "int64"}).reset_index(drop=True)
+    groups = manifest["group"].value_counts()
+    found = {"images_used": len(manifest), "quarantined": len(bad),
+             "quarantined_by_reason": {str(reason): int(count) for reason, count
+                                       in sorted(bad["reason"].value_counts().items())},
+             "duplicates_dropped": len(duplicates), "duplicates": duplicates,
+             "near_duplicate_groups": int((groups > 1).sum()), "labels": sorted(manifest["label"].unique().tolist())}
 
     # The shards are finished; what names them is written now, each file only if its content changed.
     atomic.write_parquet(paths.manifest, manifest, keep_if_same=True)
     atomic.write_csv(paths.quarantine, quarantine, keep_if_same=True)
-    atomic.write_json(paths.ingest_summary, summary, keep_if_same=True)
-    state.write(paths.ingest_state, state_rows)
-    unused = sorted(set(raw_store.shard_names(paths.raw)) - set(manifest["shard"]))
-    raw_store.remove(paths.raw, unused)  # only shards holding nothing the manifest uses
+    atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
+    state.write(paths.ingest_state, records.assign(checks=settings["checks"]))
+    raw_store.remove(paths.raw, sorted(set(raw_store.shard_names(paths.raw)) - set(manifest["shard"])))
     if old_raw is not None:
         shutil.rmtree(old_raw, ignore_errors=True)
         (paths.interim / "ingest_cache.parquet").unlink(missing_ok=True)  # the old layout's verdict cache
     logger.info(
         "ingest: %d files seen (%d read), %d images used in %d classes, %d quarantined %s, %d duplicates dropped, "
         "%d non-image files skipped; %d shard(s) in %s; %.1f s",
-        len(records), len(jobs), len(kept), len(summary["labels"]), len(bad), summary["quarantined_by_reason"],
+        len(files), len(to_read), len(manifest), len(found["labels"]), len(bad), found["quarantined_by_reason"],
         len(duplicates), len(scan.non_image_files), len(raw_store.shard_names(paths.raw)), paths.raw,
         time.perf_counter() - started)
     return manifest

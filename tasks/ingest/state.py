@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -20,28 +19,33 @@ STATE_COLUMNS = ["source_path", "checks", "size", "mtime_ns", "sha256", "bytes",
 LOCATION_COLUMNS = ("sha256", "shard", "offset", "bytes")
 
 
-def load(path: Path) -> dict[str, dict[str, Any]]:
-    """source_path -> the state row of the last run (empty when there is none, or it cannot be read)."""
+def empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=STATE_COLUMNS).set_index("source_path")
+
+
+def load(path: Path) -> pd.DataFrame:
+    """The state rows of the last run, indexed by source_path (empty when there is none, or it cannot be read)."""
     if not path.is_file():
-        return {}
+        return empty()
     try:
         table = pd.read_parquet(path)
     except Exception as error:  # a damaged state only costs reading every file again
         logger.warning("%s: ignoring unreadable ingest state (%s); every file is examined again", path, error)
-        return {}
+        return empty()
     if list(table.columns) != STATE_COLUMNS:
         logger.info("%s: written by another version of ingest; every file is examined again", path)
-        return {}
-    return {row["source_path"]: row for row in table.to_dict("records")}
+        return empty()
+    return table.set_index("source_path")
 
 
-def write(path: Path, records: list[dict[str, Any]]) -> None:
+def write(path: Path, records: pd.DataFrame) -> None:
+    """Save the state of every file seen (columns as STATE_COLUMNS), in source_path order."""
     from tasks import atomic
 
-    table = pd.DataFrame(records, columns=STATE_COLUMNS).sort_values("source_path", kind="stable")
+    table = records[STATE_COLUMNS].sort_values("source_path", kind="stable").reset_index(drop=True)
     table = table.astype({"size": "int64", "mtime_ns": "int64", "bytes": "int64", "width": "int64",
                           "height": "int64", "orientation": "int64"})
-    atomic.write_parquet(path, table.reset_index(drop=True), keep_if_same=True)
+    atomic.write_parquet(path, table, keep_if_same=True)
 
 
 def stored_locations(manifest: Path, raw: Path) -> tuple[dict[str, raw_store.Location], bool]:

@@ -25,7 +25,9 @@ from tasks.preprocess.split import SPLITS, assign_splits, split_counts, split_re
 
 logger = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ["path", "label", "label_index", "split", "group", "unit", "sha256", "shard"]
+# what readers need; the units that kept images together are in the split report (split.json), not here: a
+# sha256-sized key per image would make this table, rewritten on every change, twice as large
+TABLE_COLUMNS = ["path", "label", "label_index", "split", "sha256", "shard"]
 COMPACT_BELOW = 0.5  # a shard whose live share of records falls under this is rewritten without the dead ones
 
 

@@ -117,7 +117,7 @@ def test_preprocess_keeps_subjects_together_and_writes_the_split_report(shrunk_c
                                           for split in SPLITS}
     assert sum(report["units"].values()) == 8
     stored = pd.read_parquet(paths.processed / "split.parquet")
-    assert list(stored["split"]) == list(table["split"]) and "unit" in stored.columns
+    assert list(stored["split"]) == list(table["split"]) and list(stored["sha256"]) == list(table["sha256"])
 
 
 def test_splits_never_move_when_images_are_added():
