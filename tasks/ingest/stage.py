@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from tasks import atomic, images, pool, raw_store
+from tasks import atomic, dvc_outputs, images, pool, raw_store
 from tasks.config import load_config
 from tasks.ingest import state
 from tasks.ingest.duplicates import resolve_duplicates
@@ -143,6 +143,8 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     started = time.perf_counter()
     source = paths.resolve(params.source)
     paths.check_source(source, "ingest.source")
+    dvc_outputs.restore(paths.root, "ingest", [paths.raw, paths.manifest, paths.ingest_state, paths.ingest_summary,
+                                                paths.quarantine])
     scan = scan_source(source)
     old_raw = _migrate_old_layout(paths.raw)
     raw_store.remove_temporary(paths.raw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from tasks import atomic, images, pool, processed_store, raw_store, stored_images
+from tasks import atomic, dvc_outputs, images, pool, processed_store, raw_store, stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 # what readers need; the units that kept images together are in the split report (split.json), not here: a
 # sha256-sized key per image would make this table, rewritten on every change, twice as large
 TABLE_COLUMNS = ["path", "label", "label_index", "split", "sha256", "shard"]
+OLD_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
 COMPACT_BELOW = 0.5  # a shard whose live share of records falls under this is rewritten without the dead ones
 
 
@@ -80,6 +82,9 @@ def _earlier(paths: Paths, params: PreprocessParams, seed: int) -> Earlier:
     table = pd.read_parquet(table_file)
     if "shard" not in table.columns or not isinstance(summary.get("shard_records"), dict):
         logger.info("%s: written before the incremental store; every image is decoded again", folder)
+        for old in folder.glob("*.tfrecord"):  # per-split shards of that layout (train-00000-of-00002.tfrecord)
+            if OLD_SHARD.fullmatch(old.name):
+                old.unlink()
         return Earlier()
     earlier = Earlier()
     if summary.get("normalisation") == normalisation(params):
@@ -137,6 +142,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
                          "stage again (dvc repro ingest) and then this one")
     labels = sorted(manifest["label"].unique().tolist())
     subjects = read_subjects(manifest, params.group_by, paths)
+    dvc_outputs.restore(paths.root, "preprocess", [paths.processed, paths.reports / "split.json"])
     earlier = _earlier(paths, params, seed)
     table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects, earlier.splits)
     table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).astype("int64")

@@ -111,7 +111,10 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
     metrics = json.loads((repo / "data/reports/evaluation/metrics.json").read_text())
     assert metrics == first["metrics"] and metrics["test_images"] > 200
     assert len(pd.read_parquet(repo / "data/interim/manifest.parquet")) == 1797  # stored in the raw store's shards
-    assert [path.name for path in (repo / "data/raw").iterdir()] == ["shard-000001.tar"]
+    shard = repo / "data/raw/shard-000001.tar"
+    assert [path.name for path in shard.parent.iterdir()] == [shard.name]
+    inode = shard.stat().st_ino
+    assert shard.stat().st_nlink >= 2  # one copy: the workspace and DVC's cache share it
     assert any((repo / ".dvc/remote").rglob("*")), "nothing was pushed to the local remote"
     assert [message["title"] for message in notifications] == ["imgpipe: candidate promoted"]
     assert "no production model before" in notifications[0]["message"]
@@ -127,6 +130,7 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
     assert second.name == "Nothing to do"
     assert _statuses(second.result()) == {"demo": "skipped", "ingest": "unchanged", "validate": "skipped",
                                           "preprocess": "skipped", "train": "skipped", "evaluate": "skipped"}
+    assert shard.stat().st_ino == inode  # ingest ran (DVC deleted its outputs) and linked the same file back
     assert len(notifications) == 1  # nothing happened, nothing said
 
 

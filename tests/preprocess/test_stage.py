@@ -166,3 +166,17 @@ def test_a_killed_preprocess_leaves_the_last_outputs_usable_and_the_next_run_fin
     assert sorted(readable) == sorted(first["path"])
     table = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     assert len(table) == 30 and not [path for path in paths.processed.iterdir() if path.name.endswith(".partial")]
+
+
+def test_a_processed_folder_of_the_old_per_split_layout_is_replaced(shrunk_config):
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    paths.processed.mkdir(parents=True)
+    (paths.processed / "train-00000-of-00001.tfrecord").write_bytes(b"old shard")
+    (paths.processed / "preprocess.json").write_text(json.dumps({"image_size": 16, "shards": {}}))
+    import pandas as pd
+
+    pd.DataFrame({"path": ["x"], "sha256": ["0" * 64], "split": ["train"]}).to_parquet(
+        paths.processed / "split.parquet")
+    table = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    assert len(table) == 36 and not (paths.processed / "train-00000-of-00001.tfrecord").exists()
