@@ -96,8 +96,8 @@ def format_predict_summary(summary: dict[str, Any]) -> str:
              f"  {'files:':<14}{summary['files']}",
              f"  {'ok:':<14}{summary['ok']}",
              f"  {'errors:':<14}{sum(errors.values())}" + (f"  ({reasons})" if reasons else ""),
-             f"  {'skipped:':<14}{sum(skipped.values())}" + (f"  ({skipped_reasons}: hidden entries, links to folders "
-                                                           "or out of SOURCE, special files; not read)"
+             f"  {'skipped:':<14}{sum(skipped.values())}" + (f"  ({skipped_reasons}; not read: hidden names, links "
+                                                           "to folders, out of SOURCE or dangling, special files)"
                                                            if skipped_reasons else ""),
              f"  {'classified:':<14}{summary['processed']}  (reused from the earlier table {summary['reused']}, "
              f"from an interrupted run {summary['resumed']})",

@@ -217,7 +217,7 @@ def _log_skipped(source: Path, files: int, skipped: dict[str, tuple[int, str]]) 
     """One line per reason an entry was not read: how many, why, and the first one."""
     for reason, (count, example) in sorted(skipped.items()):
         logger.log(logging.INFO if reason == "hidden" else logging.WARNING,
-                   "%d entr%s under %s skipped (a `skipped` row each), reason %s: %s; e.g. %s", count,
+                   "%d entr%s under %s skipped (a row with status skipped each), reason %s: %s; e.g. %s", count,
                    "y" if count == 1 else "ies", source, reason, SKIPPED_DETAILS[reason], example)
     if files == sum(count for count, _ in skipped.values()):
         logger.warning("%s: no files to classify%s; the table lists only %s", source,
