@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -26,23 +27,14 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from tasks import images, model_folder, pool, source_tree
+from tasks import images, model_folder, pool
 from tasks.config import ArgumentError
 from tasks.paths import Paths
-from tasks.predict import decode, engine, machine, store
+from tasks.predict import decode, engine, entries, machine, store
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000  # as ingest.max_pixels
-
-# What a `skipped` row says, by the walk's reason (tasks/source_tree.py).
-SKIPPED_DETAILS = {
-    "hidden": "hidden (a name starting with '.' or __MACOSX); not classified, nor anything in it",
-    "link": "symbolic link to a folder, out of the folder classified, or dangling; links are not followed out of it",
-    "special_file": "not a regular file (a FIFO, socket or device); not read",
-    "unreadable_folder": "folder cannot be listed; its files were not classified",
-}
-
 
 @dataclass(frozen=True)
 class PredictOptions:
@@ -125,9 +117,14 @@ def default_model(paths: Paths) -> Path:
 
 def settings_id(info: model_folder.ModelInfo, max_pixels: int) -> tuple[str, dict[str, Any]]:
     """A short id of everything a row's pixels and probabilities depend on, and those settings themselves."""
+    backend = keras.backend.backend()
+    try:
+        backend_version = importlib.metadata.version(backend)
+    except importlib.metadata.PackageNotFoundError:
+        backend_version = "unknown"
     settings = {"model_version": info.version, "image_size": info.image_size, "resize": info.resize,
                 "max_pixels": max_pixels, "decode_version": images.DECODE_VERSION, "pillow": PIL.__version__,
-                "keras": f"{keras.__version__} {keras.backend.backend()}"}
+                "keras": keras.__version__, "backend": f"{backend} {backend_version}"}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return digest, settings
 
@@ -166,14 +163,10 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         chunk.clear()
 
     skipped: dict[str, tuple[int, str]] = {}  # reason -> (how many, the first one)
-    prefix = len(os.fsencode(os.path.join(source, "")))
-    for entry in source_tree.entries(source):
-        if _is_own_output(entry.path, out, state):  # the table is being written inside the folder it describes
-            continue
-        row = _plan_row(entry, prefix)
-        if entry.skipped:
-            count, example = skipped.get(entry.skipped, (0, row["path"]))
-            skipped[entry.skipped] = (count + 1, example)
+    for row in entries.plan_rows(source, out, state):
+        if row["skipped"]:
+            count, example = skipped.get(row["skipped"], (0, row["path"]))
+            skipped[row["skipped"]] = (count + 1, example)
         else:
             row |= previous.find(row["path"], row["path_bytes"].hex(), row["bytes"], row["mtime_ns"]) or {}
         chunk.append(row)
@@ -184,45 +177,11 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         close_chunk()
     writer.close()
     store.remove_parts_from(state, chunk_index)
-    _log_skipped(source, files, skipped)
+    entries.log_skipped(source, files, skipped)
     logger.info("predict: %d files in %d chunks under %s; %d chunk(s) already finished by an interrupted run",
                 files, chunk_index, source, chunk_index - len(pending))
     return PredictPlan(source, out, state, info, options, identity, files, chunk_index, tuple(pending),
                        pending_files)
-
-
-def _is_own_output(path: Path, out: Path, state: Path) -> bool:
-    """The table, its resume state, or a temporary file of the table (a run killed while writing it)."""
-    own_temporary = path.parent == out.parent and path.name.startswith(f".{out.name}.") and path.name.endswith(
-        ".partial")
-    return path == out or path.is_relative_to(state) or own_temporary
-
-
-def _plan_row(entry: source_tree.TreeFile, prefix: int) -> dict[str, Any]:
-    """The plan's row for one entry of the walk: what to read (relative to the source) and what it was like."""
-    folder = "/" if entry.folder else ""
-    row = {"path": entry.relative + folder, "path_bytes": entry.relative_bytes + folder.encode(),
-           "file": os.fsencode(entry.path)[prefix:], "decode": images.has_image_extension(entry.path),
-           "skipped": entry.skipped, "bytes": None, "mtime_ns": None}
-    if not entry.skipped:
-        try:
-            stat = entry.path.stat()
-            row |= {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        except OSError:  # gone since the walk: the worker reports it
-            pass
-    return row
-
-
-def _log_skipped(source: Path, files: int, skipped: dict[str, tuple[int, str]]) -> None:
-    """One line per reason an entry was not read: how many, why, and the first one."""
-    for reason, (count, example) in sorted(skipped.items()):
-        logger.log(logging.INFO if reason == "hidden" else logging.WARNING,
-                   "%d entr%s under %s skipped (a row with status skipped each), reason %s: %s; e.g. %s", count,
-                   "y" if count == 1 else "ies", source, reason, SKIPPED_DETAILS[reason], example)
-    if files == sum(count for count, _ in skipped.values()):
-        logger.warning("%s: no files to classify%s; the table lists only %s", source,
-                       f" ({files} entries skipped, see above)" if files else "", "skipped entries" if files
-                       else "nothing")
 
 
 def _batches(plan: PredictPlan, chunk_indices: list[int]) -> Iterator[tuple[tuple[int, list[dict], bool], list]]:
@@ -259,7 +218,7 @@ def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
         elif file.status == "reused":
             row |= {name: planned[f"previous_{name}"] for name in store.prediction_columns(top_k)}
         elif file.status == "skipped":
-            row |= {"status": "skipped", "reason": file.reason, "detail": SKIPPED_DETAILS[file.reason]}
+            row |= {"status": "skipped", "reason": file.reason, "detail": entries.SKIPPED_DETAILS[file.reason]}
         else:
             row |= {"status": "error", "reason": file.reason, "detail": file.detail}
         rows.append(row)

@@ -15,7 +15,7 @@ IMAGE_SIZE = 16
 
 
 def save_model(folder: Path, labels: list[str], resize: str = "crop", seed: int = 7) -> Path:
-    """An untrained simple_cnn saved as training saves one (model, labels, card). With one label, every image gets it."""
+    """An untrained simple_cnn saved as training does (model, labels, card); with one label, every image gets it."""
     import keras
 
     from tasks.train import model

@@ -15,7 +15,8 @@ from tests.predict.conftest import options
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax:UserWarning")
 
 
-def _classified(tmp_path: Path, model: Path, source: Path | None = None, out_name: str = "out.parquet") -> tuple[Path, Path]:
+def _classified(tmp_path: Path, model: Path, source: Path | None = None,
+                out_name: str = "out.parquet") -> tuple[Path, Path]:
     source = source or write_class_folders(tmp_path / "photos", per_class=2)
     out = tmp_path / out_name
     classify.run(source, out, model, options())
