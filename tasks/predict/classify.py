@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000  # as ingest.max_pixels
 
+
 @dataclass(frozen=True)
 class PredictOptions:
     top_k: int = 3
