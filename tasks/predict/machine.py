@@ -33,17 +33,17 @@ def describe(error: OSError, path: Path, doing: str, elsewhere: str, again: str)
     does (e.g. "the chunks already finished are kept").
     """
     cause = error.strerror or os.strerror(error.errno or 0)
+    folder = path if path.is_dir() else path.parent
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        what = (f"the file system of {path.parent} is full ({_free_space(path.parent)}); free some space there or "
-                f"{elsewhere}")
+        what = f"the file system of {folder} is full ({_free_space(folder)}); free some space there or {elsewhere}"
     elif error.errno == errno.EROFS:
-        what = f"the file system of {path.parent} is read-only; {elsewhere}"
+        what = f"the file system of {folder} is read-only; {elsewhere}"
     elif error.errno in (errno.EMFILE, errno.ENFILE):
         what = "too many open files on this machine; raise the limit (ulimit -n) or stop other jobs"
     elif error.errno == errno.ENOMEM:
         what = "the machine is out of memory; stop other jobs"
     else:
-        what = f"an I/O error of the disk under {path.parent}; check the disk (dmesg)"
+        what = f"an I/O error of the disk under {folder}; check the disk (dmesg)"
     return MachineError(f"{path}: {doing} failed: {cause} [{errno.errorcode.get(error.errno or 0, '?')}]: {what}; "
                         f"then run the same command again ({again})")
 

@@ -109,3 +109,35 @@ def test_no_production_model_refuses_the_candidate_and_says_how_to_choose_it(tmp
     assert main(["predict", str(source), "--out", "out.parquet", "--model", "data/models/candidate"]) == 0
     assert (pd.read_parquet(project / "out.parquet")["status"] == "ok").all()
     assert candidate.is_dir()
+
+
+def test_disk_full_while_copying_into_says_which_folder_and_leaves_no_partial_copy(tmp_path, one_label_model,
+                                                                                   monkeypatch):
+    import os
+
+    from tasks.predict import copy_into
+
+    source = write_class_folders(tmp_path / "photos", per_class=1)
+    out = tmp_path / "out.parquet"
+    classify.run(source, out, one_label_model("thing"), classify.PredictOptions(top_k=1))
+    real_fchmod = os.fchmod
+    placed = []
+
+    def full_after_one(descriptor, mode):
+        if placed:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        placed.append(descriptor)
+        return real_fchmod(descriptor, mode)
+
+    monkeypatch.setattr(os, "fchmod", full_after_one)
+    target = tmp_path / "sorted"
+    with pytest.raises(RuntimeError) as stopped:
+        copy_into.copy_into(out, source, target)
+    assert str(stopped.value).startswith(f"{target}: copying into failed: No space left on device [ENOSPC]: the "
+                                         f"file system of {target} is full")
+    assert "choose another `copy_into`" in str(stopped.value) and "already placed are recognised" in str(stopped.value)
+    assert not [path for path in target.rglob("*") if path.name.endswith(".partial")]
+
+    monkeypatch.setattr(os, "fchmod", real_fchmod)
+    again = copy_into.copy_into(out, source, target)
+    assert (again.already_there, again.placed) == (1, 2)
