@@ -52,7 +52,7 @@ def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths
 
 def normalisation(params: PreprocessParams) -> str:
     """What decoded pixels depend on: an earlier run's shards are reused only under the same."""
-    return f"image_size={params.image_size} resize={params.resize} decoder=v{images.NORMALISATION_VERSION}"
+    return f"image_size={params.image_size} resize={params.resize} decoder=v{images.DECODE_VERSION}"
 
 
 def _splitting(params: PreprocessParams, seed: int) -> dict[str, Any]:
