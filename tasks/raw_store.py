@@ -13,16 +13,15 @@ import io
 import os
 import re
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SHARD_PATTERN = re.compile(r"shard-(?P<serial>\d{6})\.tar")
 _BLOCK = tarfile.BLOCKSIZE  # 512: a member's header, and the unit its data is padded to
 _END_OF_ARCHIVE = tarfile.RECORDSIZE  # the end blocks, and the padding of the last record
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     shard: str  # file name in the raw folder
     offset: int  # of the image's first byte
     bytes: int

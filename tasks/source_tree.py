@@ -31,13 +31,17 @@ SkipHandler = Callable[[str, str], None]
 
 @dataclass(frozen=True)
 class TreeFile:
-    path: Path  # where to read it (inside the tree)
+    location: str  # where to read it (inside the tree); `path` is the same as a Path
     relative: str  # posix path relative to the root, as text that can be written anywhere
     relative_bytes: bytes = b""  # the same path exactly (lossless where a name is not UTF-8)
     skipped: str = ""  # from `entries` only: why it is not read (a reason above); "" for a file to read
     folder: bool = False  # from `entries` only: a skipped folder (hidden or unreadable), with all below it
     size: int = -1  # bytes and modification time when walked (-1: unknown): what an incremental run compares
     mtime_ns: int = -1
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location)  # built on demand: a million Path objects cost seconds in the walk
 
 
 def is_hidden(name: str) -> bool:
@@ -87,7 +91,7 @@ def entries(root: Path) -> Iterator[TreeFile]:
 
     top = sorted_entries(root)
     if top is None:
-        yield TreeFile(root, ".", b".", "unreadable_folder", folder=True)
+        yield TreeFile(str(root), ".", b".", "unreadable_folder", folder=True)
     stack = [top] if top is not None else []
     while stack:
         item = next(stack[-1], None)
@@ -96,7 +100,7 @@ def entries(root: Path) -> Iterator[TreeFile]:
             continue
         sort_key, _, entry = item
         relative, is_folder = sort_key.removesuffix("/"), sort_key.endswith("/")
-        path, relative_bytes = Path(entry.path), os.fsencode(entry.path)[prefix:]
+        path, relative_bytes = entry.path, os.fsencode(entry.path)[prefix:]
         if is_hidden(entry.name):
             yield TreeFile(path, relative, relative_bytes, "hidden", folder=is_folder)
         elif is_folder:
@@ -106,12 +110,12 @@ def entries(root: Path) -> Iterator[TreeFile]:
             else:
                 stack.append(below)
         elif entry.is_symlink():
-            target = path.resolve()
+            target = Path(path).resolve()
             facts = _regular_file_stat(target) if target.is_relative_to(root) else None
             if facts is None:
                 yield TreeFile(path, relative, relative_bytes, "link")
             else:
-                yield TreeFile(target, relative, relative_bytes, size=facts.st_size, mtime_ns=facts.st_mtime_ns)
+                yield TreeFile(str(target), relative, relative_bytes, size=facts.st_size, mtime_ns=facts.st_mtime_ns)
         elif entry.is_file(follow_symlinks=False):
             try:
                 facts = entry.stat(follow_symlinks=False)
@@ -125,11 +129,15 @@ def entries(root: Path) -> Iterator[TreeFile]:
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: Path  # where to read it (inside the source tree)
+    location: str  # where to read it (inside the source tree)
     source_path: str  # posix path relative to the source root, used in reports
     label: str
     size: int = -1
     mtime_ns: int = -1
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location)
 
 
 @dataclass
@@ -178,7 +186,7 @@ def scan_source(source: Path) -> SourceScan:
         elif not images.has_image_extension(file.relative):
             scan.non_image_files.append(file.relative)
         else:
-            scan.files.append(SourceFile(file.path, file.relative, label, file.size, file.mtime_ns))
+            scan.files.append(SourceFile(file.location, file.relative, label, file.size, file.mtime_ns))
     labels = set(scan.labels)
     for folder in _class_folders(root):
         if folder not in labels:

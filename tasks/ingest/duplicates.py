@@ -14,8 +14,10 @@ def resolve_duplicates(good: pd.DataFrame, on_label_conflict: str) -> tuple[pd.D
                                                                              list[list[str]]]:
     """Split the good images (columns source_path, label, sha256, ..., in source_path order) into the kept ones,
     the ones set aside for a label conflict (reason and detail filled in), and [first, dropped] duplicate pairs."""
-    labels_per_hash = good.groupby("sha256", sort=False)["label"].agg(lambda labels: sorted(set(labels)))
-    conflicts = labels_per_hash[labels_per_hash.map(len) > 1]
+    label_counts = good.groupby("sha256", sort=False)["label"].nunique()
+    conflicted_hashes = label_counts.index[label_counts > 1]
+    conflicts = (good[good["sha256"].isin(conflicted_hashes)].groupby("sha256")["label"]
+                 .agg(lambda labels: sorted(set(labels))))  # only for the few hashes in conflict
     if len(conflicts) and on_label_conflict == "fail":
         examples = [sorted(good.loc[good["sha256"] == digest, "source_path"]) for digest in conflicts.index[:5]]
         raise LabelConflictError(

@@ -61,7 +61,7 @@ def _scanned(scan: SourceScan) -> pd.DataFrame:
     return pd.DataFrame({"source_path": [file.source_path for file in scan.files],
                          "label": [file.label for file in scan.files],
                          # where to read: a file system name, which may hold undecodable bytes (kept as objects)
-                         "read_from": pd.Series([str(file.path) for file in scan.files], dtype=object),
+                         "read_from": pd.Series([file.location for file in scan.files], dtype=object),
                          "size": pd.array([file.size for file in scan.files], dtype="int64"),
                          "mtime_ns": pd.array([file.mtime_ns for file in scan.files], dtype="int64")})
 
@@ -73,8 +73,13 @@ def _reusable(files: pd.DataFrame, earlier: pd.DataFrame, settings: str,
     before = earlier.reindex(files["source_path"]).reset_index(drop=True)
     reusable = ((before["checks"] == settings) & ~before["reason"].isin(READ_REASONS)
                 & (before["size"] == files["size"]) & (before["mtime_ns"] == files["mtime_ns"]) & (files["size"] >= 0)
-                & ((before["reason"] != "") | before["sha256"].isin(locations.keys())))
+                & ((before["reason"] != "") | _stored(before["sha256"], locations)))
     return reusable.fillna(False).astype(bool)
+
+
+def _stored(hashes: pd.Series, locations: dict[str, raw_store.Location]) -> pd.Series:
+    """Whether the raw store holds each sha256 (a dict lookup each: far faster than isin over 10^5 keys)."""
+    return pd.Series([digest in locations for digest in hashes.tolist()], index=hashes.index, dtype=bool)
 
 
 def _earlier_verdict(earlier: pd.DataFrame, source_path: str, settings: str) -> dict[str, Any] | None:
@@ -174,7 +179,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
                           examined[["sha256", "bytes", *VERDICT_FIELDS]]])
     records = files[["source_path", "label", "size", "mtime_ns"]].join(verdicts, on="source_path")
 
-    good = records[(records["reason"] == "") & records["sha256"].isin(locations.keys())]
+    good = records[(records["reason"] == "") & _stored(records["sha256"], locations)]
     kept, conflicted, duplicates = resolve_duplicates(good, params.on_label_conflict)
     bad = pd.concat([records[records["reason"] != ""], conflicted]).sort_values("source_path", kind="stable")
     manifest = _manifest(kept, locations, params.near_duplicate_distance)

@@ -57,8 +57,8 @@ def stored_locations(manifest: Path, raw: Path) -> tuple[dict[str, raw_store.Loc
     if manifest.is_file():
         table = pd.read_parquet(manifest)
         if set(LOCATION_COLUMNS) <= set(table.columns):
-            for sha256, shard, offset, size in table[list(LOCATION_COLUMNS)].itertuples(index=False):
-                locations[sha256] = raw_store.Location(shard, int(offset), int(size))
+            stored = zip(table["shard"].tolist(), table["offset"].tolist(), table["bytes"].tolist())
+            locations = dict(zip(table["sha256"].tolist(), map(raw_store.Location._make, stored)))
             named = set(table["shard"])
         else:
             old_layout = True

@@ -74,8 +74,9 @@ def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) ->
     existing unit stays the same when images are added to it.
     """
     keys = [f"group/{group}" for group in groups]
-    linked = [[key] for key in keys] if subjects is None else [
-        [f"subject/{subject}", key] for subject, key in zip(subjects, keys)]
+    if subjects is None:  # each image is in exactly one near-duplicate group: nothing to link
+        return keys
+    linked = [[f"subject/{subject}", key] for subject, key in zip(subjects, keys)]
 
     def rank(name: str) -> tuple[bool, str]:  # a unit with a subject is named by its smallest subject
         return name.startswith("group/"), name

@@ -100,7 +100,8 @@ def _decode_new(table: pd.DataFrame, earlier: Earlier, params: PreprocessParams,
                 paths: Paths) -> tuple[dict[str, str], dict[str, int]]:
     """Decode the images no shard holds yet (in `order`, over all cores) into new shards; return sha256 -> shard
     and the record count of each new shard."""
-    new = table[~table["sha256"].isin(earlier.shards)].sort_values("order", kind="stable")
+    decoded = pd.Series([digest in earlier.shards for digest in table["sha256"].tolist()], index=table.index)
+    new = table[~decoded].sort_values("order", kind="stable")
     decoder = stored_images.Decoder(paths.raw, params.image_size, params.resize, max_pixels)
     jobs = [(row.path, raw_store.location_of(row)) for row in new.itertuples(index=False)]
     placed: dict[str, str] = {}
