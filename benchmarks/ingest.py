@@ -6,9 +6,9 @@
 Measures, in files per second over one set of image files (real photos replicated, or --source):
   (a) baseline: `Image.open(path).load()` in a loop, one core
   (b) ingest.examine per file, one core: sha256, header checks, a decode of all the data, perceptual hash
-  (c) the whole ingest.run (walk, examine, copy into data/raw, manifest) with workers=1 and workers=all cores
-  (d) for reference: a plain loop copying the same files into a new folder (what writing data/raw costs), one core
-  (e) for reference: ingest's parallel scan alone (ingest.examine_all, no copy), workers=1 and workers=all cores
+  (c) the whole ingest.run (walk, examine, store in data/raw's shards, manifest), workers=1 and workers=all cores
+  (d) for reference: a plain loop reading the same files into tar shards (what writing data/raw costs), one core
+  (e) for reference: ingest's parallel check alone (examine over tasks/pool.py, no store), workers=1 and all cores
 and exits non-zero when (b)/(a) or (c, all cores)/((a) x cores) is under 0.8, or scaling is under 0.8 x cores.
 --scale N instead ingests N tiny generated PNGs once, with all cores, and reports time and peak memory.
 """
@@ -100,25 +100,30 @@ def pillow_loop(paths: list[Path]) -> tuple[float, float]:
 
 
 def examine_loop(files: list[SourceFile], params: IngestParams) -> tuple[float, float]:
-    return timed(lambda: [examine.examine(file.path, file.source_path, None, params.max_pixels, params.min_side)
-                          for file in files])
+    return timed(lambda: [examine.examine(examine.FileJob(file.location, file.source_path), params.max_pixels,
+                                          params.min_side) for file in files])
 
 
-def copy_loop(files: list[SourceFile]) -> tuple[float, float]:
-    """Seconds to copy the files into a new folder laid out as data/raw/ (its removal afterwards not counted)."""
-    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-copy-") as target:
+def store_loop(files: list[SourceFile]) -> tuple[float, float]:
+    """Seconds to read the files and append them to tar shards, as the raw store does (its removal not counted)."""
+    import hashlib
+
+    from tasks import raw_store
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-store-") as target:
         def loop() -> None:
-            for file in files:
-                copy = Path(target) / file.source_path
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(file.path, copy)
+            with raw_store.ShardWriter(Path(target), 256 * 2**20) as writer:
+                for file in files:
+                    data = Path(file.location).read_bytes()
+                    writer.add(hashlib.sha256(data).hexdigest(), "jpg", data)
 
         return timed(loop)
 
 
 def examine_all_once(files: list[SourceFile], params: IngestParams, workers: int) -> tuple[float, float]:
-    """Seconds of ingest's parallel scan alone (examine_all: hash, check, decode; no copy, no manifest)."""
-    return timed(lambda: examine.examine_all(files, params.model_copy(update={"workers": workers}), {}))
+    """Seconds of ingest's parallel check alone (read, hash, decode, perceptual hash; no store, no manifest)."""
+    jobs = [examine.FileJob(file.location, file.source_path) for file in files]
+    return timed(lambda: list(pool.ordered_map(examine.Examiner(params.max_pixels, params.min_side), jobs, workers)))
 
 
 def ingest_once(source: Path, workers: int) -> tuple[float, float]:
@@ -169,7 +174,7 @@ def speed(source: Path, repeat: int) -> bool:
         "b": ("(b) ingest.examine, 1 core", lambda: examine_loop(files, params)),
         "c1": ("(c) ingest.run, workers=1", lambda: ingest_once(source, 1)),
         "cn": (f"(c) ingest.run, workers={cores}", lambda: ingest_once(source, cores)),
-        "d": ("(d) plain copy loop, 1 core", lambda: copy_loop(files)),
+        "d": ("(d) plain loop into tar shards, 1 core", lambda: store_loop(files)),
         "e1": ("(e) ingest.examine_all, workers=1", lambda: examine_all_once(files, params, 1)),
         "en": (f"(e) ingest.examine_all, workers={cores}", lambda: examine_all_once(files, params, cores)),
     }
@@ -189,7 +194,7 @@ def speed(source: Path, repeat: int) -> bool:
     whole = wall["cn"] / (wall["a"] * cores)
     scaling = wall["cn"] / wall["c1"]
     capacity = wall["burnn"] / wall["burn1"]  # what the machine gave: other work shares its cores
-    load_and_copy = 1 / (1 / wall["a"] + 1 / wall["d"])  # the least a stage that reads and copies each file costs
+    load_and_copy = 1 / (1 / wall["a"] + 1 / wall["d"])  # the least a stage that decodes and stores each file costs
     print(f"(b)/(a) = {per_core:.2f} (per CPU s {cpu['b'] / cpu['a']:.2f})")
     print(f"(c, workers={cores})/((a) x {cores}) = {whole:.2f}; (c, workers=1)/(a) = {wall['c1'] / wall['a']:.2f} "
           f"(per CPU s {cpu['c1'] / cpu['a']:.2f}); (c, workers=1)/((a) then (d)) = {wall['c1'] / load_and_copy:.2f}")
