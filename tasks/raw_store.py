@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 SHARD_PATTERN = re.compile(r"shard-(?P<serial>\d{6})\.tar")
-_BLOCK = tarfile.BLOCKSIZE  # 512: a member's header, and the unit its data is padded to
-_END_OF_ARCHIVE = tarfile.RECORDSIZE  # the end blocks, and the padding of the last record
+BLOCK = tarfile.BLOCKSIZE  # 512: a member's header, and the unit its data is padded to
+END_OF_ARCHIVE = tarfile.RECORDSIZE  # at most: the end blocks, and the padding of the last record
 
 
 class Location(NamedTuple):
@@ -59,8 +59,8 @@ class ShardWriter:
     """
 
     def __init__(self, folder: Path, shard_bytes: int) -> None:
-        if shard_bytes < _BLOCK * 4:
-            raise ValueError(f"shard size must be at least {_BLOCK * 4} bytes, got {shard_bytes}")
+        if shard_bytes < BLOCK * 4:
+            raise ValueError(f"shard size must be at least {BLOCK * 4} bytes, got {shard_bytes}")
         self.folder = folder
         self.shard_bytes = shard_bytes
         self.written: list[str] = []
@@ -84,13 +84,13 @@ class ShardWriter:
     def add(self, sha256: str, extension: str, data: bytes) -> Location:
         """Append one image and return where it will be once its shard is finished."""
         name = member_name(sha256, extension)
-        if self._archive is not None and self._handle.tell() + _BLOCK + len(data) + _END_OF_ARCHIVE > self.shard_bytes:
+        if self._archive is not None and self._handle.tell() + BLOCK + len(data) + END_OF_ARCHIVE > self.shard_bytes:
             self._finish()
         if self._archive is None:
             self._open()
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-        offset = self._archive.offset + _BLOCK  # a USTAR header of a short ASCII name is exactly one block
+        offset = self._archive.offset + BLOCK  # a USTAR header of a short ASCII name is exactly one block
         self._archive.addfile(info, io.BytesIO(data))
         return Location(self._name, offset, len(data))
 

@@ -1,7 +1,8 @@
 """Compacts the raw store: reads the manifest and data/raw/, rewrites shards that mostly hold images no longer used.
 
 Removing files from the source leaves their bytes in their shards (shards are never rewritten by ingest). Here the
-images still used from shards whose used share fell under COMPACT_BELOW are copied into new shards, the manifest
+images still used from shards that are mostly garbage (and more than MIN_RECLAIMED of it) are copied into new
+shards, the manifest
 is pointed at them, and the old shards are removed from the workspace: DVC's cache and remote keep every version
 a commit still names, so nothing a tracked version needs is lost (`dvc gc` with --all-commits, run after this by
 `imgpipe gc`, drops only what no commit names).
@@ -21,10 +22,10 @@ from tasks.paths import Paths
 
 logger = logging.getLogger(__name__)
 
-COMPACT_BELOW = 0.5  # a shard whose used bytes fall under this share of its size is rewritten
+MIN_RECLAIMED = 1 << 20  # bytes: rewriting a shard to reclaim less is not worth it
 
 
-def run(params: IngestParams, paths: Paths) -> dict[str, Any]:
+def run(params: IngestParams, paths: Paths, min_reclaimed: int = MIN_RECLAIMED) -> dict[str, Any]:
     """Compact the raw store in place; return what was done (shards and bytes before and after)."""
     if not paths.manifest.is_file():
         raise ValueError(f"{paths.manifest}: not found; run the ingest stage first")
@@ -33,9 +34,13 @@ def run(params: IngestParams, paths: Paths) -> dict[str, Any]:
         raise ValueError(f"{paths.manifest}: written before the raw store; run the ingest stage first")
     shards = raw_store.shard_names(paths.raw)
     sizes = {name: os.path.getsize(paths.raw / name) for name in shards}
-    used = manifest.groupby("shard")["bytes"].sum()
-    sparse = [name for name in shards if name in used.index and used[name] < COMPACT_BELOW * sizes[name]]
-    unused = [name for name in shards if name not in used.index]
+    # what the used images occupy in their shard: a header block each, and their bytes padded to whole blocks
+    occupied = manifest.assign(blocks=raw_store.BLOCK * (1 + (manifest["bytes"] + raw_store.BLOCK - 1)
+                                                          // raw_store.BLOCK)).groupby("shard")["blocks"].sum()
+    garbage = {name: sizes[name] - raw_store.END_OF_ARCHIVE - int(occupied[name]) for name in shards
+               if name in occupied.index}
+    sparse = [name for name, wasted in garbage.items() if wasted > occupied[name] and wasted > min_reclaimed]
+    unused = [name for name in shards if name not in occupied.index]
     moving = manifest[manifest["shard"].isin(sparse)]
     moved: dict[str, raw_store.Location] = {}
     with raw_store.Reader(paths.raw) as reader, \

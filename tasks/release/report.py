@@ -25,7 +25,7 @@ FIGURES = (  # (file in paths.evaluation, caption), in the order the report show
 )
 LINEAGE_TITLES = {
     "git_revision": "git revision",
-    "manifest_sha256": "manifest sha256",
+    "data_sha256": "training data sha256 (split table)",
     "model_version": "model version",
     "prefect_flow_run_id": "Prefect flow run id",
     "created_at": "report created",
@@ -102,7 +102,7 @@ def collect_lineage(paths: Paths, lineage: dict[str, str] | None) -> dict[str, s
     gate = _read_json(paths.evaluation / "gate.json") or {}
     found = {
         "git_revision": card.get("git_revision"),
-        "manifest_sha256": card.get("manifest_sha256") or _sha256(paths.manifest),
+        "data_sha256": card.get("data_sha256") or _sha256(paths.processed / "split.parquet"),
         "model_version": card.get("version") or (gate.get("candidate") or {}).get("version"),
         "prefect_flow_run_id": None,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

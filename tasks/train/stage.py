@@ -15,7 +15,7 @@ import keras
 import pandas as pd
 from dvclive import Live
 
-from tasks import atomic, model_folder
+from tasks import atomic, model_folder, processed_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
@@ -125,7 +125,9 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         "input": "uint8 RGB images of image_size x image_size, values 0-255; rescaled inside the model",
         "normalisation": "EXIF orientation applied, converted to RGB (alpha on white), resized with `resize`",
         "params": {"train": params.model_dump(mode="json"), "augment": augment.model_dump(), "seed": seed},
-        "manifest_sha256": file_sha256(paths.manifest) if paths.manifest.is_file() else "",
+        # what the model learnt from: every image's path, sha256, label and split (not where the raw store keeps
+        # the bytes, which `imgpipe gc` may change without changing the data)
+        "data_sha256": file_sha256(paths.processed / processed_store.SPLIT_TABLE),
         "git_revision": git_revision(paths.root),
         "validation": {"phase": best["phase"], "epoch": int(best["epoch"]) + 1,
                        "val_loss": float(best["val_loss"]), "val_accuracy": float(best["val_accuracy"])},

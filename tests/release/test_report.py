@@ -107,7 +107,7 @@ def report_paths(tmp_path_factory: pytest.TempPathFactory) -> Paths:
     paths.validation.mkdir(parents=True)
     (paths.validation / "summary.txt").write_text("Validation PASSED: 86 images in 4 classes\n\nChecks:\n  PASS  labels\n",
                                                   encoding="utf-8")
-    write_json(paths.candidate / "model_card.json", {"git_revision": "abc1234", "manifest_sha256": "e" * 64,
+    write_json(paths.candidate / "model_card.json", {"git_revision": "abc1234", "data_sha256": "e" * 64,
                                                      "model": "simple_cnn", "epochs_run": 6})
     metrics = fake_metrics()
     write_json(paths.evaluation / "metrics.json", metrics)

@@ -65,7 +65,7 @@ def test_model_card_and_saved_model_export(prepared):
     config, paths = prepared
     candidate = train.run(config.train, config.preprocess.augment, config.base.seed, paths)
     card = json.loads((candidate / "model_card.json").read_text())
-    assert card["manifest_sha256"] and card["git_revision"] and card["image_size"] == 32
+    assert card["data_sha256"] and card["git_revision"] and card["image_size"] == 32
     assert card["params"]["train"]["epochs"] == config.train.epochs and "val_accuracy" in card["validation"]
     network = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
     exported = tf.saved_model.load(str(candidate / "saved_model"))
