@@ -37,6 +37,8 @@ class PredictOptions:
     batch_size: int = 64
     chunk_size: int = 1024  # files per committed part: what a killed run can lose
     max_pixels: int = DEFAULT_MAX_PIXELS
+    engine: str = "auto"  # auto | keras | onnxruntime | openvino (tasks/predict/engine.py); prepare() resolves auto
+    precision: str = "auto"  # auto | fp32 | bf16 | int8
 
     def check(self) -> None:
         for name in ("top_k", "batch_size", "chunk_size", "max_pixels"):
@@ -84,6 +86,8 @@ class PredictSummary:
     reused: int = 0
     processes: int = 0  # how many processes ran the model (Dask workers, or this one)
     seconds: float = 0.0
+    engine: str = ""  # what ran the model, and at which precision
+    precision: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +112,8 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         raise ValueError(f"{source}: folder not found; give the folder of images to classify")
     store.output_format(out)
     info = model_folder.read_info(model)
+    chosen_engine, chosen_precision = engine.choose(info.folder, options.engine, options.precision)
+    options = replace(options, engine=chosen_engine, precision=chosen_precision)
     if options.top_k > len(info.labels):
         logger.info("top_k %d is more than the model's %d labels; using %d", options.top_k, len(info.labels),
                     len(info.labels))
@@ -191,7 +197,8 @@ def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
     for planned, file in zip(batch, result.files):
         row: dict[str, Any] = {"path": planned["path"], "status": "ok", "reason": "", "detail": "",
                                "sha256": file.sha256, "bytes": file.bytes, "mtime_ns": file.mtime_ns,
-                               "model_version": plan.model.version}
+                               "model_version": plan.model.version, "engine": plan.options.engine,
+                               "precision": plan.options.precision}
         if file.status == "ok":
             best = order[decoded]
             for rank, label_index in enumerate(best, start=1):
@@ -202,7 +209,7 @@ def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
         elif file.status == "reused":
             row |= {name: planned[f"previous_{name}"] for name in store.prediction_columns(top_k)}
         else:
-            row |= {"status": "error", "reason": file.reason, "detail": file.detail}
+            row |= {"status": "error", "reason": file.reason, "detail": file.detail, "engine": "", "precision": ""}
         rows.append(row)
     return rows
 
@@ -217,7 +224,6 @@ def classify_chunks(plan: PredictPlan, chunk_indices: list[int], decode_workers:
     chunk_indices = [index for index in chunk_indices if not store.part_file(plan.state, index).exists()]
     if not chunk_indices:
         return ChunkCounts()
-    engine.limit_threads(tensorflow_threads)
     last_chunk_files = plan.files - (plan.chunks - 1) * plan.options.chunk_size
     files = sum(last_chunk_files if index == plan.chunks - 1 else plan.options.chunk_size for index in chunk_indices)
     if decode_workers == 0 and files < pool.SERIAL_BELOW:
@@ -232,10 +238,10 @@ def classify_chunks(plan: PredictPlan, chunk_indices: list[int], decode_workers:
             yield batch_jobs
 
     with pool.ProcessPool(decode_workers, warm=True) as workers:  # the workers start while the model loads
-        network = model_folder.load_checked(plan.model)
+        runner = engine.open_engine(plan.model, plan.options.engine, plan.options.precision, tensorflow_threads)
         for result in workers.imap(functools.partial(decode.read_batch, settings=settings), jobs()):
             index, batch, ends_chunk = tags.popleft()
-            chunk_rows += _rows(plan, batch, result, engine.probabilities(network, result.pixels))
+            chunk_rows += _rows(plan, batch, result, runner.probabilities(result.pixels))
             reused = sum(file.status == "reused" for file in result.files)
             counts.processed += len(result.files) - reused
             counts.reused += reused
@@ -254,7 +260,7 @@ def finish(plan: PredictPlan, counts: ChunkCounts, seconds: float) -> PredictSum
     ok = statuses.pop("ok", 0)
     summary = PredictSummary(str(plan.out), str(plan.model.folder), plan.model.version, plan.files, ok, statuses,
                              plan.files - plan.pending_files, counts.processed, counts.reused, len(counts.process_ids),
-                             round(seconds, 1))
+                             round(seconds, 1), plan.options.engine, plan.options.precision)
     logger.info("predict: %d files, %d ok, %d errors (%s); %d classified, %d reused from the earlier table, %d from an "
                 "interrupted run; wrote %s in %.1f s", summary.files, ok, sum(statuses.values()),
                 ", ".join(f"{reason} {count}" for reason, count in sorted(statuses.items())) or "none",
