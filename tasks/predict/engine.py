@@ -125,7 +125,8 @@ def choose(folder: Path, engine: str = "auto", precision: str = "auto") -> tuple
             logger.warning("%s %s failed the parity check when the model was trained (%s); using it as asked",
                            engine, precision, failed[0].get("detail", ""))
         return engine, precision
-    candidates = [row for row in measured if row["passed"] and engine in ("auto", row["engine"])
+    candidates = [row for row in measured if row["passed"] and row.get("ms_per_image") is not None
+                  and engine in ("auto", row["engine"])
                   and precision in ("auto", row["precision"])
                   and unusable_reason(folder, row["engine"], row["precision"]) is None]
     if candidates:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from tasks.predict import engine as engines
 
 logger = logging.getLogger(__name__)
 
-TIMED_IMAGES = 2048  # CPU time is measured on this many images at most (after one untimed warm-up batch each)
+TIMING_BATCH = 64  # images per timed call: imgpipe predict's default batch size
+TIMING_ROUNDS = 8  # timed calls per engine, taking turns, after one untimed warm-up call each
 
 
 @dataclass
@@ -64,31 +65,28 @@ class Figures:
                 "passed": self.passed(), "detail": self.detail()}
 
 
-def _timed(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> tuple[np.ndarray, float]:
-    started = time.process_time()  # every thread of this process: what the engine costs the machine
-    result = run(pixels)
-    return result, time.process_time() - started
-
-
-def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[np.ndarray]) -> list[Figures]:
+def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[np.ndarray],
+            timing_rounds: int = 0) -> list[Figures]:
     """Run the reference and each candidate on every batch; the reference's figures come first.
 
-    The engines take turns batch by batch, so a busy machine weighs on them alike. An engine that raises is
-    recorded as failed and not run again.
+    An engine that raises is recorded as failed and not run again. With `timing_rounds`, each engine then runs
+    that many times on one batch of TIMING_BATCH images (the first images, repeated as needed), the engines taking
+    turns so that a busy machine weighs on them alike, after one untimed warm-up call each; CPU time counts every
+    thread of this process, which is what an engine costs the machine.
     """
     runners = [reference, *candidates]
     figures = [Figures(runner.name, runner.precision) for runner in runners]
-    warmed = [False] * len(runners)
+    first = None
     for pixels in batches:
         if len(pixels) == 0:
             continue
+        first = pixels if first is None else first
         expected = None
-        for position, runner in enumerate(runners):
-            record = figures[position]
+        for runner, record in zip(runners, figures):
             if record.error:
                 continue
             try:
-                probabilities, seconds = _timed(runner.probabilities, pixels)
+                probabilities = runner.probabilities(pixels)
             except Exception as error:  # an engine that cannot run this model fails its check, not the run
                 record.error = f"{type(error).__name__}: {error}"
                 continue
@@ -97,10 +95,17 @@ def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[
             record.images += len(pixels)
             record.agreeing += int((probabilities.argmax(axis=1) == expected.argmax(axis=1)).sum())
             record.max_difference = max(record.max_difference, float(np.abs(probabilities - expected).max()))
-            if warmed[position] and record.timed_images < TIMED_IMAGES:
-                record.cpu_seconds += seconds
-                record.timed_images += len(pixels)
-            warmed[position] = True
+    if first is not None and timing_rounds:
+        timing = np.resize(first, (TIMING_BATCH, *first.shape[1:]))
+        working = [(runner, record) for runner, record in zip(runners, figures) if not record.error]
+        for runner, _ in working:
+            runner.probabilities(timing)
+        for _ in range(timing_rounds):
+            for runner, record in working:
+                started = time.process_time()
+                runner.probabilities(timing)
+                record.cpu_seconds += time.process_time() - started
+                record.timed_images += len(timing)
     return figures
 
 
@@ -124,9 +129,10 @@ def measure_engines(folder: Path, batches: Iterable[np.ndarray]) -> dict[str, An
     pairs = [(name, precision) for name in engines.ENGINES if name != "keras" for precision in engines.FILES[name]
              if engines.unusable_reason(folder, name, precision) is None]
     candidates, failed = open_candidates(folder, pairs)
-    figures = compare(keras_engine.KerasEngine(info), candidates, batches) + failed
+    figures = compare(keras_engine.KerasEngine(info), candidates, batches, TIMING_ROUNDS) + failed
     for record in figures:
         logger.info("engine check: %s%s", record.detail(), "" if record.passed() else " (not used by auto)")
     return {"min_agreement": engines.MIN_AGREEMENT, "max_fp32_difference": engines.MAX_FP32_DIFFERENCE,
-            "bf16_on_this_cpu": engines.supports_bf16(), "threads": "all cores",
+            "bf16_on_this_cpu": engines.supports_bf16(), "threads": "all cores", "timing_batch": TIMING_BATCH,
+            "timing_rounds": TIMING_ROUNDS,
             "engines": [record.as_record() for record in figures]}

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,9 @@ def _drop_unread_inputs(path: Path) -> None:
 
 def export_onnx(network: Any, target: Path) -> None:
     _patch_tf2onnx()
-    network.export(str(target), format="onnx", verbose=False)
+    with warnings.catch_warnings():  # Keras's own numpy-2 patch of tf2onnx warns about np.object
+        warnings.simplefilter("ignore", FutureWarning)
+        network.export(str(target), format="onnx", verbose=False)
     _drop_unread_inputs(target)
 
 
