@@ -13,6 +13,9 @@ LARGEST_AUTO_BATCH = 64
 SMALLEST_AUTO_BATCH = 8
 # A split whose 95% interval of the headline metric is wider than this cannot tell two models apart.
 WIDEST_DECISIVE_INTERVAL = 0.2
+# Under this many images even a perfect score has a 95% (Wilson) interval wider than 0.2, though the bootstrap's
+# collapses to a point when every image is right: 1.96^2 / (n + 1.96^2) > 0.2 for n < 16.
+FEWEST_DECISIVE_IMAGES = 16
 
 
 def batch_size(setting: int | str, train_images: int, replicas: int = 1) -> int:
@@ -51,8 +54,12 @@ def interval_note(split: str, metric: str, interval: list[float] | tuple[float, 
     """A sentence when a split's 95% interval of `metric` is too wide to decide anything; None when it is not."""
     low, high = float(interval[0]), float(interval[1])
     width = high - low
+    advice = f"add images, or a larger preprocess.{'val' if split == 'validation' else 'test'}_fraction"
+    if images < FEWEST_DECISIVE_IMAGES:
+        return (f"the {split} split is too small for a decision: {images} images cannot give {metric} a 95% "
+                f"interval narrower than {WIDEST_DECISIVE_INTERVAL} (the bootstrap's is {low:.2f}-{high:.2f}); "
+                f"{advice}")
     if not math.isfinite(width) or width <= WIDEST_DECISIVE_INTERVAL:
         return None
     return (f"the {split} split is too small for a decision: {metric} has a 95% interval of {low:.2f}-{high:.2f} "
-            f"({width:.2f} wide, more than {WIDEST_DECISIVE_INTERVAL}) on {images} images; add images, or a larger "
-            f"preprocess.{'val' if split == 'validation' else 'test'}_fraction")
+            f"({width:.2f} wide, more than {WIDEST_DECISIVE_INTERVAL}) on {images} images; {advice}")

@@ -53,3 +53,5 @@ def test_a_split_too_small_for_a_decision_is_named_with_its_interval():
     assert "preprocess.val_fraction" in note
     assert "preprocess.test_fraction" in selection.interval_note("test", "accuracy", (0.5, 0.9), 20)
     assert selection.interval_note("test", "macro_f1", [0.80, 0.95], 400) is None
+    perfect = selection.interval_note("validation", "macro_f1", [1.0, 1.0], 9)  # every image right, but only 9
+    assert "9 images cannot give macro_f1 a 95% interval narrower than 0.2" in perfect
