@@ -159,12 +159,13 @@ def small_data(pairs: list[str], seeds: list[int], image_size: int, recipe_epoch
                   f"{recipe['accuracy']:.3f}, {recipe['predicted_classes']} classes predicted, {recipe_seconds:.0f} s)"
                   f"{'' if beaten else '  NOT BEATEN'}{'  SINGLE CLASS' if single_class else ''}", flush=True)
     print(f"\nsmall data, {image_size} px, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
-    print("| pair | seed | train/val/test | imgpipe macro-F1 (accuracy) | classes predicted | batch, kept epoch / run | "
-          "recipe macro-F1 (accuracy) | recipe classes predicted | imgpipe / recipe wall |")
+    print("| pair | seed | train/val/test | imgpipe macro-F1 (accuracy) | classes predicted | "
+          "batch, kept epoch / run | recipe macro-F1 (accuracy) | recipe classes predicted | imgpipe / recipe wall |")
     print("|---|---|---|---|---|---|---|---|---|")
     for pair, seed, counts, metrics, predicted, card, seconds, recipe, recipe_seconds, beaten in rows:
         print(f"| {pair} | {seed} | {counts['train']}/{counts['val']}/{counts['test']} | "
-              f"{'**' if beaten else ''}{metrics['macro_f1']:.3f}{'**' if beaten else ''} ({metrics['accuracy']:.3f}) | "
+              f"{'**' if beaten else ''}{metrics['macro_f1']:.3f}{'**' if beaten else ''} "
+              f"({metrics['accuracy']:.3f}) | "
               f"{predicted} | {card['batch_size']}, {card['validation']['epoch']} / {card['epochs_run']} | "
               f"{recipe['macro_f1']:.3f} ({recipe['accuracy']:.3f}) | {recipe['predicted_classes']} | "
               f"{seconds / recipe_seconds:.2f} |")

@@ -55,8 +55,8 @@ class Figures:
         if self.error:
             return f"{self.engine} {self.precision} failed: {self.error}"
         speed = f", {self.ms_per_image:.3f} ms of CPU per image" if self.ms_per_image is not None else ""
-        return (f"{self.engine} {self.precision}: top-1 agreement {self.agreement:.4f} on {self.images} images, largest "
-                f"probability difference {self.max_difference:.2e}{speed}")
+        return (f"{self.engine} {self.precision}: top-1 agreement {self.agreement:.4f} on {self.images} images, "
+                f"largest probability difference {self.max_difference:.2e}{speed}")
 
     def as_record(self) -> dict[str, Any]:
         return {"engine": self.engine, "precision": self.precision, "images": self.images,

@@ -1,4 +1,5 @@
-"""The `onnxruntime` engine: runs model.onnx (fp32) or model.int8.onnx (int8) on uint8 batches; reads it, writes nothing."""
+"""The `onnxruntime` engine: runs model.onnx (fp32) or model.int8.onnx (int8) on uint8 batches; reads it, writes
+nothing."""
 
 from __future__ import annotations
 

@@ -103,7 +103,8 @@ def export_parity(folder: Path, files: list[Path], max_pixels: int) -> list[engi
     opened, failed = engine_check.open_candidates(folder, usable)
     runners += opened
     figures += failed
-    return engine_check.compare(keras_engine.KerasEngine(info), runners, _batches(info, files, max_pixels))[1:] + figures
+    batches = _batches(info, files, max_pixels)
+    return engine_check.compare(keras_engine.KerasEngine(info), runners, batches)[1:] + figures
 
 
 def export_check(params: GateParams, folder: Path, files: list[Path], max_pixels: int

@@ -87,7 +87,8 @@ def export_onnx(network: Any, target: Path) -> None:
 
 def export_openvino(network: Any, folder: Path) -> None:
     """OpenVINO IR converted from the ONNX export (Keras's own OpenVINO export ran EfficientNetV2B0 at half the speed
-    of this route); weights kept in fp32. Reads the ONNX with the runtime, not `convert_model`, which sends telemetry."""
+    of this route); weights kept in fp32. Reads the ONNX with the runtime, not `convert_model`, which sends
+    telemetry."""
     import openvino
 
     onnx_file = model_folder.export_path(folder, "onnx")
@@ -104,9 +105,14 @@ def export_openvino(network: Any, folder: Path) -> None:
 def write_int8(folder: Path, calibration: np.ndarray) -> None:
     """model.int8.onnx: ONNX Runtime's static QDQ quantization of model.onnx (int8 weights per channel, uint8
     activations, min-max ranges from `calibration`), the softmax left in fp32. Used only if it passes parity."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source = model_folder.export_path(folder, "onnx")
     batches = iter([calibration[start:start + CALIBRATION_BATCH]

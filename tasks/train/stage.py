@@ -122,8 +122,8 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
                                      one_hot=augment.mixing)
     steps = callbacks.steps_per_epoch(train_images, batch_size)
     logger.info("train: %d training images, batch size %d (%s), %d steps per epoch; keeping the epoch with the best "
-                "validation %s", train_images, batch_size, "auto" if params.batch_size == "auto" else "train.batch_size",
-                steps, params.select_on)
+                "validation %s", train_images, batch_size,
+                "auto" if params.batch_size == "auto" else "train.batch_size", steps, params.select_on)
 
     key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "plan": str(training_plan)},
                             [paths.processed / "preprocess.json", paths.processed / "split.parquet"])

@@ -91,7 +91,8 @@ def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_pat
     # imagenet (from the stand-in cache) and the fetched file give the same starting weights
     from_cache = model.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
     from_file = model.build(TrainParams(model="mobilenet_v3_small", weights=str(out)), 32, 3)
-    for first, second in zip(model.find_backbone(from_cache).get_weights(), model.find_backbone(from_file).get_weights()):
+    cached, fetched = (model.find_backbone(network).get_weights() for network in (from_cache, from_file))
+    for first, second in zip(cached, fetched):
         np.testing.assert_array_equal(first, second)
     params = TrainParams(model="mobilenet_v3_small", weights="imagenet", epochs=1, batch_size=8, exports=[])
     candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
