@@ -172,10 +172,8 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         "backend": keras.backend.backend(),
         "exports": list(params.exports),
     }
-    with distribution.scope():
-        _compile_for_saving(network)
     with atomic.atomic_directory(paths.candidate) as building:
-        version = model_folder.write(building, network, labels, card, history)
+        version = model_folder.write(building, _for_saving(network), labels, card, history)
         write = export.run_in_fresh_process if network.count_params() > export.FRESH_PROCESS_PARAMETERS else export.run
         write(building, list(params.exports), paths.processed, params.int8_calibration, seed)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -187,10 +185,13 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
     return paths.candidate
 
 
-def _compile_for_saving(network: keras.Model) -> None:
-    """Compile the model plainly for the file: no optimizer state (a third of the size for Adam), and no custom
-    metric that a user loading model.keras without imgpipe could not deserialise."""
-    network.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def _for_saving(network: keras.Model) -> keras.Model:
+    """An uncompiled copy of the trained model, rebuilt from its config as loading rebuilds it: model.keras then
+    holds no optimizer state (a third of the size with Adam) and no custom metric that a user loading it without
+    imgpipe could not deserialise."""
+    copy = type(network).from_config(network.get_config())
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def main() -> None:
