@@ -142,7 +142,7 @@ def classify_directory(
     create_table_artifact(
         key="predictions-summary",
         table=[{"files": summary["files"], "ok": summary["ok"], "errors": sum(summary["errors"].values()),
-                "classified": summary["processed"], "reused": summary["reused"], "resumed": summary["resumed"],
+                "skipped": sum(summary["skipped"].values()), "classified": summary["processed"], "reused": summary["reused"], "resumed": summary["resumed"],
                 "seconds": summary["seconds"], "model_version": summary["model_version"], "table": summary["output"]}],
         description=f"Bulk classification of {source_path}",
     )

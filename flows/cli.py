@@ -88,13 +88,17 @@ def _rollback(arguments: argparse.Namespace) -> int:
 
 def format_predict_summary(summary: dict[str, Any]) -> str:
     """A short, plain-text account of a classification run."""
-    errors = summary["errors"]
+    errors, skipped = summary["errors"], summary.get("skipped", {})
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(errors.items()))
+    skipped_reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items()))
     rate = summary["files"] / summary["seconds"] if summary["seconds"] else 0.0
     lines = ["", "imgpipe predict", "",
              f"  {'files:':<14}{summary['files']}",
              f"  {'ok:':<14}{summary['ok']}",
              f"  {'errors:':<14}{sum(errors.values())}" + (f"  ({reasons})" if reasons else ""),
+             f"  {'skipped:':<14}{sum(skipped.values())}" + (f"  ({skipped_reasons}; not read: hidden names, links "
+                                                           "to folders, out of SOURCE or dangling, special files)"
+                                                           if skipped_reasons else ""),
              f"  {'classified:':<14}{summary['processed']}  (reused from the earlier table {summary['reused']}, "
              f"from an interrupted run {summary['resumed']})",
              f"  {'seconds:':<14}{summary['seconds']:.1f}  ({rate:.0f} files/s)",
@@ -105,7 +109,10 @@ def format_predict_summary(summary: dict[str, Any]) -> str:
     if copied:
         lines.append(f"  {'copied into:':<14}{copied['destination']}  ({copied['placed']} placed, "
                      f"{copied['already_there']} already there, {copied['conflict']} name conflicts left alone, "
-                     f"{copied['changed']} changed since classified)")
+                     f"{copied.get('refused', 0)} refused, {copied['changed']} changed since classified)")
+        for problem, found in copied.get("problems", {}).items():
+            lines.append(f"  {'':<14}not placed: {found['files']} file(s) (e.g. {found['example']}): "
+                         f"{as_flags(problem)}")
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the table to write, .parquet or .csv (default: predictions.parquet); its resume "
                               "state is kept in OUT.parts/ until the run ends")
     predict.add_argument("--model", help="a model folder (model.keras, labels.json, model_card.json); default: "
-                                         "data/models/production, else data/models/candidate")
+                                         "data/models/production (a candidate only when named here)")
     predict.add_argument("--top-k", type=int, default=3, help="how many best labels to list per file (default: 3)")
     predict.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
     predict.add_argument("--workers", type=int, default=1,

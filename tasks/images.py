@@ -26,6 +26,10 @@ ALPHA_BACKGROUND = (255, 255, 255)
 # `pad` fills the margins with black.
 PAD_COLOR = (0, 0, 0)
 
+# What the pixels of decode_array depend on besides its arguments: raise it with any change that alters the pixels
+# of some image (orientation, conversion, resize), so that results made with the old pixels are not reused.
+DECODE_VERSION = 1
+
 ResizeMode = Literal["stretch", "crop", "pad"]  # the one list of resize policies; params and model cards use it
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
@@ -93,8 +97,9 @@ MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EIO, errno.EMFILE, errno.ENFILE,
                             errno.EROFS})
 
 
-def read_file(path: Path) -> bytes:
-    """The bytes of one regular file: the one way imgpipe reads an input file.
+def read_file(path: Path | str, dir_fd: int | None = None) -> bytes:
+    """The bytes of one regular file: the one way imgpipe reads an input file (`path` relative to the open folder
+    `dir_fd` when given, as os.open takes it).
 
     The file is opened without following a link at its name (O_NOFOLLOW) and without blocking on a FIFO
     (O_NONBLOCK), and read only after fstat says the open descriptor is a regular file: a name swapped for a link
@@ -104,7 +109,7 @@ def read_file(path: Path) -> bytes:
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        descriptor = os.open(path, flags)
+        descriptor = os.open(path, flags, dir_fd=dir_fd)
     except OSError as error:
         if error.errno in MACHINE_ERRORS:
             raise

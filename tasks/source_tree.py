@@ -9,7 +9,8 @@ One walker, one policy, for every folder imgpipe reads (ingest's source, predict
 - special files (FIFOs, sockets, devices) are skipped: reading one could block or never end;
 - a folder that cannot be listed is skipped with a warning.
 Each skipped entry is passed to `on_skipped(reason, relative path)` with the reason hidden, link, special_file or
-unreadable_folder.
+unreadable_folder; `entries` gives the same walk with the skipped entries in their sorted place, for a caller that
+reports every entry.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ SkipHandler = Callable[[str, str], None]
 class TreeFile:
     path: Path  # where to read it (inside the tree)
     relative: str  # posix path relative to the root, as text that can be written anywhere
+    relative_bytes: bytes = b""  # the same path exactly (lossless where a name is not UTF-8)
+    skipped: str = ""  # from `entries` only: why it is not read (a reason above); "" for a file to read
+    folder: bool = False  # from `entries` only: a skipped folder (hidden or unreadable), with all below it
 
 
 def is_hidden(name: str) -> bool:
@@ -52,45 +56,60 @@ def _is_regular_file(path: Path) -> bool:
 
 def walk(root: Path, on_skipped: SkipHandler | None = None) -> Iterator[TreeFile]:
     """Every file under `root` that the policy above lets through, in sorted order of its relative path."""
-    root = root.resolve()
-    skipped = on_skipped or (lambda reason, relative: None)
+    for entry in entries(root):
+        if not entry.skipped:
+            yield entry
+        elif on_skipped is not None:
+            on_skipped(entry.skipped, entry.relative)
 
-    def sorted_entries(directory: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+
+def entries(root: Path) -> Iterator[TreeFile]:
+    """Every entry under `root` in sorted order of its relative path: the files to read, and the skipped entries
+    (their `skipped` reason set; nothing below a skipped folder). Names that read the same (a name that is not
+    UTF-8 beside one spelt with its backslash escape) come in the order of their bytes."""
+    root = root.resolve()
+    prefix = len(os.fsencode(os.path.join(root, "")))
+
+    def sorted_entries(directory: Path) -> Iterator[tuple[str, bytes, os.DirEntry[str]]] | None:
+        """(sort key: the readable relative path, "/" after a folder's; the name's bytes; the entry), sorted."""
         try:
             with os.scandir(directory) as scanned:
-                entries = []
-                for entry in scanned:
-                    relative = readable_name(Path(entry.path).relative_to(root))
-                    if is_hidden(entry.name):
-                        skipped("hidden", relative)
-                        continue
-                    entries.append((relative + ("/" if entry.is_dir(follow_symlinks=False) else ""), entry))
+                listed = [(os.fsencode(entry.path)[prefix:].decode("utf-8", "backslashreplace")
+                           + ("/" if entry.is_dir(follow_symlinks=False) else ""), os.fsencode(entry.name), entry)
+                          for entry in scanned]
         except OSError as error:
-            skipped("unreadable_folder", readable_name(directory.relative_to(root)))
             logger.warning("%s: cannot list folder (%s); its files were skipped", directory, error.strerror or error)
-            return iter(())
-        return iter(sorted(entries, key=lambda item: item[0]))
+            return None
+        return iter(sorted(listed, key=lambda item: item[:2]))
 
-    stack = [sorted_entries(root)]
+    top = sorted_entries(root)
+    if top is None:
+        yield TreeFile(root, ".", b".", "unreadable_folder", folder=True)
+    stack = [top] if top is not None else []
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
             continue
-        sort_key, entry = item
-        path, relative = Path(entry.path), sort_key.removesuffix("/")
-        if entry.is_dir(follow_symlinks=False):
-            stack.append(sorted_entries(path))
+        sort_key, _, entry = item
+        path, relative, is_folder = Path(entry.path), sort_key.removesuffix("/"), sort_key.endswith("/")
+        relative_bytes = os.fsencode(entry.path)[prefix:]
+        if is_hidden(entry.name):
+            yield TreeFile(path, relative, relative_bytes, "hidden", folder=is_folder)
+        elif is_folder:
+            below = sorted_entries(path)
+            if below is None:
+                yield TreeFile(path, relative, relative_bytes, "unreadable_folder", folder=True)
+            else:
+                stack.append(below)
         elif entry.is_symlink():
             target = path.resolve()
-            if target.is_relative_to(root) and _is_regular_file(target):
-                yield TreeFile(target, relative)
-            else:
-                skipped("link", relative)
+            skipped = "" if target.is_relative_to(root) and _is_regular_file(target) else "link"
+            yield TreeFile(path if skipped else target, relative, relative_bytes, skipped)
         elif entry.is_file(follow_symlinks=False):
-            yield TreeFile(path, relative)
+            yield TreeFile(path, relative, relative_bytes)
         else:
-            skipped("special_file", relative)
+            yield TreeFile(path, relative, relative_bytes, "special_file")
 
 
 @dataclass(frozen=True)

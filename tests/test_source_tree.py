@@ -48,3 +48,24 @@ def test_scan_source_uses_the_same_walk_with_class_folders(tmp_path):
     assert [(file.source_path, file.label) for file in scan.files] == [("cat/deep/a.png", "cat")]
     assert scan.non_image_files == ["cat/notes.txt"] and scan.root_files == ["stray.jpg"]
     assert scan.empty_class_folders == ["dog"] and scan.hidden_entries == 1
+
+
+def test_entries_give_skipped_entries_in_their_sorted_place_with_exact_names(tmp_path):
+    root = tmp_path / "root"
+    touch(root / "b" / "photo.jpg")
+    touch(root / "a.jpg")
+    touch(root / "b" / ".DS_Store")
+    touch(root / "__MACOSX" / "b" / "._photo.jpg")
+    (root / "b" / "link.jpg").symlink_to(tmp_path)
+    touch(root / "b" / "in.jpg")
+    (root / "b" / "in_link.jpg").symlink_to(root / "b" / "in.jpg")
+    for name in (b"caf\xe9.jpg", b"caf\\xe9.jpg"):  # the same readable text, different names
+        touch(root / os.fsdecode(name))
+    found = [(entry.relative, entry.relative_bytes, entry.skipped, entry.folder) for entry in source_tree.entries(root)]
+    assert found == [("__MACOSX", b"__MACOSX", "hidden", True), ("a.jpg", b"a.jpg", "", False),
+                     ("b/.DS_Store", b"b/.DS_Store", "hidden", False), ("b/in.jpg", b"b/in.jpg", "", False),
+                     ("b/in_link.jpg", b"b/in_link.jpg", "", False), ("b/link.jpg", b"b/link.jpg", "link", False),
+                     ("b/photo.jpg", b"b/photo.jpg", "", False), ("caf\\xe9.jpg", b"caf\\xe9.jpg", "", False),
+                     ("caf\\xe9.jpg", b"caf\xe9.jpg", "", False)]
+    assert [file.relative for file in source_tree.walk(root)] == [relative for relative, _, skipped, _ in found
+                                                                   if not skipped]

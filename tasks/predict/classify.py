@@ -3,13 +3,17 @@
 Streamed and resumable: the files are walked in sorted order and cut into chunks; each finished chunk is written
 atomically to OUT.parts/ (see tasks/predict/store.py), so a killed run, started again, classifies only the chunks it had
 not finished, and the final table is the same as an uninterrupted run's. A second run over the same directory
-with the same model reuses the rows of the earlier table whose file has the same size, mtime and hash.
+with the same model and settings reuses the rows of the earlier table whose file has the same size, mtime and hash.
+Every entry the walk meets gets a row: hidden entries, links that are not followed and special files a `skipped` one.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import hashlib
+import importlib.metadata
+import json
 import logging
 import os
 import time
@@ -19,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 from tqdm import tqdm
 
-from tasks import images, model_folder, pool, source_tree
+from tasks import images, model_folder, pool
 from tasks.config import ArgumentError
 from tasks.paths import Paths
-from tasks.predict import decode, engine, store
+from tasks.predict import decode, engine, entries, machine, store
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ class PredictPlan:
     state: Path
     model: model_folder.ModelInfo
     options: PredictOptions
+    settings_id: str  # what the rows' pixels and probabilities depend on (see settings_id())
     files: int
     chunks: int
     pending: tuple[int, ...]  # chunks with no finished part
@@ -81,6 +87,7 @@ class PredictSummary:
     files: int
     ok: int
     errors: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # rows of entries not read, by reason (hidden, link, ...)
     resumed: int = 0  # files in chunks an interrupted run had finished
     processed: int = 0
     reused: int = 0
@@ -93,16 +100,48 @@ class PredictSummary:
         return asdict(self)
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when it is below it (as a user would type it)."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def default_model(paths: Paths) -> Path:
-    """The production model if there is one, else the candidate (with a note in the log)."""
+    """The production model; never a model nobody chose (a candidate the gate may have refused)."""
     if model_folder.exists(paths.production):
         return paths.production
     if model_folder.exists(paths.candidate):
-        logger.info("no production model in %s; using the candidate model %s", paths.production, paths.candidate)
-        return paths.candidate
+        raise ArgumentError(
+            f"{paths.production}: no production model. The candidate model in {paths.candidate} was not promoted (the "
+            f"gate refused it, or no run got that far), so it is not used unasked: choose it explicitly with "
+            f"`model` {_shown(paths.candidate)}, or promote it (imgpipe promote)")
     raise ArgumentError(f"{paths.production}: no model found (nor in {paths.candidate}); train one (the train stage "
                         f"writes {paths.candidate}), or pass `model`, a folder with model.keras, labels.json and "
                         "model_card.json")
+
+
+def settings_id(info: model_folder.ModelInfo, max_pixels: int, engine_name: str = "keras",
+                precision: str = "fp32") -> tuple[str, dict[str, Any]]:
+    """A short id of everything a row's pixels and probabilities depend on, and those settings themselves: the
+    engine and precision too, and the version of what runs the model (Keras is imported only when it does)."""
+    if engine_name == "keras":
+        import keras
+
+        backend = keras.backend.backend()
+        runtime = {"keras": keras.__version__, "backend": f"{backend} {_version(backend)}"}
+    else:
+        runtime = {engine_name: _version(engine.PACKAGES[engine_name])}
+    settings = {"model_version": info.version, "image_size": info.image_size, "resize": info.resize,
+                "max_pixels": max_pixels, "decode_version": images.DECODE_VERSION, "pillow": PIL.__version__,
+                "engine": engine_name, "precision": precision, **runtime}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return digest, settings
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> PredictPlan:
@@ -120,19 +159,19 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         options = replace(options, top_k=len(info.labels))
     source, out = source.resolve(), out.resolve()
     state = store.state_folder(out)
+    identity, depends_on = settings_id(info, options.max_pixels, options.engine, options.precision)
     # What the finished parts depend on (not the batch size: an image's probabilities do not depend on its batch).
-    settings = {"format": 1, "source": os.fsencode(source).decode("utf-8", "backslashreplace"),
-                "model_version": info.version, "image_size": info.image_size, "resize": info.resize,
-                "top_k": options.top_k, "chunk_size": options.chunk_size, "max_pixels": options.max_pixels}
+    settings = {"format": 2, "source": os.fsencode(source).decode("utf-8", "backslashreplace"),
+                "top_k": options.top_k, "chunk_size": options.chunk_size, "settings_id": identity, **depends_on}
     resuming = store.open_state(state, settings)
-    previous = store.PreviousOutput(out, options.top_k, info.version)
+    previous = store.PreviousOutput(out, options.top_k, identity)
     writer = store.PlanWriter(state, options.top_k)
     files, chunk_index, pending, pending_files, chunk = 0, 0, [], 0, []
 
     def close_chunk() -> None:
         nonlocal chunk_index, pending_files
         writer.write_chunk(chunk)
-        facts = [(row["path"], row["bytes"], row["mtime_ns"]) for row in chunk]
+        facts = [(row["path_bytes"].hex(), row["bytes"], row["mtime_ns"]) for row in chunk]
         if not (resuming and store.part_is_current(state, chunk_index, facts)):
             store.part_file(state, chunk_index).unlink(missing_ok=True)  # made from other files
             pending.append(chunk_index)
@@ -141,23 +180,13 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         chunk.clear()
 
     skipped: dict[str, tuple[int, str]] = {}  # reason -> (how many, the first one)
-
-    def skip(reason: str, name: str) -> None:
-        count, example = skipped.get(reason, (0, name))
-        skipped[reason] = (count + 1, example)
-
-    for file in source_tree.walk(source, skip):
-        path, relative = file.path, file.relative
-        if path == out or path.is_relative_to(state):  # the table is being written inside the folder it describes
-            continue
-        try:
-            stat = path.stat()
-            size, mtime_ns = stat.st_size, stat.st_mtime_ns
-        except OSError:  # gone since the walk: the worker reports it
-            size, mtime_ns = -1, -1
-        row = {"path": relative, "file": os.fsencode(path), "decode": images.has_image_extension(path),
-               "bytes": size, "mtime_ns": mtime_ns}
-        chunk.append(row | (previous.find(relative, size, mtime_ns) or {}))
+    for row in entries.plan_rows(source, out, state):
+        if row["skipped"]:
+            count, example = skipped.get(row["skipped"], (0, row["path"]))
+            skipped[row["skipped"]] = (count + 1, example)
+        else:
+            row |= previous.find(row["path"], row["path_bytes"].hex(), row["bytes"], row["mtime_ns"]) or {}
+        chunk.append(row)
         files += 1
         if len(chunk) == options.chunk_size:
             close_chunk()
@@ -165,14 +194,11 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         close_chunk()
     writer.close()
     store.remove_parts_from(state, chunk_index)
-    for reason, (count, example) in skipped.items():
-        logger.warning("%d %s(s) skipped under %s (links are not followed out of the tree): e.g. %s",
-                       count, reason.replace("_", " "), source, example)
-    if not files:
-        logger.warning("%s: no files found; the table will be empty", source)
+    entries.log_skipped(source, files, skipped)
     logger.info("predict: %d files in %d chunks under %s; %d chunk(s) already finished by an interrupted run",
                 files, chunk_index, source, chunk_index - len(pending))
-    return PredictPlan(source, out, state, info, options, files, chunk_index, tuple(pending), pending_files)
+    return PredictPlan(source, out, state, info, options, identity, files, chunk_index, tuple(pending),
+                       pending_files)
 
 
 def _batches(plan: PredictPlan, chunk_indices: list[int]) -> Iterator[tuple[tuple[int, list[dict], bool], list]]:
@@ -183,21 +209,22 @@ def _batches(plan: PredictPlan, chunk_indices: list[int]) -> Iterator[tuple[tupl
         rows = reader.chunk(index)
         for start in range(0, len(rows), size):
             batch = rows[start:start + size]
-            jobs = [decode.FileJob(os.fsdecode(row["file"]), row["decode"], row.get("previous_sha256") or "")
+            jobs = [decode.FileJob(row["file"], row["decode"], row.get("previous_sha256") or "", row["skipped"])
                     for row in batch]
             yield (index, batch, start + size >= len(rows)), jobs
 
 
 def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
           probabilities: np.ndarray) -> list[dict[str, Any]]:
-    """The table rows of one batch: predictions for decoded files, earlier rows for reused ones, errors."""
+    """The table rows of one batch: predictions for decoded files, earlier rows for reused ones, errors, skipped."""
     labels, top_k = plan.model.labels, plan.options.top_k
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     rows, decoded = [], 0
     for planned, file in zip(batch, result.files):
         row: dict[str, Any] = {"path": planned["path"], "status": "ok", "reason": "", "detail": "",
                                "sha256": file.sha256, "bytes": file.bytes, "mtime_ns": file.mtime_ns,
-                               "model_version": plan.model.version, "engine": plan.options.engine,
+                               "model_version": plan.model.version, "settings_id": plan.settings_id,
+                               "path_bytes_hex": planned["path_bytes"].hex(), "engine": plan.options.engine,
                                "precision": plan.options.precision}
         if file.status == "ok":
             best = order[decoded]
@@ -208,6 +235,9 @@ def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
             decoded += 1
         elif file.status == "reused":
             row |= {name: planned[f"previous_{name}"] for name in store.prediction_columns(top_k)}
+        elif file.status == "skipped":
+            row |= {"status": "skipped", "reason": file.reason, "detail": entries.SKIPPED_DETAILS[file.reason],
+                    "engine": "", "precision": ""}
         else:
             row |= {"status": "error", "reason": file.reason, "detail": file.detail, "engine": "", "precision": ""}
         rows.append(row)
@@ -228,7 +258,8 @@ def classify_chunks(plan: PredictPlan, chunk_indices: list[int], decode_workers:
     files = sum(last_chunk_files if index == plan.chunks - 1 else plan.options.chunk_size for index in chunk_indices)
     if decode_workers == 0 and files < pool.SERIAL_BELOW:
         decode_workers = 1
-    settings = decode.DecodeSettings(plan.model.image_size, plan.model.resize, plan.options.max_pixels)
+    settings = decode.DecodeSettings(str(plan.source), plan.model.image_size, plan.model.resize,
+                                     plan.options.max_pixels)
     counts, chunk_rows = ChunkCounts(process_ids=(os.getpid(),)), []
     tags: collections.deque[tuple[int, list[dict], bool]] = collections.deque()
 
@@ -237,13 +268,14 @@ def classify_chunks(plan: PredictPlan, chunk_indices: list[int], decode_workers:
             tags.append(tag)
             yield batch_jobs
 
-    with pool.ProcessPool(decode_workers, warm=True) as workers:  # the workers start while the model loads
+    reading = machine.stops_on_machine_errors(plan.source, "reading", "", "the chunks already finished are kept")
+    with reading, pool.ProcessPool(decode_workers, warm=True) as workers:  # the workers start while the model loads
         runner = engine.open_engine(plan.model, plan.options.engine, plan.options.precision, tensorflow_threads)
         for result in workers.imap(functools.partial(decode.read_batch, settings=settings), jobs()):
             index, batch, ends_chunk = tags.popleft()
             chunk_rows += _rows(plan, batch, result, runner.probabilities(result.pixels))
             reused = sum(file.status == "reused" for file in result.files)
-            counts.processed += len(result.files) - reused
+            counts.processed += sum(file.status in ("ok", "error") for file in result.files)
             counts.reused += reused
             if ends_chunk:
                 store.write_part(plan.state, index, chunk_rows, plan.options.top_k)
@@ -257,15 +289,21 @@ def classify_chunks(plan: PredictPlan, chunk_indices: list[int], decode_workers:
 def finish(plan: PredictPlan, counts: ChunkCounts, seconds: float) -> PredictSummary:
     """Merge the parts into the table (written atomically) and remove the resume state."""
     statuses = store.merge(plan.state, plan.chunks, plan.out, plan.options.top_k)
-    ok = statuses.pop("ok", 0)
-    summary = PredictSummary(str(plan.out), str(plan.model.folder), plan.model.version, plan.files, ok, statuses,
-                             plan.files - plan.pending_files, counts.processed, counts.reused, len(counts.process_ids),
-                             round(seconds, 1), plan.options.engine, plan.options.precision)
-    logger.info("predict: %d files, %d ok, %d errors (%s); %d classified, %d reused from the earlier table, %d from an "
-                "interrupted run; wrote %s in %.1f s", summary.files, ok, sum(statuses.values()),
-                ", ".join(f"{reason} {count}" for reason, count in sorted(statuses.items())) or "none",
-                summary.processed, summary.reused, summary.resumed, plan.out, seconds)
+    ok = statuses.pop(("ok", ""), 0)
+    errors = {reason: count for (status, reason), count in sorted(statuses.items()) if status == "error"}
+    skipped = {reason: count for (status, reason), count in sorted(statuses.items()) if status == "skipped"}
+    summary = PredictSummary(str(plan.out), str(plan.model.folder), plan.model.version, plan.files, ok, errors,
+                             skipped, plan.files - plan.pending_files, counts.processed, counts.reused,
+                             len(counts.process_ids), round(seconds, 1), plan.options.engine, plan.options.precision)
+    logger.info("predict: %d files, %d ok, %d errors (%s), %d skipped (%s); %d classified, %d reused from the earlier "
+                "table, %d from an interrupted run; wrote %s in %.1f s", summary.files, ok, sum(errors.values()),
+                _counted(errors), sum(skipped.values()), _counted(skipped), summary.processed, summary.reused,
+                summary.resumed, plan.out, seconds)
     return summary
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in counts.items()) or "none"
 
 
 def run(source: Path, out: Path, model: Path, options: PredictOptions = PredictOptions(),

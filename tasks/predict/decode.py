@@ -1,29 +1,38 @@
 """Hashes and decodes batches of image files for prediction; reads the files, writes nothing.
 
-Run in worker processes (tasks/pool.py), so kept free of TensorFlow imports. Unlike preprocessing's decode, a file
-that cannot be read or decoded becomes an error result, never an exception.
+Run in worker processes (tasks/pool.py), so kept free of TensorFlow imports. Each file is read once, with
+images.read_file, through folders opened without following links (tasks/predict/folders.py): the bytes hashed are
+the bytes decoded, and a file or folder swapped for a link or a FIFO after the walk is refused, never followed or
+waited on. A file's own trouble becomes an error result, never an exception; the machine's trouble (disk full, I/O
+error, out of file handles) raises OSError naming the file, for the run to stop on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tasks import images
-from tasks.hashing import file_sha256
+from tasks.predict import folders
 
 
 @dataclass(frozen=True)
 class FileJob:
-    file: str  # where to read it
+    file: bytes  # what to read: its path relative to the root (for a link inside the tree, its target's)
     decode: bool  # False for a file whose extension is not an image format's: it is only described
     expected_sha256: str  # an earlier result for these bytes exists: hash only, and decode only if the hash differs
+    skipped: str = ""  # the walk's reason not to read it (hidden, link, ...): nothing is read
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
+    root: str  # the folder classified
     image_size: int
     resize: str
     max_pixels: int
@@ -31,12 +40,12 @@ class DecodeSettings:
 
 @dataclass(frozen=True)
 class FileResult:
-    status: str  # "ok", "reused" (hash equal to expected_sha256, not decoded) or "error"
+    status: str  # "ok", "reused" (hash equal to expected_sha256, not decoded), "error" or "skipped"
     reason: str
     detail: str
     sha256: str
-    bytes: int
-    mtime_ns: int
+    bytes: int | None  # None where nothing was read or described (a skipped entry, a link)
+    mtime_ns: int | None
 
 
 @dataclass(frozen=True)
@@ -45,40 +54,75 @@ class BatchResult:
     pixels: np.ndarray  # uint8, one image per "ok" result, in order
 
 
-def read_file(job: FileJob, settings: DecodeSettings) -> tuple[FileResult, np.ndarray | None]:
-    """Describe, hash and decode one file (see images.load_rgb_array); any failure is returned, not raised."""
-    path = Path(job.file)
+def _before_read(path: Path) -> None:
+    """Called just before each file is opened; a test widens the race window between the walk and the read here."""
+
+
+before_read: Callable[[Path], None] = _before_read
+
+
+def _machine_error(error: OSError, path: Path) -> OSError:
+    return OSError(error.errno, error.strerror, str(path))
+
+
+def read_file(job: FileJob, settings: DecodeSettings, tree: folders.Folders) -> tuple[FileResult, np.ndarray | None]:
+    """Describe, hash and decode one file (images.decode_array of the bytes read); a file's failure is returned."""
+    if job.skipped:
+        return FileResult("skipped", job.skipped, "", "", None, None), None
+    *parents, name = folders.split(job.file)
+    path = Path(settings.root, *parents, name)
+    before_read(path)
     try:
-        stat = path.stat()
-        sha256 = file_sha256(path) if job.decode else ""
+        folder = tree.open(tuple(parents))
+        described = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except folders.FolderError as error:
+        return FileResult("error", error.reason, f"{error.folder}: {error.detail}", "", None, None), None
     except OSError as error:
-        return FileResult("error", "unreadable", f"cannot read file: {error.strerror or error}", "", 0, 0), None
-    described = dict(sha256=sha256, bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        if error.errno in images.MACHINE_ERRORS:
+            raise _machine_error(error, path) from None
+        return FileResult("error", "unreadable", f"cannot read file: {error.strerror or error}", "", None, None), None
+    if stat.S_ISLNK(described.st_mode):
+        return FileResult("error", "link", "is a symbolic link; links are not followed", "", None, None), None
+    if not stat.S_ISREG(described.st_mode):
+        return FileResult("error", "special_file", "not a regular file (a FIFO, socket or device)", "", None,
+                          None), None
     if not job.decode:
         detail = f"{path.suffix or 'no extension'} is not one of {', '.join(sorted(images.IMAGE_EXTENSIONS))}"
-        return FileResult("error", "unsupported_format", detail, **described), None
-    if job.expected_sha256 and job.expected_sha256 == sha256:
-        return FileResult("reused", "", "", **described), None
+        return FileResult("error", "unsupported_format", detail, "", described.st_size, described.st_mtime_ns), None
     try:
-        pixels = images.load_rgb_array(path, settings.image_size, settings.resize,  # type: ignore[arg-type]
-                                       settings.max_pixels)
+        data = images.read_file(name, dir_fd=folder)
+    except images.ImageError as error:
+        return FileResult("error", error.reason, error.detail, "", None, None), None
+    except OSError as error:  # images.MACHINE_ERRORS only: read_file turns the file's own trouble into ImageError
+        raise _machine_error(error, path) from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    facts = dict(sha256=sha256, bytes=len(data), mtime_ns=described.st_mtime_ns)
+    if job.expected_sha256 and job.expected_sha256 == sha256:
+        return FileResult("reused", "", "", **facts), None
+    try:
+        pixels = images.decode_array(data, path, settings.image_size, settings.resize,  # type: ignore[arg-type]
+                                     settings.max_pixels)
     except images.ImageError as error:
         detail = images.advice(error, {"too_many_pixels": "raise max_pixels"})
-        return FileResult("error", error.reason, detail, **described), None
+        return FileResult("error", error.reason, detail, **facts), None
     except Exception as error:  # anything else Pillow may raise on a hostile file must not stop the run
         detail = f"cannot decode image: {type(error).__name__}: {error}"
-        return FileResult("error", "corrupt", detail, **described), None
-    return FileResult("ok", "", "", **described), pixels
+        return FileResult("error", "corrupt", detail, **facts), None
+    return FileResult("ok", "", "", **facts), pixels
 
 
 def read_batch(jobs: list[FileJob], settings: DecodeSettings) -> BatchResult:
     """read_file for each job; the decoded images stacked into one array (one transfer from a worker)."""
     results, decoded = [], []
-    for job in jobs:
-        result, pixels = read_file(job, settings)
-        results.append(result)
-        if pixels is not None:
-            decoded.append(pixels)
+    try:
+        with folders.Folders(Path(settings.root)) as tree:
+            for job in jobs:
+                result, pixels = read_file(job, settings, tree)
+                results.append(result)
+                if pixels is not None:
+                    decoded.append(pixels)
+    except folders.FolderError as error:  # the folder classified is gone: every file of the batch with it
+        results = [FileResult("error", error.reason, str(error), "", None, None) for _ in jobs]
     size = settings.image_size
     stacked = np.stack(decoded) if decoded else np.zeros((0, size, size, 3), dtype=np.uint8)
     return BatchResult(results, stacked)

@@ -2,7 +2,9 @@
 
 OUT.parts/ holds journal.json (the settings the parts were made with), plan.parquet (the files to classify, one
 row group per chunk) and part-NNNNNN.parquet (one chunk's finished rows, each written atomically). Every chunk
-is a run of consecutive files in sorted path order, so the parts concatenated in chunk order are the table.
+is a run of consecutive entries in sorted path order, so the parts concatenated in chunk order are the table.
+A row's `path` is readable text (a byte that is not UTF-8 shows as \\xNN); `path_bytes_hex` is the exact name, the
+key by which a row is found again. `settings_id` identifies everything a row's pixels and probabilities depend on.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pyarrow.parquet as pq
 
 from tasks import atomic
 from tasks.config import ArgumentError
+from tasks.predict import machine
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +54,12 @@ def top_columns(top_k: int) -> list[str]:
 
 def output_schema(top_k: int) -> pa.Schema:
     """path, status, label, confidence, top_1_label, top_1_probability, ..., reason, detail, file facts, model,
-    and the engine and precision that computed the probabilities."""
+    settings, the exact name, and the engine and precision that computed the probabilities."""
     fields = [("path", pa.string()), ("status", pa.string()), ("label", pa.string()), ("confidence", pa.float32())]
     fields += [(name, pa.string() if name.endswith("_label") else pa.float32()) for name in top_columns(top_k)]
     fields += [("reason", pa.string()), ("detail", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()),
-               ("mtime_ns", pa.int64()), ("model_version", pa.string()), ("engine", pa.string()),
-               ("precision", pa.string())]
+               ("mtime_ns", pa.int64()), ("model_version", pa.string()), ("settings_id", pa.string()),
+               ("path_bytes_hex", pa.string()), ("engine", pa.string()), ("precision", pa.string())]
     return pa.schema(fields)
 
 
@@ -68,15 +71,24 @@ def prediction_columns(top_k: int) -> list[str]:
 def plan_schema(top_k: int) -> pa.Schema:
     previous = [pa.field(f"previous_{field.name}", field.type) for field in output_schema(top_k)
                 if field.name in prediction_columns(top_k)]
-    return pa.schema([("path", pa.string()), ("file", pa.binary()), ("decode", pa.bool_()), ("bytes", pa.int64()),
-                      ("mtime_ns", pa.int64()), *previous])
+    return pa.schema([("path", pa.string()), ("path_bytes", pa.binary()), ("file", pa.binary()),
+                      ("decode", pa.bool_()), ("skipped", pa.string()), ("bytes", pa.int64()), ("mtime_ns", pa.int64()),
+                      *previous])
+
+
+def _writing(path: Path) -> AbstractContextManager[None]:
+    """Stop with a message that says what filled up (or failed) for an error of the machine while writing `path`."""
+    return machine.stops_on_machine_errors(path, "writing", "choose another `out`",
+                                           "the chunks already finished are kept")
 
 
 @contextmanager
 def locked(state: Path) -> Iterator[None]:
     """Hold OUT.parts/lock for a run: a second run writing the same table is refused, not interleaved."""
-    state.mkdir(parents=True, exist_ok=True)
-    with (state / "lock").open("w") as handle:
+    with _writing(state / "lock"):
+        state.mkdir(parents=True, exist_ok=True)
+        handle = (state / "lock").open("w")
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -102,21 +114,23 @@ def open_state(state: Path, settings: dict[str, Any]) -> bool:
         logger.info("%s: left by a run with other settings (model, top-k, chunk size or source); starting over", state)
     for stale in state.glob("part-*.parquet"):
         stale.unlink()
-    atomic.write_json(journal, settings)
+    with _writing(journal):
+        atomic.write_json(journal, settings)
     return False
 
 
-def part_is_current(state: Path, index: int, files: list[tuple[str, int, int]]) -> bool:
-    """Whether chunk `index` is finished for exactly these (path, bytes, mtime_ns)."""
+def part_is_current(state: Path, index: int, files: list[tuple[str, int | None, int | None]]) -> bool:
+    """Whether chunk `index` is finished for exactly these (path_bytes_hex, bytes, mtime_ns)."""
     part = part_file(state, index)
     if not part.is_file():
         return False
+    columns = ("path_bytes_hex", "bytes", "mtime_ns")
     try:
-        table = pq.read_table(part, columns=["path", "bytes", "mtime_ns"])
+        table = pq.read_table(part, columns=list(columns))
     except Exception as error:  # a part is written atomically, so this is damage from outside: redo the chunk
         logger.warning("%s: unreadable (%s); its chunk is classified again", part, error)
         return False
-    return list(zip(*(table.column(name).to_pylist() for name in ("path", "bytes", "mtime_ns")))) == files
+    return list(zip(*(table.column(name).to_pylist() for name in columns))) == files
 
 
 def remove_parts_from(state: Path, first_index: int) -> None:
@@ -127,7 +141,7 @@ def remove_parts_from(state: Path, first_index: int) -> None:
 
 def write_part(state: Path, index: int, rows: list[dict[str, Any]], top_k: int) -> None:
     table = pa.Table.from_pylist(rows, schema=output_schema(top_k))
-    with atomic.atomic_path(part_file(state, index)) as temporary:
+    with _writing(part_file(state, index)), atomic.atomic_path(part_file(state, index)) as temporary:
         pq.write_table(table, temporary, compression="zstd")
 
 
@@ -136,15 +150,34 @@ class PlanWriter:
 
     def __init__(self, state: Path, top_k: int) -> None:
         self._schema = plan_schema(top_k)
-        self._target = atomic.atomic_path(state / PLAN)
-        self._writer = pq.ParquetWriter(self._target.__enter__(), self._schema, compression="zstd")
+        self._path = state / PLAN
+        self._target = atomic.atomic_path(self._path)
+        with _writing(self._path):
+            self._writer = pq.ParquetWriter(self._target.__enter__(), self._schema, compression="zstd")
 
     def write_chunk(self, rows: list[dict[str, Any]]) -> None:
-        self._writer.write_table(pa.Table.from_pylist(rows, schema=self._schema), row_group_size=len(rows) + 1)
+        with self._abandoned_on_error():
+            self._writer.write_table(pa.Table.from_pylist(rows, schema=self._schema), row_group_size=len(rows) + 1)
 
     def close(self) -> None:
-        self._writer.close()
-        self._target.__exit__(None, None, None)
+        with self._abandoned_on_error():
+            self._writer.close()
+        with _writing(self._path):
+            self._target.__exit__(None, None, None)
+
+    @contextmanager
+    def _abandoned_on_error(self) -> Iterator[None]:
+        """On any error the temporary file is removed (a disk-full plan is not left taking the space)."""
+        try:
+            with _writing(self._path):
+                yield
+        except BaseException as error:
+            try:
+                self._writer.close()
+            except OSError:
+                pass
+            self._target.__exit__(type(error), error, error.__traceback__)
+            raise
 
 
 class PlanReader:
@@ -168,10 +201,12 @@ def _read_rows(out: Path) -> tuple[list[str], Iterator[dict[str, Any]]]:
 class PreviousOutput:
     """The rows of the table an earlier run wrote to OUT, looked up in sorted path order as the walk goes."""
 
-    def __init__(self, out: Path, top_k: int, model_version: str) -> None:
+    def __init__(self, out: Path, top_k: int, settings_id: str) -> None:
         self._rows: Iterator[dict[str, Any]] = iter(())
         self._current: dict[str, Any] | None = None
-        self._version = model_version
+        self._group_path: str | None = None
+        self._group: dict[str, dict[str, Any]] = {}  # the rows of one path text, by path_bytes_hex (usually one)
+        self._settings_id = settings_id
         self._top_k = top_k
         if not out.is_file():
             return
@@ -181,25 +216,33 @@ class PreviousOutput:
             logger.warning("%s: cannot read the earlier table (%s); every file is classified again", out, error)
             return
         if columns != output_schema(top_k).names:
-            logger.info("%s: written with other columns (another top_k?); every file is classified again", out)
+            logger.info("%s: written with other columns (another top_k, or an older imgpipe); every file is "
+                        "classified again", out)
             return
         self._rows = rows
         self._current = next(self._rows, None)
 
-    def find(self, path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
-        """The earlier ok row for this path by the same model with the same size and mtime; paths must increase."""
+    def _advance_to(self, path: str) -> None:
+        """Gather the rows whose path text is `path`, skipping the smaller ones; paths must not decrease."""
+        self._group_path, self._group = path, {}
         try:
-            while self._current is not None and str(self._current["path"]) < path:
-                previous_path = str(self._current["path"])
-                self._current = next(self._rows, None)
-                if self._current is not None and str(self._current["path"]) <= previous_path:
+            while self._current is not None and str(self._current["path"]) <= path:
+                row, self._current = self._current, next(self._rows, None)
+                if str(row["path"]) == path:
+                    self._group[str(row["path_bytes_hex"])] = row
+                if self._current is not None and str(self._current["path"]) < str(row["path"]):
                     raise ValueError("rows are not in sorted path order")
         except Exception as error:
             logger.warning("earlier table unusable from row with path %s on (%s); the rest is classified again",
                            path, error)
             self._current = None
-        row = self._current
-        if row is None or str(row["path"]) != path or row["status"] != "ok" or row["model_version"] != self._version:
+
+    def find(self, path: str, path_bytes_hex: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
+        """The earlier ok row for this file, made with the same settings, with the same size and mtime."""
+        if path != self._group_path:
+            self._advance_to(path)
+        row = self._group.get(path_bytes_hex)
+        if row is None or row["status"] != "ok" or row["settings_id"] != self._settings_id:
             return None
         if (int(row["bytes"]), int(row["mtime_ns"])) != (size, mtime_ns):
             return None
@@ -213,15 +256,15 @@ def _typed(name: str, value: Any) -> Any:
     return None if value == "" and name.endswith("label") else str(value)
 
 
-def merge(state: Path, chunks: int, out: Path, top_k: int) -> dict[str, int]:
-    """Concatenate the parts in chunk order into OUT (written atomically); return the rows per status or reason."""
+def merge(state: Path, chunks: int, out: Path, top_k: int) -> dict[tuple[str, str], int]:
+    """Concatenate the parts in chunk order into OUT (written atomically); return the rows per (status, reason)."""
     missing = [index for index in range(chunks) if not part_file(state, index).is_file()]
     if missing:
         raise RuntimeError(f"{out}: {len(missing)} chunk(s) unfinished (e.g. {missing[0]}); run the same command "
                            "again to finish them")
-    counts: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
     schema = output_schema(top_k)
-    with atomic.atomic_path(out) as temporary:
+    with _writing(out), atomic.atomic_path(out) as temporary:
         if output_format(out) == "parquet":
             with pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
                 for index in range(chunks):
@@ -240,7 +283,7 @@ def merge(state: Path, chunks: int, out: Path, top_k: int) -> dict[str, int]:
     return counts
 
 
-def _count(table: pa.Table, counts: dict[str, int]) -> None:
+def _count(table: pa.Table, counts: dict[tuple[str, str], int]) -> None:
     for status, reason in zip(table.column("status").to_pylist(), table.column("reason").to_pylist()):
-        key = status if status == "ok" else reason
+        key = (status, "" if status == "ok" else reason)
         counts[key] = counts.get(key, 0) + 1

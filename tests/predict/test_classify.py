@@ -78,8 +78,8 @@ def options(**changes) -> predict.PredictOptions:
 
 
 def expected_paths(root: Path) -> list[str]:
-    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*")
-                  if path.is_file() and not path.is_symlink() and not path.name.startswith("."))
+    """Every file and link: one row each (the link out and the hidden file as `skipped` rows)."""
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file() or path.is_symlink())
 
 
 def test_every_file_gets_exactly_one_row_and_broken_files_become_error_rows(tmp_path, model_dir):
@@ -87,8 +87,12 @@ def test_every_file_gets_exactly_one_row_and_broken_files_become_error_rows(tmp_
     summary = predict.run(source, tmp_path / "predictions.parquet", model_dir, options())
     table = pd.read_parquet(tmp_path / "predictions.parquet")
 
-    assert list(table["path"]) == expected_paths(source)  # every file once, sorted; no link out, no hidden file
+    assert list(table["path"]) == expected_paths(source)  # every entry once, sorted
     assert summary.files == len(table) and summary.ok == (table["status"] == "ok").sum()
+    skipped = table[table["status"] == "skipped"].set_index("path")
+    assert skipped["reason"].to_dict() == {".hidden.jpg": "hidden", "link_out.jpg": "link"}
+    assert "not followed" in skipped.loc["link_out.jpg", "detail"] and skipped["bytes"].isna().all()
+    assert summary.skipped == {"hidden": 1, "link": 1}
     errors = table[table["status"] == "error"].set_index("path")
     assert errors["reason"].to_dict() == BROKEN
     assert "raise max_pixels" in errors.loc["broken/huge.png", "detail"]
@@ -160,8 +164,10 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_table(tmp_path, model_dir
     assert decoders and not any(Path(f"/proc/{pid}").exists() for pid in decoders)
 
     summary = predict.run(source, out, model_dir, options())
-    assert summary.resumed == finished * 8 and summary.processed == summary.files - summary.resumed
-    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(reference))
+    table = pd.read_parquet(out)
+    read_again = (table.iloc[summary.resumed:]["status"] != "skipped").sum()  # skipped entries are not read
+    assert summary.resumed == finished * 8 and summary.processed == read_again
+    pd.testing.assert_frame_equal(table, pd.read_parquet(reference))
 
 
 def test_a_second_run_classifies_only_new_and_changed_files(tmp_path, model_dir):
@@ -170,7 +176,8 @@ def test_a_second_run_classifies_only_new_and_changed_files(tmp_path, model_dir)
     Image.new("RGB", (20, 20), (10, 20, 200)).save(same_size)
     out = tmp_path / "predictions.parquet"
     first = predict.run(source, out, model_dir, options())
-    assert first.processed == first.files and first.reused == 0
+    skipped = sum(first.skipped.values())  # the hidden file and the link out: never read
+    assert first.processed == first.files - skipped and first.reused == 0
 
     make_image((9, 9, 9), seed=5).save(source / "green" / "new.png")
     changed = source / "red" / "red_000.png"
@@ -184,7 +191,7 @@ def test_a_second_run_classifies_only_new_and_changed_files(tmp_path, model_dir)
     second = predict.run(source, out, model_dir, options())
     retried_errors = len(BROKEN)  # failed files are tried again
     assert second.processed == 3 + retried_errors, second
-    assert second.reused == second.files - second.processed
+    assert second.reused == second.files - second.processed - skipped
     assert second.files == first.files
 
     fresh = tmp_path / "fresh.parquet"
@@ -278,7 +285,8 @@ def test_a_missing_model_or_a_bad_output_name_is_a_clear_error(tmp_path, model_d
         predict.default_model(paths)
     paths.candidate.mkdir(parents=True)
     (paths.candidate / "model.keras").write_bytes(b"")
-    assert predict.default_model(paths) == paths.candidate
+    with pytest.raises(ValueError, match="no production model.*`model` .*candidate"):  # never used unasked
+        predict.default_model(paths)
     with pytest.raises(ValueError, match="labels.json, model_card.json missing"):
         model_folder.read_info(paths.candidate)
     source = write_class_folders(tmp_path / "photos", per_class=1)

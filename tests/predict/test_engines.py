@@ -99,14 +99,19 @@ def test_every_row_records_its_engine_and_precision_and_fp32_engines_match_keras
     assert difference <= (1e-5 if precision == "fp32" else 0.2)
 
 
-def test_a_reused_row_keeps_the_engine_that_computed_it(exported_model, tmp_path):
+def test_a_reused_row_keeps_the_engine_that_computed_it_and_another_engine_classifies_again(exported_model,
+                                                                                           tmp_path):
     source = write_class_folders(tmp_path / "photos", per_class=2)
     out = tmp_path / "predictions.csv"
-    predict.run(source, out, exported_model, predict.PredictOptions(top_k=2, engine="onnxruntime", precision="fp32"))
-    again = predict.run(source, out, exported_model, predict.PredictOptions(top_k=2, engine="keras", precision="fp32"))
+    onnx = predict.PredictOptions(top_k=2, engine="onnxruntime", precision="fp32")
+    predict.run(source, out, exported_model, onnx)
+    again = predict.run(source, out, exported_model, onnx)
     assert again.reused == again.files
     table = pd.read_csv(out, keep_default_na=False)
     assert set(table["engine"]) == {"onnxruntime"} and set(table["precision"]) == {"fp32"}
+    other = predict.run(source, out, exported_model, predict.PredictOptions(top_k=2, engine="keras", precision="fp32"))
+    assert other.reused == 0 and other.processed == other.files  # the probabilities depend on the engine
+    assert set(pd.read_csv(out, keep_default_na=False)["engine"]) == {"keras"}
 
 
 def test_the_command_line_takes_engine_and_precision(exported_model, tmp_path, capsys):
