@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flows import prefect_setup
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, and none wanted
 
@@ -38,6 +40,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    prefect_setup.use_project(Path(arguments.repo).resolve())
     from prefect.exceptions import FailedRun
 
     from flows.training import training
@@ -54,9 +57,30 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
+    prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
     from flows.deploy import serve_retraining
 
     serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval)
+    return 0
+
+
+def _server(arguments: argparse.Namespace) -> int:
+    from flows import local_server
+
+    root = Path(arguments.repo).resolve()
+    if arguments.action == "start":
+        prefect_setup.use_project(root)
+        server, started = local_server.ensure(root, prefect_setup.startup_timeout())
+        sys.stdout.write(f"{'started' if started else 'already running:'} {server.ui_url} (log {server.log})\n")
+    elif arguments.action == "stop":
+        server = local_server.stop(root)
+        sys.stdout.write(f"stopped the Prefect server at {server.ui_url}\n" if server else "no Prefect server of this "
+                         "project was running\n")
+    else:
+        server = local_server.running(root)
+        sys.stdout.write(f"running at {server.ui_url} (pid {server.pid}, database "
+                         f"{local_server.home(root) / 'prefect.db'}, log {server.log})\n" if server else
+                         "not running; `imgpipe serve` starts it, or `imgpipe server start`\n")
     return 0
 
 
@@ -110,6 +134,7 @@ def format_predict_summary(summary: dict[str, Any]) -> str:
 
 def _predict(arguments: argparse.Namespace) -> int:
     if arguments.workers > 1 or arguments.scheduler:  # Prefect's Dask task runner shards the files
+        prefect_setup.use_project(prefect_setup.find_project(Path.cwd()))
         from flows.classify import classify_directory
 
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a line per worker event otherwise
@@ -152,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--cron", help="a cron schedule, e.g. '0 3 * * *' (03:00 UTC every day)")
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every this many seconds")
     serve.set_defaults(handler=_serve)
+
+    server = commands.add_parser("server", help="the project's own Prefect server, which serve starts: "
+                                                "status, start or stop")
+    server.add_argument("action", choices=["status", "start", "stop"])
+    server.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    server.set_defaults(handler=_server)
 
     promote = commands.add_parser("promote", help="make the candidate model the production model")
     promote.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
 _RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
 # TensorFlow's start-up chatter from absl, which TF_CPP_MIN_LOG_LEVEL cannot silence: kept out of the run's log
 _TENSORFLOW_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl|E\d{4} .*cuInit)")
+STOP_GRACE_SECONDS = 10  # an interrupted stage gets this long to stop after SIGTERM
 _DVC_NOISE = ("ERROR: failed to reproduce", "Having any troubles?", "ERROR: failed to run", "Traceback (most recent")
 
 
@@ -70,15 +72,36 @@ def _dvc(root: Path, arguments: list[str], log: Callable[[str], None]) -> tuple[
     """Run `dvc ARGUMENTS` in root, passing each output line to `log`; return the exit code and the last lines."""
     command = [sys.executable, "-m", "dvc", *arguments]
     last_lines: collections.deque[str] = collections.deque(maxlen=60)
-    with subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace") as process:
-        assert process.stdout is not None
+    # its own process group, so that an interrupted run stops DVC and the stage it runs, not only itself
+    process = subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    assert process.stdout is not None
+    try:
         for line in process.stdout:
             line = line.rstrip()
             if line and not _TENSORFLOW_NOISE.match(line):
                 last_lines.append(line)
                 log(line)
+        process.wait()
+    except BaseException:  # Ctrl-C, a cancelled run, a stop signal: leave no stage running on its own
+        _stop_group(process)
+        raise
+    finally:
+        process.stdout.close()
     return process.returncode, list(last_lines)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group of `process` (DVC and the stage it runs), then SIGKILL to what is left."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signal_number)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 _EXCEPTION_LINE = re.compile(r"^(?P<type>[\w.]*(Error|Exception|Failed|Interrupt|Refused|Busy)\w*): ")
