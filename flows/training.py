@@ -143,8 +143,12 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
 
 def _change_line(summary: TrainingSummary) -> str:
     candidate = summary.gate.get("candidate", {}).get("metrics", {})
-    champion = (summary.gate.get("champion") or {}).get("metrics", {})
+    champion = (summary.gate.get("champion") or {}).get("metrics") or {}
     metric = summary.gate.get("headline_metric", "macro_f1")
+    label_sets = summary.gate.get("label_sets") or {}
+    if label_sets and not label_sets["same"]:
+        return (f"label set changed ({len(label_sets['production'])} labels in production, "
+                f"{len(label_sets['candidate'])} in the candidate); {metric} of the candidate {candidate[metric]:.4f}")
     if champion:
         return f"{metric}: production {champion[metric]:.4f} -> candidate {candidate[metric]:.4f}"
     return f"{metric}: candidate {candidate.get(metric, float('nan')):.4f} (no production model before)"

@@ -5,6 +5,8 @@ import json
 import pandas as pd
 import pytest
 
+from tasks.train import model
+
 from tasks import model_folder
 from tasks.evaluate import stage as evaluate
 from tasks.ingest import stage as ingest
@@ -95,3 +97,54 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
         gate_file = json.loads(paths.gate.read_text())
         paths.gate.write_text(json.dumps(gate_file | {"decision": "pass", "promoted": False}))
         promote.promote(paths, reason="passed")
+
+
+def _install_production(paths, labels: list[str]) -> None:
+    """A production model of another task (untrained weights, `labels` as its classes), as promotion installs one."""
+    network = model.simple_cnn(16, len(labels), depth=1, width=4, dropout=0.0)
+    paths.production.mkdir(parents=True)
+    version = model_folder.write(paths.production, network, labels, {"image_size": 16, "resize": "stretch"},
+                                 pd.DataFrame({"epoch": [0], "loss": [1.0]}))
+    (paths.production / "version.json").write_text(json.dumps({"version": version}))
+
+
+@pytest.mark.parametrize("production_labels", [
+    ["red", "green", "blue", "yellow"],  # the candidate dropped a class
+    ["red", "green", "purple"],          # the same number of classes, but not the same classes
+])
+def test_a_candidate_of_another_label_set_is_refused_whatever_its_scores(evaluated, production_labels):
+    config, paths = evaluated
+    _install_production(paths, production_labels)
+    lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
+    decision = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert decision["decision"] == "fail"
+    assert decision["label_sets"]["candidate"] == ["blue", "green", "red"]
+    assert decision["label_sets"]["production"] == production_labels and decision["label_sets"]["same"] is False
+    assert decision["sentence"].startswith("The candidate was refused: its label set differs from the production "
+                                           "model's")
+    assert "imgpipe promote --force --reason" in decision["sentence"]
+    label_check = next(check for check in decision["checks"] if check["name"] == "same label set as production")
+    assert not label_check["passed"]
+    # the production model is never scored on classes it does not know
+    assert not any("not worse than production" in check["name"] or check["name"].startswith("recall of")
+                   for check in decision["checks"])
+    assert json.loads(paths.gate.read_text())["label_sets"] == decision["label_sets"]
+    with pytest.raises(promote.PromotionRefused, match="label set differs"):
+        promote.promote(paths, reason="passed")
+    forced = promote.promote(paths, reason="the new task is intended", force=True)  # a person accepts it
+    assert model_folder.read_labels(paths.production) == ["blue", "green", "red"]
+    assert promote.current_version(paths) == forced["version"]
+
+
+def test_the_floors_apply_to_every_candidate_not_only_the_first(evaluated):
+    config, paths = evaluated
+    lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
+    assert gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)["decision"] == "pass"
+    promote.promote(paths, reason="passed the gate")
+    # the same model against itself is no worse than production, but under a floor it is refused all the same
+    strict = lenient.model_copy(update={"min_macro_f1": 1.01 - 1e-9})
+    decision = gate.run(strict, config.base.seed, config.ingest.max_pixels, paths)
+    assert decision["champion"]["difference"]["value"] == 0.0 and decision["label_sets"]["same"]
+    assert decision["decision"] == "fail" and "macro-F1 floor" in decision["sentence"]
+    assert {"accuracy floor", "macro-F1 floor", "same label set as production"} <= \
+        {check["name"] for check in decision["checks"]}
