@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         accuracy_low, accuracy_high = metrics.get("accuracy_ci", [float("nan")] * 2)
         lines += ["", f"  test accuracy  {metrics['accuracy']:.4f}  (95% interval {accuracy_low:.3f}-{accuracy_high:.3f})"
                       f"   macro-F1  {metrics['macro_f1']:.4f}   ({metrics['test_images']} test images)"]
+    if summary.get("recovered"):
+        lines += ["", "  finished what an interrupted run left:"] + [f"    {item}" for item in summary["recovered"]]
     if summary.get("gate"):
         lines += ["", f"  gate: {summary['gate']['decision']}  ->  {summary['outcome']}",
                   f"  {summary['gate']['sentence']}"]
@@ -84,28 +87,46 @@ def _server(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _promote(arguments: argparse.Namespace) -> int:
-    from flows import stage_runner
+def _change_production(repo: str, lock_timeout: float, change: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Run a promotion or rollback under the run lock, then version production and the registry with `dvc add`.
+
+    The `dvc add` is recorded as owed (flows/journal.py) before anything changes, so that a command killed
+    half-way is finished by the next run.
+    """
+    from flows import journal, run_lock, stage_runner
     from tasks.config import load_config
+
+    _, paths = load_config(Path(repo) / "params.yaml")
+    with run_lock.workspace_lock(paths.root, lock_timeout):
+        already_owed = "track" in journal.owed(paths.root)
+        journal.owe(paths.root, ["track"])
+        try:
+            event = change(paths)
+        except ValueError:
+            if not already_owed:
+                journal.done(paths.root, "track")
+            raise
+        stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
+        journal.done(paths.root, "track")
+    return event
+
+
+def _promote(arguments: argparse.Namespace) -> int:
     from tasks.release import promote
 
-    _, paths = load_config(Path(arguments.repo) / "params.yaml")
     if arguments.force and not arguments.reason:
         raise ValueError("--force needs --reason saying why the gate is overruled")
-    event = promote.promote(paths, reason=arguments.reason or "passed the gate", force=arguments.force)
-    stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
-    sys.stdout.write(f"promoted {event['version']} to {paths.production}\n")
+    event = _change_production(arguments.repo, arguments.lock_timeout, lambda paths: promote.promote(
+        paths, reason=arguments.reason or "passed the gate", force=arguments.force))
+    sys.stdout.write(f"promoted {event['version']} to production\n")
     return 0
 
 
 def _rollback(arguments: argparse.Namespace) -> int:
-    from flows import stage_runner
-    from tasks.config import load_config
     from tasks.release import promote
 
-    _, paths = load_config(Path(arguments.repo) / "params.yaml")
-    event = promote.rollback(paths, reason=arguments.reason)
-    stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
+    event = _change_production(arguments.repo, arguments.lock_timeout,
+                               lambda paths: promote.rollback(paths, reason=arguments.reason))
     sys.stdout.write(f"production is {event['restored']} again (withdrew {event['version']})\n")
     return 0
 
@@ -188,11 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     promote.add_argument("--force", action="store_true", help="promote even though the gate refused it")
     promote.add_argument("--reason", default="", help="why (required with --force); kept in the history")
+    promote.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                         help="wait this long for a run on the same repository to finish (default: do not wait)")
     promote.set_defaults(handler=_promote)
 
     rollback = commands.add_parser("rollback", help="restore the previous production model")
     rollback.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     rollback.add_argument("--reason", default="rolled back by hand", help="why; kept in the history")
+    rollback.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                          help="wait this long for a run on the same repository to finish (default: do not wait)")
     rollback.set_defaults(handler=_rollback)
 
     predict = commands.add_parser(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from prefect.states import Cancelled
 from flows.training import training
 
 DEPLOYMENT_NAME = "scheduled-retrain"
+POLL_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 60  # the run in flight gets this long to be cancelled before serve gives up waiting
 _UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
 
@@ -60,8 +62,8 @@ async def _cancel_unfinished(deployment_id, reason: str) -> list[str]:
     return [run.name for run in runs]
 
 
-async def _serve(deployment, schedule: str) -> None:
-    runner = Runner(pause_on_shutdown=True)
+async def _serve(deployment, schedule: str, poll_seconds: float | None) -> None:
+    runner = Runner(pause_on_shutdown=True, query_seconds=poll_seconds)
     deployment_id = await runner.aadd_deployment(deployment)
     # a serve killed without a chance to clean up (kill -9, a power cut) left its run shown as Running; it would
     # hold the deployment's one concurrency slot for good, and every scheduled run would be cancelled
@@ -98,4 +100,8 @@ def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: floa
     """Serve the scheduled retrain until interrupted (Ctrl-C or SIGTERM); runs happen in child processes."""
     deployment = retrain_deployment(repo, cron, interval_seconds)
     schedule = f"on the cron schedule {cron!r}" if cron else f"every {interval_seconds:g} s"
-    asyncio.run(_serve(deployment, schedule))
+    # Prefect looks for due runs every 10 s (PREFECT_RUNNER_POLL_FREQUENCY): often enough, unless runs come faster
+    poll_seconds = None
+    if interval_seconds is not None and "PREFECT_RUNNER_POLL_FREQUENCY" not in os.environ:
+        poll_seconds = min(POLL_SECONDS, max(interval_seconds, 1.0))
+    asyncio.run(_serve(deployment, schedule, poll_seconds))

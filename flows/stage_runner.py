@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from tasks.release import kill_point
+
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
 _RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
@@ -76,6 +78,7 @@ def _dvc(root: Path, arguments: list[str], log: Callable[[str], None]) -> tuple[
     process = subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
     assert process.stdout is not None
+    kill_point.reached(f"dvc {arguments[0]}", process.pid)
     try:
         for line in process.stdout:
             line = line.rstrip()
