@@ -70,10 +70,10 @@ def _environment() -> dict[str, str]:
     return environment
 
 
-def _dvc(root: Path, arguments: list[str], log: Callable[[str], None]) -> tuple[int, list[str]]:
+def _dvc(root: Path, arguments: list[str], log: Callable[[str], None], keep: int = 60) -> tuple[int, list[str]]:
     """Run `dvc ARGUMENTS` in root, passing each output line to `log`; return the exit code and the last lines."""
     command = [sys.executable, "-m", "dvc", *arguments]
-    last_lines: collections.deque[str] = collections.deque(maxlen=60)
+    last_lines: collections.deque[str] = collections.deque(maxlen=keep)
     # its own process group, so that an interrupted run stops DVC and the stage it runs, not only itself
     process = subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
@@ -124,6 +124,30 @@ def _error_message(lines: list[str]) -> str:
     return _error(lines)[1]
 
 
+# DVC's internal checks that fail without a message, and what they mean for an imgpipe project
+_KNOWN_CHECKS = {
+    "self.is_in_repo": "an output of the stage is not a path inside the project, or is the project folder itself; "
+                       "check the paths section of params.yaml",
+}
+
+
+def _silent_refusal(root: Path, name: str) -> str:
+    """DVC's reason for refusing a stage when it gave none: from a dry run (which runs no command) with -v."""
+    _, lines = _dvc(root, ["repro", "--single-item", name, "--dry", "-v"], lambda line: None, keep=400)
+    start = next((index for index, line in enumerate(lines) if line.startswith("Traceback (most recent")), None)
+    # the innermost exception: the first line of the first traceback that is not indented
+    end = next((index for index in range(start + 1, len(lines)) if not lines[index].startswith(" ")), None) \
+        if start is not None else None
+    code = [line.strip() for line in lines[start + 1:end] if line.strip().strip("^~ ")] if end else []
+    if not code:  # no caret lines: they only underline the code line above
+        return f"DVC gave no reason (`dvc repro --single-item {name} -v` shows its traceback)"
+    exception, code_line = lines[end].strip(), code[-1]
+    where = code[-2] if len(code) >= 2 and code[-2].startswith("File ") else ""
+    meaning = next((text for check, text in _KNOWN_CHECKS.items() if check in code_line), "")
+    return (f"DVC refused it without a message: its check `{code_line}` failed ({exception}; {where})"
+            + (f": {meaning}" if meaning else ""))
+
+
 def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResult:
     """Reproduce one stage through DVC (skipped when its deps, params and code are unchanged)."""
     started = time.perf_counter()
@@ -131,6 +155,8 @@ def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResul
     seconds = time.perf_counter() - started
     if code != 0:
         error_type, message = _error(lines)
+        if not error_type and message.rstrip().endswith(":"):  # "failed to reproduce 'ingest': " and no more
+            message = f"{message.rstrip()} {_silent_refusal(root, name)}"
         failure = DataInvalid if error_type.endswith("ValidationFailed") else StageFailed
         raise failure(f"stage '{name}' failed: {message}", name, error_type)
     text = "\n".join(lines)
