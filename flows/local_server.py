@@ -143,6 +143,9 @@ def _tail(log: Path, lines: int = 15) -> str:
 
 def ensure(root: Path, timeout: float) -> tuple[LocalServer, bool]:
     """The project's server, started when it is not running; and whether this call started it."""
+    if not (root / ".dvc").is_dir():
+        raise ValueError(f"{root}: not an imgpipe project (no .dvc folder); run from the project folder or pass "
+                         "--repo")
     home(root).mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(home(root) / "server.lock"), timeout=timeout + 30):
         server = running(root)

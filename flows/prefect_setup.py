@@ -69,6 +69,8 @@ def use_project(root: Path | None, need_scheduler: bool = False) -> str | None:
     need_scheduler: a schedule will be served, so a temporary server will not do: start the project's server
     when no API is configured. Returns None when the command will use Prefect's temporary server.
     """
+    if root is not None and not (root / ".dvc").is_dir():
+        root = None  # not an imgpipe project (the command will say so): write nothing into it
     _set_environment(root)
     configured = _configured_api_url()
     if configured:

@@ -162,6 +162,7 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
     if not (nothing_ran and gate.is_current(paths)):  # something new to release: owe it before doing any of it
         journal.owe(root, ["promote", *(["push"] if push else [])])
     owed = [step for step in journal.owed(root) if push or step != "push"]
+    summary.recovered += [f"the {step} step" for step in interrupted if step in owed]
     summary.gate, already_judged = judge_candidate(root)
     if not owed:  # no data, code or params changed, nothing left unfinished: leave every output as it is
         summary.outcome = "Nothing to do"
