@@ -14,10 +14,15 @@ import signal
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, \
-    FlowRunFilterStateType
-from prefect.client.schemas.sorting import FlowRunSort
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runner import Runner
 from prefect.states import Cancelled
 
@@ -89,7 +94,7 @@ async def _serve(deployment, schedule: str, poll_seconds: float | None) -> None:
     await runner.astop()  # kills the run in flight and proposes Cancelled for it
     try:
         await asyncio.wait_for(serving, STOP_TIMEOUT_SECONDS)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         pass
     cancelled = await _cancel_unfinished(deployment_id, "imgpipe serve stopped while this run was in flight")
     if cancelled:

@@ -81,7 +81,10 @@ def use_project(root: Path | None, need_scheduler: bool = False) -> str | None:
     if server is None and need_scheduler:
         logger.info("starting the project's Prefect server (database %s)", local_server.home(root) / "prefect.db")
         server, _ = local_server.ensure(root, startup_timeout())
+        logger.info("the project's Prefect server (and its UI) is at %s; it keeps running after this command "
+                    "(`imgpipe server stop` stops it)", server.ui_url)
     if server is None:
         return None
+    logger.info("using the project's Prefect server at %s", server.ui_url)
     _use_api(server.api_url)
     return server.api_url

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-import keras
 import pandas as pd
 import pytest
 

@@ -226,9 +226,13 @@ def test_a_run_killed_while_releasing_is_finished_by_the_next_run(repo, prefect_
         killed = _imgpipe(repo, "run", **{VARIABLE: step})
         assert killed.returncode == -signal.SIGKILL, step + ":\n" + killed.stdout[-3000:] + killed.stderr[-3000:]
 
+    leftover = repo / "data/.processed.killed.partial"  # as a preprocess stage killed before its rename leaves it
+    leftover.mkdir()
+    (leftover / "shard-00000.tfrecord").write_bytes(b"half")
     finished = _imgpipe(repo, "run")
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert "finished what an interrupted run left" in finished.stdout and "pushed to remote:   yes" in finished.stdout
+    assert not leftover.exists() and f"removed {leftover}" in finished.stdout
     candidate = json.loads((repo / "data/models/candidate/model_card.json").read_text())["version"]
     assert _production_version(repo) == candidate != production_before
     history = [json.loads(line) for line in (repo / "data/models/registry/history.jsonl").read_text().splitlines()]

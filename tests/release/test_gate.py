@@ -5,13 +5,12 @@ import json
 import pandas as pd
 import pytest
 
-from tasks.train import model
-
 from tasks import model_folder
 from tasks.evaluate import stage as evaluate
 from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
 from tasks.release import gate, promote
+from tasks.train import model
 from tasks.train import stage as train
 
 

@@ -110,7 +110,7 @@ def _consistent(paths: Paths, expected: str) -> None:
 
 
 def test_rollback_killed_between_its_two_renames_is_finished_by_the_next_command(two_promoted):
-    paths, (first, second, _) = two_promoted
+    paths, (first, _, _) = two_promoted
     _killed(paths, "rollback", KILL_ON_RENAME_TO=".production.old")
     assert not paths.production.exists()  # the worst moment: the old folder moved away, the new one not in place
     assert promote.recover(paths)
@@ -133,7 +133,7 @@ def test_rollback_killed_after_its_history_write_is_finished_by_the_next_command
     ({"KILL_ON_RENAME_TO": ".production.old"}, True),            # production moved away, the new one not in place
 ])
 def test_a_killed_promotion_is_undone_or_finished_by_the_next_command(two_promoted, how, committed):
-    paths, (first, second, third) = two_promoted
+    paths, (_, second, third) = two_promoted
     _killed(paths, "promote", **how)
     promote.recover(paths)
     _consistent(paths, third if committed else second)
