@@ -109,4 +109,7 @@ def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: floa
     poll_seconds = None
     if interval_seconds is not None and "PREFECT_RUNNER_POLL_FREQUENCY" not in os.environ:
         poll_seconds = min(POLL_SECONDS, max(interval_seconds, 1.0))
-    asyncio.run(_serve(deployment, schedule, poll_seconds))
+    try:
+        asyncio.run(_serve(deployment, schedule, poll_seconds))
+    except KeyboardInterrupt:  # Ctrl-C while still starting, before a run could begin
+        logger.info("stopped before serving")

@@ -23,12 +23,18 @@ from pathlib import Path
 
 import filelock
 
+from tasks import atomic
+
 PREFERRED_PORT = 4200  # Prefect's usual port, when free; any free port otherwise
 STOP_WAIT_SECONDS = 20
 
 
 class ServerFailed(RuntimeError):
     """The local Prefect server did not start."""
+
+
+class ServerExited(ServerFailed):
+    """The local Prefect server exited while starting (most often: its port was taken meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -122,15 +128,14 @@ def _start(root: Path, timeout: float) -> LocalServer:
     deadline = time.monotonic() + timeout
     while not _healthy(server.api_url):
         if process.poll() is not None:
-            raise ServerFailed(f"the local Prefect server exited with code {process.returncode} while starting; "
+            raise ServerExited(f"the local Prefect server exited with code {process.returncode} while starting; "
                                f"its log is {log}:\n{_tail(log)}")
         if time.monotonic() > deadline:
             _terminate(process.pid)
             raise ServerFailed(f"the local Prefect server did not answer within {timeout:.0f} s (a busy machine? "
                                f"raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log is {log}")
         time.sleep(0.5)
-    _state_file(root).write_text(json.dumps({"pid": server.pid, "api_url": server.api_url, "log": str(log)}) + "\n",
-                                 encoding="utf-8")
+    atomic.write_json(_state_file(root), {"pid": server.pid, "api_url": server.api_url, "log": str(log)})
     return server
 
 
@@ -151,7 +156,10 @@ def ensure(root: Path, timeout: float) -> tuple[LocalServer, bool]:
         server = running(root)
         if server is not None:
             return server, False
-        return _start(root, timeout), True
+        try:
+            return _start(root, timeout), True
+        except ServerExited:  # most often its port, free a moment ago, was taken since: once more on another
+            return _start(root, timeout), True
 
 
 def _terminate(pid: int) -> None:
@@ -170,13 +178,24 @@ def _terminate(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _is_prefect_server(pid: int) -> bool:
+    """Whether process `pid` is a `prefect server start` (where /proc tells; elsewhere its answering says so)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"prefect" in command and b"server" in command
+
+
 def stop(root: Path) -> LocalServer | None:
-    """Stop the project's server; returns it, or None when none was running."""
+    """Stop the project's server (answering or hung); returns it, or None when none was running."""
     if not home(root).is_dir():
         return None
     with filelock.FileLock(str(home(root) / "server.lock"), timeout=STOP_WAIT_SECONDS + 30):
-        server = running(root)
-        if server is not None:
+        server = _read_state(root)
+        if server is not None and _alive(server.pid) and (_healthy(server.api_url) or _is_prefect_server(server.pid)):
             _terminate(server.pid)
+        else:
+            server = None
         _state_file(root).unlink(missing_ok=True)
     return server

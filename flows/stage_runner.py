@@ -135,11 +135,12 @@ def _silent_refusal(root: Path, name: str) -> str:
     """DVC's reason for refusing a stage when it gave none: from a dry run (which runs no command) with -v."""
     _, lines = _dvc(root, ["repro", "--single-item", name, "--dry", "-v"], lambda line: None, keep=400)
     start = next((index for index, line in enumerate(lines) if line.startswith("Traceback (most recent")), None)
-    # the innermost exception: the first line of the first traceback that is not indented
+    # the innermost exception is the first unindented line after the first traceback's start; above it, the code
+    # line that raised it (and Python's caret lines, which only underline that code, are left out)
     end = next((index for index in range(start + 1, len(lines)) if not lines[index].startswith(" ")), None) \
         if start is not None else None
     code = [line.strip() for line in lines[start + 1:end] if line.strip().strip("^~ ")] if end else []
-    if not code:  # no caret lines: they only underline the code line above
+    if not code:
         return f"DVC gave no reason (`dvc repro --single-item {name} -v` shows its traceback)"
     exception, code_line = lines[end].strip(), code[-1]
     where = code[-2] if len(code) >= 2 and code[-2].startswith("File ") else ""
