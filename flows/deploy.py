@@ -108,7 +108,7 @@ def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: floa
     # Prefect looks for due runs every 10 s (PREFECT_RUNNER_POLL_FREQUENCY): often enough, unless runs come faster
     poll_seconds = None
     if interval_seconds is not None and "PREFECT_RUNNER_POLL_FREQUENCY" not in os.environ:
-        poll_seconds = min(POLL_SECONDS, max(interval_seconds, 1.0))
+        poll_seconds = min(POLL_SECONDS, max(interval_seconds / 2, 1.0))
     try:
         asyncio.run(_serve(deployment, schedule, poll_seconds))
     except KeyboardInterrupt:  # Ctrl-C while still starting, before a run could begin

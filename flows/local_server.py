@@ -23,8 +23,6 @@ from pathlib import Path
 
 import filelock
 
-from tasks import atomic
-
 PREFERRED_PORT = 4200  # Prefect's usual port, when free; any free port otherwise
 STOP_WAIT_SECONDS = 20
 
@@ -94,6 +92,8 @@ def running(root: Path) -> LocalServer | None:
 def _free_port() -> int:
     for port in (PREFERRED_PORT, 0):
         with socket.socket() as probe:
+            # as the server itself will: a port left in TIME_WAIT by a server stopped a moment ago is free for it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -135,6 +135,8 @@ def _start(root: Path, timeout: float) -> LocalServer:
             raise ServerFailed(f"the local Prefect server did not answer within {timeout:.0f} s (a busy machine? "
                                f"raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log is {log}")
         time.sleep(0.5)
+    from tasks import atomic  # here: every imgpipe command imports this module, and tasks.atomic imports pandas
+
     atomic.write_json(_state_file(root), {"pid": server.pid, "api_url": server.api_url, "log": str(log)})
     return server
 

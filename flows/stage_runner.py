@@ -172,6 +172,12 @@ def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResul
     return StageResult(name, status, seconds)
 
 
+def up_to_date(root: Path) -> bool:
+    """Whether DVC finds every stage's deps, params, code and outputs unchanged: one `dvc status` for them all."""
+    code, _ = _dvc(root, ["status", "--quiet"], lambda line: None)
+    return code == 0
+
+
 def has_remote(root: Path) -> bool:
     code, lines = _dvc(root, ["remote", "list"], lambda line: None)
     return code == 0 and any(line.strip() for line in lines)

@@ -31,8 +31,11 @@ class TrainingSummary:
 
 
 @task(retries=0)
-def run_stage(root: Path, name: str) -> stage_runner.StageResult:
+def run_stage(root: Path, name: str, pipeline_unchanged: bool = False) -> stage_runner.StageResult:
     logger = get_run_logger()
+    if pipeline_unchanged:  # `dvc status` found nothing to do: no need to ask DVC stage by stage
+        logger.info("stage %s skipped: dvc status finds every stage up to date", name)
+        return stage_runner.StageResult(name, "skipped", 0.0)
     result = stage_runner.repro_stage(root, name, logger.info)
     logger.info("stage %s %s in %.1f s", name, result.status, result.seconds)
     return result
@@ -145,8 +148,9 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
     summary = TrainingSummary(repo=str(root))
     interrupted = journal.owed(root)
     summary.recovered = finish_interrupted(root)
+    pipeline_unchanged = stage_runner.up_to_date(root)  # one DVC call, not one per stage, for a run with nothing new
     for name in stage_runner.stage_names(root):
-        result = run_stage.with_options(name=name)(root, name)
+        result = run_stage.with_options(name=name)(root, name, pipeline_unchanged)
         summary.stages.append(asdict(result))
     summary.metrics = json.loads((paths.evaluation / "metrics.json").read_text(encoding="utf-8"))
     summary.outputs = {
