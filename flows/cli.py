@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,9 @@ def _run(arguments: argparse.Namespace) -> int:
 
 def _serve(arguments: argparse.Namespace) -> int:
     prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
+    # serve takes Ctrl-C in one thread of its own (flows/deploy.py), so SIGINT must be blocked in every other: block
+    # it now, while this is the only thread; the imports below start more, which inherit the block
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     from flows.deploy import serve_retraining
 
     serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval)

@@ -11,6 +11,7 @@ import datetime
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
@@ -67,6 +68,12 @@ async def _cancel_unfinished(deployment_id, reason: str) -> list[str]:
     return [run.name for run in runs]
 
 
+def _wait_for_ctrl_c(loop: asyncio.AbstractEventLoop, stop_requested: asyncio.Event) -> None:
+    """Tell the serving loop when SIGINT (Ctrl-C) comes; it is blocked in every thread, so it is taken here."""
+    signal.sigwait({signal.SIGINT})
+    loop.call_soon_threadsafe(stop_requested.set)
+
+
 async def _serve(deployment, schedule: str, poll_seconds: float | None) -> None:
     runner = Runner(pause_on_shutdown=True, query_seconds=poll_seconds)
     deployment_id = await runner.aadd_deployment(deployment)
@@ -81,8 +88,8 @@ async def _serve(deployment, schedule: str, poll_seconds: float | None) -> None:
     # runner.start() installs Prefect's own SIGTERM handler first thing, which cannot stop a running loop cleanly
     # (it leaves the run in flight shown as Running, and warns of a coroutine never awaited): ours replace it
     await asyncio.sleep(0)
-    for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, stop_requested.set)
+    loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
+    threading.Thread(target=_wait_for_ctrl_c, args=(loop, stop_requested), daemon=True).start()
     logger.info("serving the training flow of %s %s; Ctrl-C stops it", deployment.parameters["repo"], schedule)
     waiting = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -109,6 +116,11 @@ def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: floa
     poll_seconds = None
     if interval_seconds is not None and "PREFECT_RUNNER_POLL_FREQUENCY" not in os.environ:
         poll_seconds = min(POLL_SECONDS, max(interval_seconds / 2, 1.0))
+    # Ctrl-C goes to every process of the terminal's foreground group, the runs' processes too, which would die on
+    # their own (with a traceback, if still starting) instead of being cancelled: SIGINT is blocked before any of
+    # them starts, so that they inherit it blocked, and this process takes it in a thread of its own. (The command
+    # line blocks it earlier still, before imports start threads that would otherwise take it.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         asyncio.run(_serve(deployment, schedule, poll_seconds))
     except KeyboardInterrupt:  # Ctrl-C while still starting, before a run could begin

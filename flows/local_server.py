@@ -126,15 +126,18 @@ def _start(root: Path, timeout: float) -> LocalServer:
                                    stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     server = LocalServer(process.pid, f"http://127.0.0.1:{port}/api", log)
     deadline = time.monotonic() + timeout
-    while not _healthy(server.api_url):
-        if process.poll() is not None:
-            raise ServerExited(f"the local Prefect server exited with code {process.returncode} while starting; "
-                               f"its log is {log}:\n{_tail(log)}")
-        if time.monotonic() > deadline:
-            _terminate(process.pid)
-            raise ServerFailed(f"the local Prefect server did not answer within {timeout:.0f} s (a busy machine? "
-                               f"raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log is {log}")
-        time.sleep(0.5)
+    try:
+        while not _healthy(server.api_url):
+            if process.poll() is not None:
+                raise ServerExited(f"the local Prefect server exited with code {process.returncode} while starting; "
+                                   f"its log is {log}:\n{_tail(log)}")
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"the local Prefect server did not answer within {timeout:.0f} s (a busy machine? "
+                                   f"raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); its log is {log}")
+            time.sleep(0.5)
+    except BaseException:  # not started, or Ctrl-C: leave no server that nothing records
+        _terminate(process.pid)
+        raise
     from tasks import atomic  # here: every imgpipe command imports this module, and tasks.atomic imports pandas
 
     atomic.write_json(_state_file(root), {"pid": server.pid, "api_url": server.api_url, "log": str(log)})
