@@ -6,9 +6,13 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from flows import prefect_setup
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, and none wanted
@@ -24,6 +28,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         accuracy_low, accuracy_high = metrics.get("accuracy_ci", [float("nan")] * 2)
         lines += ["", f"  test accuracy  {metrics['accuracy']:.4f}  (95% interval {accuracy_low:.3f}-{accuracy_high:.3f})"
                       f"   macro-F1  {metrics['macro_f1']:.4f}   ({metrics['test_images']} test images)"]
+    if summary.get("recovered"):
+        lines += ["", "  finished what an interrupted run left:"] + [f"    {item}" for item in summary["recovered"]]
     if summary.get("gate"):
         lines += ["", f"  gate: {summary['gate']['decision']}  ->  {summary['outcome']}",
                   f"  {summary['gate']['sentence']}"]
@@ -38,6 +44,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    prefect_setup.use_project(Path(arguments.repo).resolve())
     from prefect.exceptions import FailedRun
 
     from flows.training import training
@@ -54,34 +61,76 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
+    prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
+    # serve takes Ctrl-C in one thread of its own (flows/deploy.py), so SIGINT must be blocked in every other: block
+    # it now, while this is the only thread; the imports below start more, which inherit the block
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     from flows.deploy import serve_retraining
 
     serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval)
     return 0
 
 
-def _promote(arguments: argparse.Namespace) -> int:
-    from flows import stage_runner
+def _server(arguments: argparse.Namespace) -> int:
+    from flows import local_server
+
+    root = Path(arguments.repo).resolve()
+    if arguments.action == "start":
+        prefect_setup.use_project(root)
+        server, started = local_server.ensure(root, prefect_setup.startup_timeout())
+        sys.stdout.write(f"{'started' if started else 'already running:'} {server.ui_url} (log {server.log})\n")
+    elif arguments.action == "stop":
+        server = local_server.stop(root)
+        sys.stdout.write(f"stopped the Prefect server at {server.ui_url}\n" if server else "no Prefect server of this "
+                         "project was running\n")
+    else:
+        server = local_server.running(root)
+        sys.stdout.write(f"running at {server.ui_url} (pid {server.pid}, database "
+                         f"{local_server.home(root) / 'prefect.db'}, log {server.log})\n" if server else
+                         "not running; `imgpipe serve` starts it, or `imgpipe server start`\n")
+    return 0
+
+
+def _change_production(repo: str, lock_timeout: float, change: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Run a promotion or rollback under the run lock, then version production and the registry with `dvc add`.
+
+    The `dvc add` is recorded as owed (flows/journal.py) before anything changes, so that a command killed
+    half-way is finished by the next run.
+    """
+    from flows import journal, run_lock, stage_runner
     from tasks.config import load_config
+
+    _, paths = load_config(Path(repo) / "params.yaml")
+    with run_lock.workspace_lock(paths.root, lock_timeout):
+        already_owed = "track" in journal.owed(paths.root)
+        journal.owe(paths.root, ["track"])
+        try:
+            event = change(paths)
+        except ValueError:
+            if not already_owed:
+                journal.done(paths.root, "track")
+            raise
+        stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
+        journal.done(paths.root, "track")
+    return event
+
+
+def _promote(arguments: argparse.Namespace) -> int:
     from tasks.release import promote
 
-    _, paths = load_config(Path(arguments.repo) / "params.yaml")
     if arguments.force and not arguments.reason:
         raise ValueError("--force needs --reason saying why the gate is overruled")
-    event = promote.promote(paths, reason=arguments.reason or "passed the gate", force=arguments.force)
-    stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
-    sys.stdout.write(f"promoted {event['version']} to {paths.production}\n")
+    event = _change_production(arguments.repo, arguments.lock_timeout, lambda paths: promote.promote(
+        paths, reason=arguments.reason or "passed the gate", force=arguments.force))
+    sys.stdout.write(f"promoted {event['version']} to production\n")
     return 0
 
 
 def _rollback(arguments: argparse.Namespace) -> int:
-    from flows import stage_runner
-    from tasks.config import load_config
     from tasks.release import promote
 
-    _, paths = load_config(Path(arguments.repo) / "params.yaml")
-    event = promote.rollback(paths, reason=arguments.reason)
-    stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
+    event = _change_production(arguments.repo, arguments.lock_timeout,
+                               lambda paths: promote.rollback(paths, reason=arguments.reason))
     sys.stdout.write(f"production is {event['restored']} again (withdrew {event['version']})\n")
     return 0
 
@@ -136,6 +185,7 @@ def format_predict_summary(summary: dict[str, Any]) -> str:
 
 def _predict(arguments: argparse.Namespace) -> int:
     if arguments.workers > 1 or arguments.scheduler:  # Prefect's Dask task runner shards the files
+        prefect_setup.use_project(prefect_setup.find_project(Path.cwd()))
         from flows.classify import classify_directory
 
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a line per worker event otherwise
@@ -190,15 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every this many seconds")
     serve.set_defaults(handler=_serve)
 
+    server = commands.add_parser("server", help="the project's own Prefect server, which serve starts: "
+                                                "status, start or stop")
+    server.add_argument("action", choices=["status", "start", "stop"])
+    server.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    server.set_defaults(handler=_server)
+
     promote = commands.add_parser("promote", help="make the candidate model the production model")
     promote.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     promote.add_argument("--force", action="store_true", help="promote even though the gate refused it")
     promote.add_argument("--reason", default="", help="why (required with --force); kept in the history")
+    promote.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                         help="wait this long for a run on the same repository to finish (default: do not wait)")
     promote.set_defaults(handler=_promote)
 
     rollback = commands.add_parser("rollback", help="restore the previous production model")
     rollback.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     rollback.add_argument("--reason", default="rolled back by hand", help="why; kept in the history")
+    rollback.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                          help="wait this long for a run on the same repository to finish (default: do not wait)")
     rollback.set_defaults(handler=_rollback)
 
     collect = commands.add_parser(

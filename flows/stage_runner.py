@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from tasks.release import kill_point
+
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
 _RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
 # TensorFlow's start-up chatter from absl, which TF_CPP_MIN_LOG_LEVEL cannot silence: kept out of the run's log
 _TENSORFLOW_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl|E\d{4} .*cuInit)")
+STOP_GRACE_SECONDS = 10  # an interrupted stage gets this long to stop after SIGTERM
 _DVC_NOISE = ("ERROR: failed to reproduce", "Having any troubles?", "ERROR: failed to run", "Traceback (most recent")
 
 
@@ -78,19 +82,41 @@ def _environment() -> dict[str, str]:
     return environment
 
 
-def _dvc(root: Path, arguments: list[str], log: Callable[[str], None]) -> tuple[int, list[str]]:
+def _dvc(root: Path, arguments: list[str], log: Callable[[str], None], keep: int = 60) -> tuple[int, list[str]]:
     """Run `dvc ARGUMENTS` in root, passing each output line to `log`; return the exit code and the last lines."""
     command = [sys.executable, "-m", "dvc", *arguments]
-    last_lines: collections.deque[str] = collections.deque(maxlen=60)
-    with subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace") as process:
-        assert process.stdout is not None
+    last_lines: collections.deque[str] = collections.deque(maxlen=keep)
+    # its own process group, so that an interrupted run stops DVC and the stage it runs, not only itself
+    process = subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    assert process.stdout is not None
+    kill_point.reached(f"dvc {arguments[0]}", process.pid)
+    try:
         for line in process.stdout:
             line = line.rstrip()
             if line and not _TENSORFLOW_NOISE.match(line):
                 last_lines.append(line)
                 log(line)
+        process.wait()
+    except BaseException:  # Ctrl-C, a cancelled run, a stop signal: leave no stage running on its own
+        _stop_group(process)
+        raise
+    finally:
+        process.stdout.close()
     return process.returncode, list(last_lines)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group of `process` (DVC and the stage it runs), then SIGKILL to what is left."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signal_number)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 _EXCEPTION_LINE = re.compile(r"^(?P<type>[\w.]*(Error|Exception|Failed|Interrupt|Refused|Busy)\w*): ")
@@ -110,6 +136,31 @@ def _error_message(lines: list[str]) -> str:
     return _error(lines)[1]
 
 
+# DVC's internal checks that fail without a message, and what they mean for an imgpipe project
+_KNOWN_CHECKS = {
+    "self.is_in_repo": "an output of the stage is not a path inside the project, or is the project folder itself; "
+                       "check the paths section of params.yaml",
+}
+
+
+def _silent_refusal(root: Path, name: str) -> str:
+    """DVC's reason for refusing a stage when it gave none: from a dry run (which runs no command) with -v."""
+    _, lines = _dvc(root, ["repro", "--single-item", name, "--dry", "-v"], lambda line: None, keep=400)
+    start = next((index for index, line in enumerate(lines) if line.startswith("Traceback (most recent")), None)
+    # the innermost exception is the first unindented line after the first traceback's start; above it, the code
+    # line that raised it (and Python's caret lines, which only underline that code, are left out)
+    end = next((index for index in range(start + 1, len(lines)) if not lines[index].startswith(" ")), None) \
+        if start is not None else None
+    code = [line.strip() for line in lines[start + 1:end] if line.strip().strip("^~ ")] if end else []
+    if not code:
+        return f"DVC gave no reason (`dvc repro --single-item {name} -v` shows its traceback)"
+    exception, code_line = lines[end].strip(), code[-1]
+    where = code[-2] if len(code) >= 2 and code[-2].startswith("File ") else ""
+    meaning = next((text for check, text in _KNOWN_CHECKS.items() if check in code_line), "")
+    return (f"DVC refused it without a message: its check `{code_line}` failed ({exception}; {where})"
+            + (f": {meaning}" if meaning else ""))
+
+
 def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResult:
     """Reproduce one stage through DVC (skipped when its deps, params and code are unchanged)."""
     started = time.perf_counter()
@@ -118,6 +169,8 @@ def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResul
     seconds = time.perf_counter() - started
     if code != 0:
         error_type, message = _error(lines)
+        if not error_type and message.rstrip().endswith(":"):  # "failed to reproduce 'ingest': " and no more
+            message = f"{message.rstrip()} {_silent_refusal(root, name)}"
         failure = DataInvalid if error_type.endswith("ValidationFailed") else StageFailed
         raise failure(f"stage '{name}' failed: {message}", name, error_type)
     text = "\n".join(lines)
@@ -130,6 +183,12 @@ def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResul
     else:
         status = "ran"
     return StageResult(name, status, seconds)
+
+
+def up_to_date(root: Path) -> bool:
+    """Whether DVC finds every stage's deps, params, code and outputs unchanged: one `dvc status` for them all."""
+    code, _ = _dvc(root, ["status", "--quiet"], lambda line: None)
+    return code == 0
 
 
 def has_remote(root: Path) -> bool:

@@ -12,10 +12,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows import notify, run_lock, stage_runner
-from tasks.release import gate, promote, report
+from flows import journal, notify, run_lock, stage_runner
 from tasks import model_folder
 from tasks.config import load_config
+from tasks.release import gate, kill_point, leftovers, promote, report
 
 
 @dataclass
@@ -27,11 +27,15 @@ class TrainingSummary:
     outcome: str = ""  # Promoted, Refused or Unchanged
     outputs: dict[str, str] = field(default_factory=dict)
     pushed: bool = False
+    recovered: list[str] = field(default_factory=list)  # what a killed run had left, cleared or finished
 
 
 @task(retries=0)
-def run_stage(root: Path, name: str) -> stage_runner.StageResult:
+def run_stage(root: Path, name: str, pipeline_unchanged: bool = False) -> stage_runner.StageResult:
     logger = get_run_logger()
+    if pipeline_unchanged:  # `dvc status` found nothing to do: no need to ask DVC stage by stage
+        logger.info("stage %s skipped: dvc status finds every stage up to date", name)
+        return stage_runner.StageResult(name, "skipped", 0.0)
     result = stage_runner.repro_stage(root, name, logger.info)
     logger.info("stage %s %s in %.1f s", name, result.status, result.seconds)
     return result
@@ -47,6 +51,14 @@ def judge_candidate(root: Path) -> tuple[dict[str, Any], bool]:
     return gate.run(config.evaluate.gate, config.base.seed, config.ingest.max_pixels, paths), False
 
 
+@task(name="recover")
+def finish_interrupted(root: Path) -> list[str]:
+    """Clear what a killed run left: half-built output folders; an interrupted promotion or rollback is finished."""
+    _, paths = load_config(root / "params.yaml")
+    removed = leftovers.remove([paths.demo, paths.raw, paths.processed, paths.validation, paths.candidate])
+    return [f"removed {folder}" for folder in removed] + promote.recover(paths)
+
+
 @task(name="promote")
 def promote_candidate(root: Path) -> str | None:
     """Promote the candidate; return why not when an earlier rollback withdrew this very model."""
@@ -56,8 +68,15 @@ def promote_candidate(root: Path) -> str | None:
     except promote.PromotionRefused as refusal:
         get_run_logger().warning("%s", refusal)
         return str(refusal)
-    stage_runner.track(root, [paths.production, paths.registry], get_run_logger().info)
     return None
+
+
+@task(name="track")
+def track_models(root: Path) -> None:
+    """Version the production model and the registry with `dvc add` (commit the .dvc files)."""
+    _, paths = load_config(root / "params.yaml")
+    stage_runner.track(root, [folder for folder in (paths.production, paths.registry) if folder.exists()],
+                       get_run_logger().info)
 
 
 @task(name="report")
@@ -104,12 +123,34 @@ def _publish(metrics: dict[str, Any], validation_summary: Path) -> None:
                                  markdown="```\n" + validation_summary.read_text(encoding="utf-8") + "\n```")
 
 
+def _release(root: Path, summary: TrainingSummary, already_judged: bool, interrupted: list[str]) -> str:
+    """The promotion step: promote a candidate that passed and is not production yet; the run's outcome."""
+    fresh = not already_judged or "promote" in interrupted  # a decision no earlier run finished acting on
+    if summary.gate["decision"] != "pass":
+        return "Refused" if fresh else "Unchanged"
+    if summary.gate.get("promoted"):  # already production (a killed run's promotion, finished by recovery)
+        return "Promoted" if fresh else "Unchanged"
+    journal.owe(root, ["track"])  # before production or the registry change
+    refusal = promote_candidate(root)
+    if refusal:
+        summary.gate["sentence"] = refusal
+        return "Refused"
+    return "Promoted"
+
+
 def _retrain(root: Path, push: bool) -> TrainingSummary:
-    """The stages through DVC, then gate, promotion, report and push: the body of the training flow."""
+    """The stages through DVC, then gate, promotion, tracking, report and push: the body of the training flow.
+
+    What follows the stages is recorded in the journal (flows/journal.py) before it starts, so that a run killed
+    at any point is finished by the next one.
+    """
     _, paths = load_config(root / "params.yaml")
     summary = TrainingSummary(repo=str(root))
+    interrupted = journal.owed(root)
+    summary.recovered = finish_interrupted(root)
+    pipeline_unchanged = stage_runner.up_to_date(root)  # one DVC call, not one per stage, for a run with nothing new
     for name in stage_runner.stage_names(root):
-        result = run_stage.with_options(name=name)(root, name)
+        result = run_stage.with_options(name=name)(root, name, pipeline_unchanged)
         summary.stages.append(asdict(result))
     summary.metrics = json.loads((paths.evaluation / "metrics.json").read_text(encoding="utf-8"))
     summary.outputs = {
@@ -121,30 +162,39 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
         "validation report": str(paths.validation / "data_docs" / "index.html"),
         "quarantine list": str(paths.quarantine),
     }
+    nothing_ran = all(stage["status"] in ("skipped", "unchanged") for stage in summary.stages)
+    if not (nothing_ran and gate.is_current(paths)):  # something new to release: owe it before doing any of it
+        journal.owe(root, ["promote", *(["push"] if push else [])])
+    owed = [step for step in journal.owed(root) if push or step != "push"]
+    summary.recovered += [f"the {step} step" for step in interrupted if step in owed]
     summary.gate, already_judged = judge_candidate(root)
-    if already_judged:
-        nothing_ran = all(stage["status"] in ("skipped", "unchanged") for stage in summary.stages)
-        summary.outcome = "Nothing to do" if nothing_ran else "Unchanged"
-        if nothing_ran:  # no data, code or params changed: leave every output as it is
-            return summary
-    elif summary.gate["decision"] == "pass":
-        refusal = promote_candidate(root)
-        summary.outcome = "Refused" if refusal else "Promoted"
-        if refusal:
-            summary.gate["sentence"] = refusal
-    else:
-        summary.outcome = "Refused"
+    if not owed:  # no data, code or params changed, nothing left unfinished: leave every output as it is
+        summary.outcome = "Nothing to do"
+        return summary
+    kill_point.reached("release:judged")
+    summary.outcome = "Unchanged"
+    if "promote" in owed:
+        summary.outcome = _release(root, summary, already_judged, interrupted)
+        journal.done(root, "promote")
+    if "track" in journal.owed(root):
+        track_models(root)
+        journal.done(root, "track")
     _publish(summary.metrics, paths.validation / "summary.txt")
     write_report(root)
-    if push:
+    if "push" in owed:
         summary.pushed = push_outputs(root)
+        journal.done(root, "push")
     return summary
 
 
 def _change_line(summary: TrainingSummary) -> str:
     candidate = summary.gate.get("candidate", {}).get("metrics", {})
-    champion = (summary.gate.get("champion") or {}).get("metrics", {})
+    champion = (summary.gate.get("champion") or {}).get("metrics") or {}
     metric = summary.gate.get("headline_metric", "macro_f1")
+    label_sets = summary.gate.get("label_sets") or {}
+    if label_sets and not label_sets["same"]:
+        return (f"label set changed ({len(label_sets['production'])} labels in production, "
+                f"{len(label_sets['candidate'])} in the candidate); {metric} of the candidate {candidate[metric]:.4f}")
     if champion:
         return f"{metric}: production {champion[metric]:.4f} -> candidate {candidate[metric]:.4f}"
     return f"{metric}: candidate {candidate.get(metric, float('nan')):.4f} (no production model before)"

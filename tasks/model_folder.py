@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,11 +147,65 @@ def read_info(folder: Path) -> ModelInfo:
     return ModelInfo(folder, tuple(labels), image_size, resize, version_of(folder))
 
 
+ARCHIVE_MEMBERS = ("config.json", "model.weights.h5")  # what every .keras zip archive holds
+
+
+def _check_archive(model_file: Path) -> dict[str, Any]:
+    """The model's config from its .keras archive; a ValueError saying the file is damaged when it is not whole."""
+    damaged = (f"{model_file}: damaged, {{}}; a .keras model is a zip archive of {', '.join(ARCHIVE_MEMBERS)} and "
+               "metadata.json, and this one may have been cut short by a full disk or an interrupted copy. Retrain "
+               "it (`dvc repro train`) or restore it (`dvc checkout`, `dvc pull`)")
+    size = model_file.stat().st_size
+    if size == 0:
+        raise ValueError(damaged.format("empty (0 bytes)"))
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            missing = [name for name in ARCHIVE_MEMBERS if name not in archive.namelist()]
+            if missing:
+                raise ValueError(damaged.format(f"{', '.join(missing)} missing from the archive"))
+            corrupt = archive.testzip()
+            if corrupt is not None:
+                raise ValueError(damaged.format(f"{corrupt} in the archive fails its checksum"))
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, EOFError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(damaged.format(f"not a readable zip archive of {size:,} bytes ({error})")) from None
+    return config if isinstance(config, dict) else {}
+
+
+def _unsafe_parts(config: Any) -> list[str]:
+    """What in a saved model's config safe mode refuses to load: Lambda layers and classes Keras does not define."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        name = (config.get("config") or {}).get("name") if isinstance(config.get("config"), dict) else None
+        if config.get("class_name") == "Lambda":
+            found.append(f"a Lambda layer{f' ({name!r})' if name else ''}, which holds Python code")
+        elif "registered_name" in config and "module" in config and \
+                not str(config["module"] or "").startswith(("keras", "builtins")):
+            found.append(f"the class {config.get('registered_name') or config.get('class_name')!r}, which Keras "
+                         "does not define (custom code)")
+        for value in config.values():
+            found += _unsafe_parts(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += _unsafe_parts(value)
+    return list(dict.fromkeys(found))
+
+
 @functools.lru_cache(maxsize=4)
 def _load(model_file: Path, version: str) -> keras.Model:
     import keras
 
-    return keras.saving.load_model(model_file, safe_mode=True, compile=False)
+    config = _check_archive(model_file)
+    try:
+        return keras.saving.load_model(model_file, safe_mode=True, compile=False)
+    except (TypeError, ValueError) as error:
+        unsafe = _unsafe_parts(config)
+        if unsafe:
+            raise ValueError(f"{model_file}: refused by Keras safe mode, which imgpipe always loads models in so that "
+                             f"a model file cannot run code: it contains {'; '.join(unsafe)}. Use a model built from "
+                             "Keras layers and keras.ops only, as the train stage builds them") from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{model_file}: Keras cannot load it in safe mode: {first_line}") from None
 
 
 def load(folder: Path) -> keras.Model:

@@ -2,8 +2,10 @@
 
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
 
-import keras
 import pandas as pd
 import pytest
 
@@ -55,12 +57,49 @@ def test_an_incomplete_or_damaged_folder_is_a_clear_error(saved, tmp_path):
         model_folder.read_labels(broken)
 
 
-def test_a_model_with_arbitrary_code_is_refused_in_safe_mode(tmp_path):
-    inputs = keras.Input((2,))
-    outputs = keras.layers.Lambda(lambda values: values * 2)(inputs)
-    folder = tmp_path / "unsafe"
+UNSAFE_MODELS = {  # saved in a child process, so that no custom class is registered in the one that loads them
+    "lambda": "inputs = keras.Input((2,)); outputs = keras.layers.Lambda(lambda values: values * 2)(inputs)",
+    "named function": "def double(values):\n    return values * 2\n"
+                      "inputs = keras.Input((2,)); outputs = keras.layers.Lambda(double)(inputs)",
+    "unknown class": "@keras.saving.register_keras_serializable(package='mine')\n"
+                     "class Doubler(keras.layers.Layer):\n    def call(self, values):\n        return values * 2\n"
+                     "inputs = keras.Input((2,)); outputs = Doubler()(inputs)",
+}
+
+
+def _unsafe_model(folder, kind: str):
     folder.mkdir()
-    keras.Model(inputs, outputs).save(folder / model_folder.MODEL_FILE)
+    script = f"import keras\n{UNSAFE_MODELS[kind]}\nkeras.Model(inputs, outputs).save({str(folder / 'model.keras')!r})"
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=300)
     (folder / model_folder.LABELS_FILE).write_text(json.dumps(["a", "b"]))
-    with pytest.raises(ValueError, match="[Ss]afe"):
+    return folder
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("lambda", "a Lambda layer ('lambda'), which holds Python code"),
+    ("named function", "a Lambda layer ('lambda"),
+    ("unknown class", "the class 'mine>Doubler', which Keras does not define"),
+])
+def test_a_model_with_arbitrary_code_is_refused_in_safe_mode_with_the_reason(tmp_path, kind, reason):
+    folder = _unsafe_model(tmp_path / "unsafe", kind)
+    with pytest.raises(ValueError, match="refused by Keras safe mode") as refused:
         model_folder.load(folder)
+    assert reason in str(refused.value) and str(folder / "model.keras") in str(refused.value)
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda data: b"", "damaged, empty (0 bytes)"),
+    (lambda data: data[: len(data) // 2], "damaged, not a readable zip archive"),
+    (lambda data: data[:-100], "damaged, not a readable zip archive"),
+])
+def test_a_truncated_or_empty_model_file_is_called_damaged(saved, tmp_path, damage, reason):
+    source, _ = saved
+    folder = tmp_path / "damaged"
+    shutil.copytree(source, folder)
+    model_file = folder / model_folder.MODEL_FILE
+    model_file.write_bytes(damage(model_file.read_bytes()))
+    with pytest.raises(ValueError, match="damaged") as damaged:
+        model_folder.load(folder)
+    message = str(damaged.value)
+    assert reason in message and str(model_file) in message and "File not found" not in message
+    assert "dvc repro train" in message

@@ -139,19 +139,43 @@ def _check(name: str, passed: bool, value: float | None, threshold: float | None
     return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
 
 
+def compare_label_sets(candidate_labels: list[str], champion_labels: list[str]) -> dict[str, Any]:
+    """Both label sets, and what the candidate added or removed: models of different label sets do different tasks."""
+    added = sorted(set(candidate_labels) - set(champion_labels))
+    removed = sorted(set(champion_labels) - set(candidate_labels))
+    return {"candidate": list(candidate_labels), "production": list(champion_labels), "same": not added and not removed,
+            "added": added, "removed": removed}
+
+
+def _label_names(labels: list[str], most: int = 12) -> str:
+    shown = ", ".join(repr(label) for label in labels[:most])
+    return shown + (f" and {len(labels) - most} more" if len(labels) > most else "")
+
+
+def label_set_check(label_sets: dict[str, Any]) -> dict[str, Any]:
+    changes = [f"{what} {_label_names(label_sets[key])}" for key, what in (("added", "adds"), ("removed", "drops"))
+               if label_sets[key]]
+    detail = (f"production knows {len(label_sets['production'])} labels, the candidate "
+              f"{len(label_sets['candidate'])}" + (f"; the candidate {' and '.join(changes)}" if changes else ""))
+    return _check("same label set as production", label_sets["same"], None, None, detail)
+
+
 def compare_with_champion(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
                           champion_dir: Path, stored: list[stored_images.Job], raw: Path, max_pixels: int
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Non-inferiority of the headline metric (paired bootstrap) and per-class recall, on the same test images."""
+    """Non-inferiority of the headline metric (paired bootstrap) and per-class recall, on the same test images.
+
+    Only for a champion with the candidate's label set (in any order): scores of different tasks do not compare.
+    """
     champion_labels = model_folder.read_labels(champion_dir)
+    if set(champion_labels) != set(labels):
+        raise ValueError(f"{champion_dir}: its label set differs from the candidate's; compare label sets first")
     probabilities = predict_stored(champion_dir, stored, raw, max_pixels)
     index_of = {label: index for index, label in enumerate(labels)}
-    # a class the champion never knew counts as a wrong answer for it
-    champion_index = np.array([index_of.get(champion_labels[i], -1) for i in probabilities.argmax(axis=1)])
+    champion_index = np.array([index_of[champion_labels[i]] for i in probabilities.argmax(axis=1)], dtype=int)
     true_index = table["actual"].map(index_of).to_numpy()
     candidate_index = table["predicted"].map(index_of).to_numpy()
-    champion_scored = np.where(champion_index < 0, (true_index + 1) % max(len(labels), 2), champion_index)
-    difference, interval = metric_functions.paired_difference(true_index, candidate_index, champion_scored,
+    difference, interval = metric_functions.paired_difference(true_index, candidate_index, champion_index,
                                                               len(labels), params.metric, seed)
     checks = [_check(
         f"{params.metric} not worse than production", interval[0] >= -params.tolerance, difference, -params.tolerance,
@@ -163,14 +187,14 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
         if not actual.any():
             continue
         candidate_recall = float((candidate_index[actual] == index_of[label]).mean())
-        champion_recall = float((champion_scored[actual] == index_of[label]).mean())
+        champion_recall = float((champion_index[actual] == index_of[label]).mean())
         drop = champion_recall - candidate_recall
         checks.append(_check(
             f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
             f"recall {champion_recall:.3f} -> {candidate_recall:.3f} (drop {drop:+.3f}, at most "
             f"{params.max_recall_drop} allowed)",
         ))
-    champion_metrics = metric_functions.compute_metrics(true_index, np.eye(max(len(labels), 1))[champion_scored],
+    champion_metrics = metric_functions.compute_metrics(true_index, np.eye(max(len(labels), 1))[champion_index],
                                                         labels, len(labels), seed)
     summary = {"version": model_folder.version_of(champion_dir),
                "metrics": {key: champion_metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1")},
@@ -206,18 +230,33 @@ def split_notes(folder: Path, metrics: dict[str, Any], metric: str) -> list[str]
     return notes
 
 
-def _sentence(passed: bool, champion: dict[str, Any] | None, checks: list[dict[str, Any]]) -> str:
+def _sentence(passed: bool, champion: dict[str, Any] | None, checks: list[dict[str, Any]],
+              label_sets: dict[str, Any] | None) -> str:
     failed = [check for check in checks if not check["passed"]]
-    against = "the production model" if champion else "the minimum scores (no production model yet)"
+    against = "the minimum scores and the production model" if champion else \
+        "the minimum scores (no production model yet)"
     if passed:
         return f"The candidate passed all {len(checks)} checks against {against} and may be promoted."
+    if label_sets is not None and not label_sets["same"]:
+        others = [check for check in failed if check["name"] != "same label set as production"]
+        also = f" It also failed: {'; '.join(check['name'] + ': ' + check['detail'] for check in others)}." \
+            if others else ""
+        return (f"The candidate was refused: its label set differs from the production model's "
+                f"({label_set_check(label_sets)['detail']}), so the two models do different tasks and their scores "
+                f"cannot be compared.{also} Production is unchanged. If the new label set is intended, accept it "
+                f"with `imgpipe promote --force --reason \"...\"`.")
     reasons = "; ".join(f"{check['name']}: {check['detail']}" for check in failed[:3])
     more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
     return f"The candidate was refused against {against}: {reasons}{more}. Production is unchanged."
 
 
 def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[str, Any]:
-    """Decide whether the candidate may replace production; write gate.json whatever the decision."""
+    """Decide whether the candidate may replace production; write gate.json whatever the decision.
+
+    Every candidate must reach the floors (min_accuracy, min_macro_f1). With a production model, the label sets
+    come first: a candidate of another label set is refused (a person may accept it with a forced promotion);
+    with the same label set it must also be no worse than production on the same test images.
+    """
     metrics = _read_json(paths.evaluation / "metrics.json")
     labels = model_folder.read_labels(paths.candidate)
     table = pd.read_csv(paths.evaluation / "test_predictions.csv", keep_default_na=False,
@@ -225,18 +264,22 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     stored = stored_images.jobs_for(paths.manifest, table["path"].tolist())  # the test images, from the raw store
     parity, exports = export_check(params, paths.candidate, stored, paths.raw, max_pixels)
     checks = [parity]
-    champion = None
+    checks += floor_checks(params, metrics)
+    champion, label_sets = None, None
     if model_folder.exists(paths.production):
-        champion_checks, champion = compare_with_champion(params, seed, labels, table, paths.production, stored,
-                                                          paths.raw, max_pixels)
-        checks += champion_checks
-    else:
-        checks += floor_checks(params, metrics)
+        label_sets = compare_label_sets(labels, model_folder.read_labels(paths.production))
+        checks.append(label_set_check(label_sets))
+        if label_sets["same"]:
+            champion_checks, champion = compare_with_champion(params, seed, labels, table, paths.production, stored,
+                                                              paths.raw, max_pixels)
+            checks += champion_checks
+        else:  # no scores: the production model cannot be scored on classes it never knew
+            champion = {"version": model_folder.version_of(paths.production), "metrics": None, "difference": None}
     passed = all(check["passed"] for check in checks)
     notes = split_notes(paths.candidate, metrics, params.metric)
     gate = {
         "decision": "pass" if passed else "fail",
-        "sentence": _sentence(passed, champion, checks) + "".join(f" Note: {note}." for note in notes),
+        "sentence": _sentence(passed, champion, checks, label_sets) + "".join(f" Note: {note}." for note in notes),
         "notes": notes,
         "headline_metric": params.metric,
         "tolerance": params.tolerance,
@@ -244,6 +287,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
                       "metrics": {key: metrics.get(key) for key in
                                   ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "ece")}},
         "champion": champion,
+        "label_sets": label_sets,
         "checks": checks,
         "exports": exports,
         "promoted": False,

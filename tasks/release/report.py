@@ -211,6 +211,20 @@ def _figures_section(paths: Paths) -> str:
     return f"<section id=\"figures\"><h2>Figures</h2>{''.join(parts)}</section>"
 
 
+def _label_sets_part(label_sets: dict[str, Any] | None) -> str:
+    """Both label sets side by side, when the candidate's differs from production's; nothing otherwise."""
+    if not label_sets or label_sets.get("same", True):
+        return ""
+    rows = [("production labels", f"{len(label_sets.get('production') or [])}: "
+                                  + ", ".join(label_sets.get("production") or [])),
+            ("candidate labels", f"{len(label_sets.get('candidate') or [])}: "
+                                 + ", ".join(label_sets.get("candidate") or [])),
+            ("added by the candidate", ", ".join(label_sets.get("added") or []) or "none"),
+            ("dropped by the candidate", ", ".join(label_sets.get("removed") or []) or "none")]
+    return ("<h3>The label sets differ</h3><p class=\"note\">The candidate and the production model know different "
+            "classes, so their scores are not compared.</p>" + _pairs(rows))
+
+
 def _gate_section(gate: dict[str, Any] | None) -> str:
     if gate is None:
         return f"<section id=\"gate\"><h2>Gate</h2>{_missing('No gate decision (gate.json) yet.')}</section>"
@@ -222,6 +236,7 @@ def _gate_section(gate: dict[str, Any] | None) -> str:
                    ("candidate model version", str(candidate.get("version", "—"))),
                    ("champion model version", str(champion.get("version", "none: no production model yet"))),
                    ("decided at", str(gate.get("created_at", "—")))])
+    body += _label_sets_part(gate.get("label_sets"))
     checks = [[str(check.get("name", "")), "passed" if check.get("passed") else "FAILED", _number(check.get("value")),
                _number(check.get("threshold")), str(check.get("detail", ""))] for check in gate.get("checks") or []]
     body += "<h3>Checks</h3>" + (_table(["check", "result", "value", "threshold", "detail"], checks, numeric_from=2)
@@ -267,6 +282,10 @@ def markdown_summary(paths: Paths) -> str:
         promoted = "promoted" if gate.get("promoted") else "not promoted"
         decision = str(gate.get("decision", "?")).upper()
         lines = [f"## Gate: {decision} ({promoted})", "", str(gate.get("sentence", "")), ""]
+        label_sets = gate.get("label_sets") or {}
+        if label_sets and not label_sets.get("same", True):
+            lines += [f"Production labels: {_markdown_cell(', '.join(label_sets['production']))}  ",
+                      f"Candidate labels: {_markdown_cell(', '.join(label_sets['candidate']))}", ""]
     if metrics is None:
         return "\n".join(lines + ["No test metrics yet."]) + "\n"
     lines += ["| metric | value | interval |", "|---|---:|---|"]

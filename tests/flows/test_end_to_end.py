@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -205,6 +206,59 @@ def test_two_runs_at_once_never_share_the_workspace(repo, prefect_server):
     assert status.stdout.split() == ["ingest:", "always", "changed"], status.stdout + status.stderr
 
 
+def _imgpipe(repo: Path, *arguments: str, environment: dict[str, str] | None = None,
+             **variables: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "imgpipe"), *arguments, "--repo", str(repo)]
+    return subprocess.run(command, env=dict(environment or _environment_for(repo), **variables), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _production_version(repo: Path) -> str:
+    return json.loads((repo / "data/models/production/version.json").read_text())["version"]
+
+
+def test_a_run_killed_while_releasing_is_finished_by_the_next_run(repo, prefect_server):
+    from flows import journal
+    from tasks.release.kill_point import VARIABLE
+
+    # a new candidate, and a gate it passes whatever its scores
+    _set_params(repo, {"train.epochs": 5, "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_recall_drop": 1.0})
+    production_before = _production_version(repo)
+    killed = _imgpipe(repo, "run", **{VARIABLE: "release:judged"})  # the gate said pass; nothing promoted yet
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    gate = json.loads((repo / "data/reports/evaluation/gate.json").read_text())
+    assert gate["decision"] == "pass" and not gate["promoted"] and _production_version(repo) == production_before
+    assert journal.owed(repo) == ["promote", "push"]
+    # killed again: after the promotion was recorded, during `dvc add` of production, during `dvc push`
+    for step in ("promote:committed", "dvc add", "dvc push"):
+        killed = _imgpipe(repo, "run", **{VARIABLE: step})
+        assert killed.returncode == -signal.SIGKILL, step + ":\n" + killed.stdout[-3000:] + killed.stderr[-3000:]
+
+    leftover = repo / "data/.processed.killed.partial"  # as a preprocess stage killed before its rename leaves it
+    leftover.mkdir()
+    (leftover / "shard-00000.tfrecord").write_bytes(b"half")
+    finished = _imgpipe(repo, "run")
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "finished what an interrupted run left" in finished.stdout and "pushed to remote:   yes" in finished.stdout
+    assert not leftover.exists() and f"removed {leftover}" in finished.stdout
+    candidate = json.loads((repo / "data/models/candidate/model_card.json").read_text())["version"]
+    assert _production_version(repo) == candidate != production_before
+    history = [json.loads(line) for line in (repo / "data/models/registry/history.jsonl").read_text().splitlines()]
+    assert history[-1]["action"] == "promote" and history[-1]["version"] == candidate
+    assert not journal.journal_file(repo).exists()
+    dvc = [sys.executable, "-m", "dvc"]
+    tracked = subprocess.run([*dvc, "status", "data/models/production.dvc", "data/models/registry.dvc"], cwd=repo,
+                             capture_output=True, text=True)
+    assert "up to date" in tracked.stdout, tracked.stdout + tracked.stderr  # the .dvc files match the folders
+    remote = subprocess.run([*dvc, "status", "--cloud"], cwd=repo, capture_output=True, text=True)
+    assert "in sync" in remote.stdout, remote.stdout + remote.stderr  # nothing left to push
+    assert [item.name for item in (repo / "data/models").iterdir() if item.name.endswith((".partial", ".old"))] == []
+
+    from flows.training import training
+
+    assert training(repo=str(repo), return_state=True).name == "Nothing to do"  # nothing is owed any more
+
+
 def _stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -246,6 +300,45 @@ def real_prefect_server(tmp_path):
     _stop(server)
 
 
+def _scheduled_runs(api_url: str, states: list[str]) -> list[dict]:
+    """The deployment's flow runs in these state types, latest first."""
+    request = urllib.request.Request(
+        f"{api_url}/flow_runs/filter", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"limit": 20, "sort": "START_TIME_DESC",
+                         "flow_runs": {"state": {"type": {"any_": states}}}}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return [run for run in json.loads(response.read()) if run["deployment_id"]]
+
+
+_FINISHED = ["COMPLETED", "FAILED", "CRASHED"]  # overlapping runs are CANCELLED
+_UNFINISHED = ["RUNNING", "PENDING", "CANCELLING"]
+
+
+def _wait_for(condition, seconds: float, serving: subprocess.Popen, log_file: Path):
+    """Poll `condition` every second until it returns something true, serve exits, or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert serving.poll() is None, "serve exited:\n" + log_file.read_text()[-3000:]
+        found = condition()
+        if found:
+            return found
+        time.sleep(1)
+    return None
+
+
+def _interrupt_a_run_and_check(serving: subprocess.Popen, log_file: Path, api_url: str, stop) -> None:
+    """Stop serve while a scheduled run is in flight; then serve has exited cleanly and no run is left Running."""
+    assert _wait_for(lambda: _scheduled_runs(api_url, ["RUNNING"]), 60, serving, log_file), \
+        "no scheduled run started:\n" + log_file.read_text()[-3000:]
+    time.sleep(2)  # into its stages
+    stop()
+    assert serving.wait(timeout=120) == 0, log_file.read_text()[-3000:]
+    output = log_file.read_text()
+    assert "RuntimeWarning" not in output and "Traceback" not in output, output[-3000:]
+    assert _scheduled_runs(api_url, _UNFINISHED) == [], "a run is left shown as unfinished:\n" + output[-3000:]
+    assert _scheduled_runs(api_url, ["CANCELLED"]), output[-3000:]
+
+
 def test_a_served_schedule_triggers_a_real_run(repo, real_prefect_server, tmp_path):
     environment = dict(_environment_for(repo), PREFECT_API_URL=real_prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2")
     log_file = tmp_path / "serve.log"
@@ -254,21 +347,10 @@ def test_a_served_schedule_triggers_a_real_run(repo, real_prefect_server, tmp_pa
         env=environment, stdout=log_file.open("w"), stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.time() + 180
-        finished: list[dict] = []
-        while time.time() < deadline and not finished:
-            time.sleep(2)
-            assert serving.poll() is None, log_file.read_text()[-3000:]
-            request = urllib.request.Request(
-                f"{real_prefect_server}/flow_runs/filter", method="POST",
-                data=json.dumps({"limit": 5, "sort": "START_TIME_DESC", "flow_runs": {"state": {"type": {
-                    "any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}).encode(),  # overlapping runs are CANCELLED
-                headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=10) as response:
-                runs = json.loads(response.read())
-            finished = [run for run in runs if run["deployment_id"]]
+        finished = _wait_for(lambda: _scheduled_runs(real_prefect_server, _FINISHED), 180, serving, log_file)
         assert finished, "no scheduled run finished within 3 minutes:\n" + log_file.read_text()[-3000:]
         assert finished[0]["state"]["name"] == "Nothing to do", finished[0]["state"]
+        _interrupt_a_run_and_check(serving, log_file, real_prefect_server, serving.terminate)  # SIGTERM
     finally:
         _stop(serving)
 
@@ -280,3 +362,41 @@ def test_gc_compacts_commits_and_prunes_leaving_the_pipeline_up_to_date(repo, pr
     assert "raw store:" in result.stdout and "0 images moved" in result.stdout  # the demo's store is compact
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=repo, capture_output=True, text=True)
     assert status.stdout.split() == ["ingest:", "always", "changed"], status.stdout + status.stderr
+
+
+def _local_server(repo: Path) -> dict | None:
+    state = repo / ".dvc/tmp/prefect/server.json"
+    return json.loads(state.read_text()) if state.is_file() else None
+
+
+def test_serve_needs_no_setup_and_its_server_serves_later_commands(repo, tmp_path):
+    """No PREFECT_* variable at all: serve starts the project's own server, whose scheduler runs the schedule."""
+    environment = {name: value for name, value in _environment_for(repo).items() if not name.startswith("PREFECT_")}
+    log_file = tmp_path / "serve.log"
+    serving = subprocess.Popen(
+        [str(Path(sys.executable).parent / "imgpipe"), "serve", "--repo", str(repo), "--interval", "5"],
+        env=environment, stdout=log_file.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    started = time.monotonic()
+    try:
+        api_url = _wait_for(lambda: (_local_server(repo) or {}).get("api_url"), 60, serving, log_file)
+        assert api_url, "no local Prefect server:\n" + log_file.read_text()[-3000:]
+        finished = _wait_for(lambda: _scheduled_runs(api_url, _FINISHED), 60 - (time.monotonic() - started),
+                             serving, log_file)
+        assert finished, "no scheduled run finished within a minute:\n" + log_file.read_text()[-3000:]
+        assert finished[0]["state"]["name"] == "Nothing to do", finished[0]["state"]
+        _interrupt_a_run_and_check(serving, log_file, api_url,
+                                   lambda: os.killpg(serving.pid, signal.SIGINT))  # Ctrl-C in its terminal
+
+        # the server outlives serve; later commands use it, and their runs are kept in the project
+        assert (repo / ".dvc/tmp/prefect/prefect.db").is_file()
+        run = _imgpipe(repo, "run", "--no-push", environment=environment)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "temporary server" not in run.stdout + run.stderr and "Nothing to do" in run.stdout
+        status = _imgpipe(repo, "server", "status", environment=environment)
+        assert status.returncode == 0 and api_url.removesuffix("/api") in status.stdout
+    finally:
+        _stop(serving)
+        stopped = _imgpipe(repo, "server", "stop", environment=environment)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert _local_server(repo) is None and "not running" in _imgpipe(repo, "server", "status",
+                                                                      environment=environment).stdout

@@ -12,6 +12,7 @@ from tasks.evaluate import stage as evaluate
 from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
 from tasks.release import gate, promote
+from tasks.train import model
 from tasks.train import stage as train
 
 
@@ -128,3 +129,54 @@ def test_an_export_that_disagrees_or_is_missing_blocks_promotion_and_is_named(ev
     missing = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
     assert missing["decision"] == "fail" and "saved_model fp32 failed" in missing["sentence"]
     assert "saved_model is missing" in missing["sentence"]
+
+
+def _install_production(paths, labels: list[str]) -> None:
+    """A production model of another task (untrained weights, `labels` as its classes), as promotion installs one."""
+    network = model.simple_cnn(16, len(labels), depth=1, width=4, dropout=0.0)
+    paths.production.mkdir(parents=True)
+    version = model_folder.write(paths.production, network, labels, {"image_size": 16, "resize": "stretch"},
+                                 pd.DataFrame({"epoch": [0], "loss": [1.0]}))
+    (paths.production / "version.json").write_text(json.dumps({"version": version}))
+
+
+@pytest.mark.parametrize("production_labels", [
+    ["red", "green", "blue", "yellow"],  # the candidate dropped a class
+    ["red", "green", "purple"],          # the same number of classes, but not the same classes
+])
+def test_a_candidate_of_another_label_set_is_refused_whatever_its_scores(evaluated, production_labels):
+    config, paths = evaluated
+    _install_production(paths, production_labels)
+    lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
+    decision = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert decision["decision"] == "fail"
+    assert decision["label_sets"]["candidate"] == ["blue", "green", "red"]
+    assert decision["label_sets"]["production"] == production_labels and decision["label_sets"]["same"] is False
+    assert decision["sentence"].startswith("The candidate was refused: its label set differs from the production "
+                                           "model's")
+    assert "imgpipe promote --force --reason" in decision["sentence"]
+    label_check = next(check for check in decision["checks"] if check["name"] == "same label set as production")
+    assert not label_check["passed"]
+    # the production model is never scored on classes it does not know
+    assert not any("not worse than production" in check["name"] or check["name"].startswith("recall of")
+                   for check in decision["checks"])
+    assert json.loads(paths.gate.read_text())["label_sets"] == decision["label_sets"]
+    with pytest.raises(promote.PromotionRefused, match="label set differs"):
+        promote.promote(paths, reason="passed")
+    forced = promote.promote(paths, reason="the new task is intended", force=True)  # a person accepts it
+    assert model_folder.read_labels(paths.production) == ["blue", "green", "red"]
+    assert promote.current_version(paths) == forced["version"]
+
+
+def test_the_floors_apply_to_every_candidate_not_only_the_first(evaluated):
+    config, paths = evaluated
+    lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
+    assert gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)["decision"] == "pass"
+    promote.promote(paths, reason="passed the gate")
+    # the same model against itself is no worse than production, but under a floor it is refused all the same
+    strict = lenient.model_copy(update={"min_macro_f1": 1.01 - 1e-9})
+    decision = gate.run(strict, config.base.seed, config.ingest.max_pixels, paths)
+    assert decision["champion"]["difference"]["value"] == 0.0 and decision["label_sets"]["same"]
+    assert decision["decision"] == "fail" and "macro-F1 floor" in decision["sentence"]
+    assert {"accuracy floor", "macro-F1 floor", "same label set as production"} <= \
+        {check["name"] for check in decision["checks"]}

@@ -239,3 +239,19 @@ def test_report_renders_in_headless_chromium(report_paths: Paths, tmp_path: Path
     assert pixels.std() > 20, "the screenshot is blank"
     red, green, blue = (pixels[..., channel].astype(int) for channel in range(3))
     assert ((abs(red - green) > 40) | (abs(green - blue) > 40)).mean() > 0.01, "no coloured pictures on the page"
+
+
+def test_report_shows_both_label_sets_when_they_differ(tmp_path: Path) -> None:
+    paths = Paths(PathsParams(), tmp_path)
+    label_sets = {"candidate": ["cat", "dog", "fox"], "production": [str(digit) for digit in range(10)], "same": False,
+                  "added": ["cat", "dog", "fox"], "removed": [str(digit) for digit in range(10)]}
+    write_json(paths.evaluation / "gate.json", fake_gate() | {"label_sets": label_sets})
+    page = report.run(paths).read_text(encoding="utf-8")
+    assert "The label sets differ" in page
+    assert "10: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in page and "3: cat, dog, fox" in page
+    summary = report.markdown_summary(paths)
+    assert "Production labels: 0, 1, 2" in summary and "Candidate labels: cat, dog, fox" in summary
+
+    write_json(paths.evaluation / "gate.json", fake_gate() | {"label_sets": label_sets | {
+        "candidate": label_sets["production"], "same": True, "added": [], "removed": []}})
+    assert "The label sets differ" not in report.run(paths).read_text(encoding="utf-8")

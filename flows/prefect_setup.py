@@ -1,0 +1,90 @@
+"""Prefect for one project, for every command that runs a flow: its home, its start-up time, and which server.
+
+Call `use_project` before anything imports Prefect (Prefect reads its settings once, when imported). It keeps
+Prefect's home (database, results, artifacts' files) in the project, .dvc/tmp/prefect/, unless PREFECT_HOME is
+set, so that one project's runs never show in another's; keeps the user's profiles (~/.prefect/profiles.toml)
+so that a server configured there is still used; and gives the temporary server a start-up time a busy machine
+can meet. The API is, in order: PREFECT_API_URL (environment or profile); the project's own long-lived server
+(flows/local_server.py) when it runs, or when a schedule needs one; else Prefect's temporary server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flows import local_server
+
+STARTUP_TIMEOUT_SECONDS = 180  # Prefect's default, 20 s, is not enough for a first start on a busy machine
+_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+logger = logging.getLogger(__name__)
+
+
+def find_project(start: Path) -> Path | None:
+    """The imgpipe project holding `start`: the nearest folder at or above it with a .dvc folder."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def startup_timeout() -> float:
+    try:
+        return float(os.environ.get(_TIMEOUT_VARIABLE, STARTUP_TIMEOUT_SECONDS))
+    except ValueError:
+        raise ValueError(f"{_TIMEOUT_VARIABLE} must be a number of seconds, got "
+                         f"{os.environ[_TIMEOUT_VARIABLE]!r}") from None
+
+
+def _set_environment(root: Path | None) -> None:
+    if root is not None and "PREFECT_HOME" not in os.environ:
+        user_profiles = Path("~/.prefect/profiles.toml").expanduser()
+        if "PREFECT_PROFILES_PATH" not in os.environ and user_profiles.is_file():
+            os.environ["PREFECT_PROFILES_PATH"] = str(user_profiles)
+        os.environ["PREFECT_HOME"] = str(local_server.home(root))
+        local_server.home(root).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault(_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, and none wanted
+
+
+def _configured_api_url() -> str | None:
+    from prefect.settings import Settings  # reads the environment and the profile afresh
+
+    return Settings().api.url or None
+
+
+def _use_api(url: str) -> None:
+    from prefect.context import refresh_global_settings_context
+
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()  # Prefect read its settings when imported
+
+
+def use_project(root: Path | None, need_scheduler: bool = False) -> str | None:
+    """Set Prefect up for the project at `root` (None: no project; the home is left alone); return the API URL.
+
+    need_scheduler: a schedule will be served, so a temporary server will not do: start the project's server
+    when no API is configured. Returns None when the command will use Prefect's temporary server.
+    """
+    if root is not None and not (root / ".dvc").is_dir():
+        root = None  # not an imgpipe project (the command will say so): write nothing into it
+    _set_environment(root)
+    configured = _configured_api_url()
+    if configured:
+        return configured
+    if root is None:
+        return None
+    server = local_server.running(root)
+    if server is None and need_scheduler:
+        logger.info("starting the project's Prefect server (database %s)", local_server.home(root) / "prefect.db")
+        server, _ = local_server.ensure(root, startup_timeout())
+        logger.info("the project's Prefect server (and its UI) is at %s; it keeps running after this command "
+                    "(`imgpipe server stop` stops it)", server.ui_url)
+    if server is None:
+        return None
+    logger.info("using the project's Prefect server at %s", server.ui_url)
+    _use_api(server.api_url)
+    return server.api_url
