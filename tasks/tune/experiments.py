@@ -24,6 +24,9 @@ TARGET_STAGE = "train"  # a trial ends here: its objective is a validation metri
 LOCK_FILE = "dvc.lock"
 _RAN = re.compile(r"^Running stage '(?P<name>[^']+)'", re.MULTILINE)
 _CHECKOUT_FAILED = "Checkout failed for following targets:"
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\w*: ")
+_DVC_ERROR = re.compile(r"^ERROR: ")
+_ESCAPES = re.compile(r"(\\*)('|$)")
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,8 @@ def hydra_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, str):  # a backslash escapes only a quote or the backslashes just before one
+        return "'" + _ESCAPES.sub(lambda match: match[1] * 2 + ("\\'" if match[2] else ""), value) + "'"
     if isinstance(value, list | tuple):
         return "[" + ",".join(hydra_value(item) for item in value) + "]"
     if isinstance(value, dict):
@@ -216,6 +219,16 @@ def read_output(root: Path, path: str, rev: str) -> str:
 def stages_run(log_text: str) -> list[str]:
     """The stages a trial ran (rather than took from the workspace or DVC's cache), from its log."""
     return list(dict.fromkeys(match["name"] for match in _RAN.finditer(log_text)))
+
+
+def failure_reason(log_text: str) -> str:
+    """Why a trial failed, from its log: the stage's own exception line, else DVC's error, else the last line."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for pattern in (_EXCEPTION_LINE, _DVC_ERROR):
+        found = [line for line in lines if pattern.match(line)]
+        if found:
+            return found[-1][:300]
+    return lines[-1][:300] if lines else "failed, with nothing in its log"
 
 
 def apply(root: Path, name: str, pipeline: Pipeline) -> None:

@@ -195,9 +195,7 @@ def _update(root: Path, paths: Paths, sweep: state.Sweep, known: dict[str, exper
                 trial.note = f"an experiment named {trial.name} exists with other params; run with --restart"
         elif experiment.state == "failed":
             trial.status, trial.finished = "failed", now
-            lines = [line for line in _log_text(root, experiment).splitlines() if line.strip()]
-            trial.note = next((line for line in reversed(lines) if "Error" in line or "ERROR" in line),
-                              lines[-1] if lines else "failed (no log)")[:300]
+            trial.note = experiments.failure_reason(_log_text(root, experiment))
         else:
             trial.status = "queued"
         changed |= (trial.status, trial.note) != before
