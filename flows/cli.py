@@ -175,14 +175,15 @@ def _tune(arguments: argparse.Namespace) -> int:
 
 
 def _lr_find(arguments: argparse.Namespace) -> int:
-    from flows import run_lock, stage_runner
+    from flows import run_lock
+    from flows.tune import bring_up_to_date
     from tasks.config import load_config
     from tasks.tune import experiments, lr_find
 
     root = Path(arguments.repo).resolve()
     with run_lock.workspace_lock(root, arguments.lock_timeout):
         for name in experiments.read_pipeline(root).upstream:  # the training split, up to date
-            stage_runner.repro_stage(root, name, logging.getLogger("dvc").info)
+            bring_up_to_date(root, name)
         config, paths = load_config(root / "params.yaml")
         result = lr_find.run(config.train, config.preprocess.augment, config.base.seed, paths,
                              min_rate=arguments.min_rate, max_rate=arguments.max_rate, steps=arguments.steps)

@@ -18,7 +18,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import run_lock, stage_runner
 from flows.training import run_stage
+from tasks.config import ArgumentError
 from tasks.tune import sweep
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ def run_sweep(root: Path, jobs: int | None, apply: bool, restart: bool, lock_tim
     Planning, queueing and applying hold the repository's run lock; following does not, since the trials run
     in DVC's own folders.
     """
+    if jobs is not None and jobs < 1:
+        raise ArgumentError(f"`jobs` must be >= 1, got {jobs}")
     with run_lock.workspace_lock(root, lock_timeout):
         for name in steps.plan(root, restart):
             steps.stage(root, name)
@@ -56,15 +61,15 @@ def _plan(root: Path, restart: bool) -> list[str]:
     return sweep.plan(root, restart).upstream
 
 
-def _stage(root: Path, name: str) -> stage_runner.StageResult:
-    logger = logging.getLogger("dvc")
+def bring_up_to_date(root: Path, name: str) -> stage_runner.StageResult:
+    """`dvc repro` one stage in the workspace, without Prefect (its output at debug level, a summary at info)."""
     logger.info("stage %s: bringing it up to date (dvc repro)", name)
     result = stage_runner.repro_stage(root, name, logger.debug)
     logger.info("stage %s %s in %.1f s", name, result.status, result.seconds)
     return result
 
 
-PLAIN_STEPS = Steps(_plan, _stage, sweep.queue_trials, sweep.follow, sweep.report, sweep.apply_best)
+PLAIN_STEPS = Steps(_plan, bring_up_to_date, sweep.queue_trials, sweep.follow, sweep.report, sweep.apply_best)
 
 
 @task(name="report")

@@ -102,18 +102,21 @@ def read_pipeline(root: Path, target: str = TARGET_STAGE) -> Pipeline:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        stages = list(repo.index.stages)
-        by_name = {stage.addressing: stage for stage in stages}
-        if target not in by_name:
-            raise ValueError(f"{root / 'dvc.yaml'}: no stage named {target}; a sweep reproduces {target}")
-        ancestors = networkx.descendants(repo.index.graph, by_name[target])  # edges point at dependencies
-        upstream = [stage.addressing for stage in stages if stage in ancestors]
-        stage_params = {stage.addressing: [key for param in stage.params for key in param.params]
-                        for stage in stages}
-        uncached = {stage.addressing: [str(output.def_path) for output in stage.outs if not output.use_cache]
-                    for stage in stages}
-        downstream = [str(output.def_path) for stage in stages
-                      if stage.addressing not in upstream and stage.addressing != target for output in stage.outs]
+        # the stages of the project's dvc.yaml, by name (`addressing` would be relative to the current folder;
+        # .dvc files, such as the production model's, are not stages of the pipeline)
+        dvc_file = os.path.realpath(root / "dvc.yaml")
+        stages = {stage.name: stage for stage in repo.index.stages
+                  if getattr(stage, "name", None) and os.path.realpath(stage.dvcfile.path) == dvc_file}
+        if target not in stages:
+            raise ValueError(f"{dvc_file}: no stage named {target}; a sweep reproduces {target}")
+        ancestors = networkx.descendants(repo.index.graph, stages[target])  # edges point at dependencies
+        upstream = [name for name, stage in stages.items() if stage in ancestors]
+        stage_params = {name: [key for param in stage.params for key in param.params]
+                        for name, stage in stages.items()}
+        uncached = {name: [str(output.def_path) for output in stage.outs if not output.use_cache]
+                    for name, stage in stages.items()}
+        downstream = [str(output.def_path) for name, stage in stages.items()
+                      if name not in upstream and name != target for output in stage.outs]
     return Pipeline(upstream, stage_params, uncached, downstream)
 
 

@@ -27,9 +27,10 @@ from tasks.tune import plots
 
 logger = logging.getLogger(__name__)
 
-SMOOTHING = 0.98  # exponential moving average of the batch losses, bias-corrected
-DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its lowest value
+SMOOTHING = 0.9  # while running: an exponential moving average of the batch losses (bias-corrected) ...
+DIVERGED = 4.0  # ... stops the test once it exceeds this many times its lowest value
 MIN_STEPS_BEFORE_STOP = 10
+WINDOW_SHARE = 0.05  # afterwards: a centred moving average over this share of the batches (no lag) gives the curve
 
 
 @dataclass(frozen=True)
@@ -87,25 +88,27 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
                                     training=True, augment=augment, seed=seed).repeat()
     rates = np.geomspace(min_rate, max_rate, steps)
     losses: list[float] = []
-    smoothed: list[float] = []
     average, lowest = 0.0, math.inf
     for step, (images, labels) in zip(range(steps), batches):
         network.optimizer.learning_rate = float(rates[step])
         loss = float(network.train_on_batch(images, labels, return_dict=True)["loss"])
         losses.append(loss)
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
-        smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
-        if step >= MIN_STEPS_BEFORE_STOP and (not math.isfinite(loss) or smoothed[-1] > DIVERGED * lowest):
+        running = average / (1 - SMOOTHING ** (step + 1))
+        if step >= MIN_STEPS_BEFORE_STOP and (not math.isfinite(loss) or running > DIVERGED * lowest):
             logger.info("lr-find: the loss diverged at learning rate %.3g (step %d); stopping", rates[step], step + 1)
             break
-        lowest = min(lowest, smoothed[-1])
+        lowest = min(lowest, running)
     tried = rates[: len(losses)]
-    suggested, minimum_loss_rate = suggest(tried, np.array(smoothed))
+    window = max(3, round(WINDOW_SHARE * steps) | 1)
+    finite = pd.Series(losses).where(np.isfinite(losses))
+    smoothed = finite.rolling(window, center=True, min_periods=1).mean().to_numpy()
+    suggested, minimum_loss_rate = suggest(tried, smoothed)
     curve = pd.DataFrame({"learning_rate": tried, "loss": losses, "smoothed_loss": smoothed})
     table = folder(paths) / "lr_find.csv"
     plot = folder(paths) / "lr_find.png"
     atomic.write_csv(table, curve)
-    plots.learning_rate_plot(tried, np.array(losses), np.array(smoothed), suggested, plot)
+    plots.learning_rate_plot(tried, np.array(losses), smoothed, suggested, plot)
     logger.info("lr-find: %d batches from %.3g to %.3g; lowest smoothed loss at %.3g; suggested %.3g", len(losses),
                 tried[0], tried[-1], minimum_loss_rate, suggested)
     return RangeTest(suggested, minimum_loss_rate, len(losses), table, plot)

@@ -76,10 +76,12 @@ def learning_rate_plot(rates: np.ndarray, losses: np.ndarray, smoothed: np.ndarr
     axes.set_xscale("log")
     axes.set_xlabel("learning rate")
     axes.set_ylabel("training loss")
-    finite = smoothed[np.isfinite(smoothed)]
-    if len(finite):  # keep the divergence at the end from flattening the interesting part
-        low, high = float(np.min(finite)), float(np.max(finite[: max(1, len(finite) // 2)]))
-        axes.set_ylim(low - 0.1 * abs(high - low), high + 0.5 * abs(high - low) + 1e-6)
+    finite = losses[np.isfinite(losses)]
+    if len(finite) > 1:  # keep the divergence at the end from flattening the interesting part
+        low = float(min(np.nanmin(smoothed), np.percentile(finite, 1)))
+        high = float(np.percentile(finite[: max(2, len(finite) // 2)], 99))
+        margin = 0.1 * max(high - low, 1e-6)
+        axes.set_ylim(low - margin, high + margin)
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     axes.set_title("learning-rate range test")

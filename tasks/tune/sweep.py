@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from tasks import model_folder
-from tasks.config import ArgumentError, load_config, read_params
+from tasks.config import ArgumentError, apply_overrides, load_config, read_params
 from tasks.params import Config
 from tasks.paths import Paths
 from tasks.pool import available_cores
@@ -81,7 +81,9 @@ def plan(root: Path, restart: bool = False) -> state.Sweep:
     copy_paths = [] if single_item else [path for stage in pipeline.upstream
                                          for path in pipeline.uncached_outputs[stage]]
     tune_values = config.tune.model_dump(mode="json")
-    other_params = {key: value for key, value in values.items() if key != "tune"}
+    # the swept keys' own values do not count: each trial sets them (and `--apply` writes the winner's there)
+    other_params = apply_overrides({key: value for key, value in values.items() if key != "tune"},
+                                   {dimension.key: None for dimension in dimensions})
     identity = state.sweep_id(tune_values, other_params, baseline, uuid.uuid4().hex if restart else "")
     path = sweep_file(paths)
     earlier = state.load(path)

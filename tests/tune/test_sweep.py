@@ -213,7 +213,15 @@ def test_changed_settings_plan_a_new_sweep_and_unqueue_the_old_one(project, monk
     assert sweep.plan(project).sweep_id == second.sweep_id
     _set_tune(project, max_minutes=30, objective="val_loss", prune={"after_epoch": 2, "min_trials": 2})
     assert sweep.plan(project).sweep_id == second.sweep_id  # budget, objective and early stop may change
-    assert sweep.plan(project, restart=True).sweep_id != second.sweep_id
+    values = yaml.safe_load((project / "params.yaml").read_text())
+    values["train"]["learning_rate"] = 0.02  # as `imgpipe tune --apply` leaves it: still the same sweep
+    (project / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    assert sweep.plan(project).sweep_id == second.sweep_id
+    values["train"]["epochs"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    third = sweep.plan(project)
+    assert third.sweep_id != second.sweep_id
+    assert sweep.plan(project, restart=True).sweep_id != third.sweep_id
 
 
 def test_sweeping_a_key_of_an_earlier_stage_runs_that_stage_too(project, monkeypatch):
