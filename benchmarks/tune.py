@@ -48,7 +48,8 @@ def run(command: list[str], cwd: Path, log: Path) -> tuple[float, str]:
                        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     started = time.perf_counter()
     with log.open("w") as handle:
-        code = subprocess.run(command, cwd=cwd, env=environment, stdout=handle, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(command, cwd=cwd, env=environment, stdout=handle, stderr=subprocess.STDOUT,
+                              check=False).returncode
     seconds = time.perf_counter() - started
     output = log.read_text(errors="replace")
     if code != 0:
@@ -121,7 +122,7 @@ def main() -> None:
     train_seconds = float(re.search(r"^\s+train\s+ran\s+([\d.]+)", output, re.MULTILINE)[1])
     defaults = test_scores(repo)
     tune_command = [imgpipe, "tune", "--apply"] + ([] if arguments.jobs is None else ["--jobs", str(arguments.jobs)])
-    sweep_seconds, sweep_output = run(tune_command, repo, scratch / "tune.log")
+    sweep_seconds, _ = run(tune_command, repo, scratch / "tune.log")
     trials = pd.read_parquet(repo / "data/reports/tuning/trials.parquet")
     tuned_seconds, _ = run([imgpipe, "run", "--no-push"], repo, scratch / "tuned.log")
     tuned = test_scores(repo)

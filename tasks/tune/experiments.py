@@ -70,7 +70,7 @@ def run_dvc(root: Path, arguments: list[str], extra_environment: dict[str, str] 
     command = [sys.executable, "-m", "dvc", *arguments]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         code = subprocess.run(command, cwd=root, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                              env=environment(extra_environment)).returncode
+                              env=environment(extra_environment), check=False).returncode
         stdout.seek(0)
         stderr.seek(0)
         completed = subprocess.CompletedProcess(command, code, stdout.read().decode(errors="replace"),
@@ -89,7 +89,7 @@ def error_lines(completed: subprocess.CompletedProcess[str]) -> str:
 def git_head(root: Path) -> str:
     """The commit experiments derive from; DVC needs one, so its absence is an error saying what to do."""
     completed = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=root, capture_output=True,
-                               text=True)
+                               text=True, check=False)
     if completed.returncode != 0:
         raise ValueError(f"{root}: DVC experiments need a git repository with at least one commit; run "
                          "`git init` (if needed), `git add -A` and `git commit -m start` first")

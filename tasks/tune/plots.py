@@ -26,6 +26,11 @@ def _numeric(values: pd.Series) -> bool:
                                     for value in present)
 
 
+def _where(values: pd.Series, positions: dict[str, int] | None) -> list:
+    """x positions: the values themselves for a numeric key, else each category's place."""
+    return list(values) if positions is None else [positions[str(value)] for value in values]
+
+
 def objective_plot(frame: pd.DataFrame, keys: list[str], log_keys: set[str], objective: str, path: Path) -> None:
     """One panel per swept key: each finished trial's objective against its value; the best trial starred."""
     rows = math.ceil(len(keys) / PANEL_COLUMNS)
@@ -37,23 +42,18 @@ def objective_plot(frame: pd.DataFrame, keys: list[str], log_keys: set[str], obj
     for index, key in enumerate(keys):
         axes = figure.add_subplot(rows, columns, index + 1)
         numeric = _numeric(frame[key])
-        if numeric:
-            positions = {}
-        else:  # categories in the order the plan met them
+        positions = None
+        if not numeric:  # categories in the order the plan met them
             positions = {value: place for place, value in enumerate(dict.fromkeys(map(str, frame[key].dropna())))}
             axes.set_xticks(list(positions.values()), list(positions), rotation=20)
-
-        def where(values: pd.Series) -> list:
-            return list(values) if numeric else [positions[str(value)] for value in values]
-
-        axes.scatter(where(done[key]), done["objective"], color="#4c72b0", label="finished", zorder=2)
+        axes.scatter(_where(done[key], positions), done["objective"], color="#4c72b0", label="finished", zorder=2)
         if len(stopped):
             score = "val_loss" if objective.endswith("loss") else "val_accuracy"
-            axes.scatter(where(stopped[key]), stopped[score], marker="x", color="#999999", label="stopped early",
-                         zorder=2)
+            axes.scatter(_where(stopped[key], positions), stopped[score], marker="x", color="#999999",
+                         label="stopped early", zorder=2)
         if len(best):
-            axes.scatter(where(best[key]), best["objective"], marker="*", s=220, color="#dd8452", label="best",
-                         zorder=3)
+            axes.scatter(_where(best[key], positions), best["objective"], marker="*", s=220, color="#dd8452",
+                         label="best", zorder=3)
         if numeric and key in log_keys:
             axes.set_xscale("log")
         axes.set_xlabel(key)

@@ -102,7 +102,7 @@ def plan(root: Path, restart: bool = False) -> state.Sweep:
         copy_paths=copy_paths, tune=tune_values,
         trials=[state.Trial(f"tune-{identity[:6]}-{number:02d}", trial)
                 for number, trial in enumerate(trials, start=1)],
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     state.save(path, sweep)
     logger.info("tune: planned sweep %s: %d trials (%s) of %s on commit %s; each runs %s", identity,
                 len(sweep.trials), config.tune.method, ", ".join(dimension.key for dimension in dimensions),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.tune import experiments, state, sweep
+from tasks.tune import experiments, sweep
 from tests.conftest import PROJECT_ROOT
 
 PIPELINE = experiments.Pipeline(
