@@ -184,6 +184,17 @@ def start_workers(root: Path, jobs: int, threads_per_job: int | None) -> None:
     run_dvc(root, ["queue", "start", "--jobs", str(jobs)], extra_environment=extra)
 
 
+def workers_alive(root: Path) -> bool:
+    """Whether a DVC queue worker process of this repository is running (from the pid files DVC keeps)."""
+    for pid_file in (root / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.pid"):
+        try:
+            os.kill(int(pid_file.read_text().strip()), 0)
+        except (ValueError, OSError):  # unreadable, or no such process
+            continue
+        return True
+    return False
+
+
 def experiments(root: Path, baseline: str) -> dict[str, Experiment]:
     """Every experiment derived from `baseline`, queued, running or finished, by name (`dvc exp show --json`)."""
     completed = run_dvc(root, ["exp", "show", "--json", "--rev", baseline, "--hide-workspace"])

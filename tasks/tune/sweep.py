@@ -285,8 +285,8 @@ def follow(root: Path, jobs: int, poll_seconds: float = POLL_SECONDS,
         waiting = any(trial.status == "queued" for trial in sweep.trials)
         anything_running = any(experiment.state == "running" for experiment in known.values())
         stalled = stalled + 1 if waiting and not anything_running else 0
-        if stalled >= STALLED_POLLS:
-            logger.info("tune: trials are queued but none runs; starting DVC's queue workers again")
+        if stalled >= STALLED_POLLS and not experiments.workers_alive(root):
+            logger.info("tune: trials are queued but DVC's queue workers have stopped; starting them again")
             experiments.start_workers(root, jobs, threads)
             stalled = 0
         time.sleep(poll_seconds)

@@ -1,5 +1,6 @@
 """What a sweep asks of DVC: values DVC's own parser reads back, the pipeline as DVC resolves it, logs, errors."""
 
+import os
 import subprocess
 
 import pytest
@@ -63,3 +64,13 @@ def test_without_a_commit_the_error_says_what_to_do(tmp_path):
     subprocess.run(["git", "init", "--quiet"], cwd=tmp_path, check=True)
     with pytest.raises(ValueError, match="at least one commit.*git commit"):
         experiments.git_head(tmp_path)
+
+
+def test_a_live_queue_worker_is_found_by_its_pid_file(tmp_path):
+    folder = tmp_path / ".dvc/tmp/exps/celery"
+    assert not experiments.workers_alive(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "dvc-exp-worker-1.pid").write_text("999999999\n")
+    assert not experiments.workers_alive(tmp_path)
+    (folder / "dvc-exp-worker-2.pid").write_text(f"{os.getpid()}\n")
+    assert experiments.workers_alive(tmp_path)

@@ -44,6 +44,7 @@ class FakeDvc:
         monkeypatch.setattr(experiments, "include_lock_file", lambda root: False)
         monkeypatch.setattr(experiments, "queue", self.queue)
         monkeypatch.setattr(experiments, "start_workers", lambda root, jobs, threads: self.calls.append(("start", jobs)))
+        monkeypatch.setattr(experiments, "workers_alive", lambda root: self.workers_run)
         monkeypatch.setattr(experiments, "experiments", self.experiments)
         monkeypatch.setattr(experiments, "kill", lambda root, names: self.end(names, "failed", "kill"))
         monkeypatch.setattr(experiments, "remove_queued", lambda root, names: self.end(names, None, "remove"))
