@@ -54,8 +54,9 @@ def objective_plot(frame: pd.DataFrame, keys: list[str], log_keys: set[str], obj
         if len(best):
             axes.scatter(_where(best[key], positions), best["objective"], marker="*", s=220, color="#dd8452",
                          label="best", zorder=3)
-        if numeric and key in log_keys:
-            axes.set_xscale("log")
+        present = frame[key].dropna()
+        if numeric and (key in log_keys or (present.min() > 0 and present.max() >= 100 * present.min())):
+            axes.set_xscale("log")  # a log range, or values that span two decades or more
         axes.set_xlabel(key)
         axes.set_ylabel(f"{objective} (validation)")
         axes.grid(alpha=0.3)
