@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 5.0
 STALLED_POLLS = 3  # polls with trials queued and none running before DVC's workers are started again (dvc#10562)
 MISSING_POLLS = 3  # polls a queued trial may be absent from `dvc exp show` before it counts as lost
+STUCK_POLLS = 40  # polls with trials queued, none running and a worker alive before a warning
 FAILED_POLLS = 5  # `dvc exp show` failures in a row before following gives up
 
 
@@ -289,6 +290,9 @@ def follow(root: Path, jobs: int, poll_seconds: float = POLL_SECONDS,
             logger.info("tune: trials are queued but DVC's queue workers have stopped; starting them again")
             experiments.start_workers(root, jobs, threads)
             stalled = 0
+        elif stalled == STUCK_POLLS:  # a worker that lives but takes nothing (dvc#8165): say what to do, once
+            logger.warning("tune: trials have waited in DVC's queue for %d polls while its worker runs nothing; "
+                           "if it stays so, run `dvc queue stop --kill` and then `imgpipe tune` again", stalled)
         time.sleep(poll_seconds)
     return sweep
 
