@@ -192,7 +192,11 @@ def _update(root: Path, paths: Paths, sweep: state.Sweep, known: dict[str, exper
         elif experiment.state == "success":
             trial.finished = now
             if _params_match(trial, experiment):
-                _record_result(root, paths, trial, experiment)
+                try:
+                    _record_result(root, paths, trial, experiment)
+                except Exception as error:  # noqa: BLE001  (one unreadable result must not end the whole sweep)
+                    trial.status = "failed"
+                    trial.note = f"finished, but its results could not be read: {type(error).__name__}: {error}"
             else:
                 trial.status = "failed"
                 trial.note = f"an experiment named {trial.name} exists with other params; run with --restart"

@@ -309,3 +309,22 @@ def test_nothing_to_apply_is_an_error(project, monkeypatch):
         sweep.apply_best(project)
     with pytest.raises(Exception, match="jobs"):
         sweep.follow(project, 0)
+
+
+def test_a_trial_whose_results_cannot_be_read_fails_alone(project, monkeypatch):
+    dvc = FakeDvc(project)
+    dvc.install(monkeypatch)
+    planned = sweep.plan(project)
+    broken = planned.trials[0].name
+    read_output = dvc.read_output
+
+    def read(root, path, rev):
+        if rev == f"rev-{broken}":
+            raise FileNotFoundError(f"{path}: not in the cache")
+        return read_output(root, path, rev)
+
+    monkeypatch.setattr(experiments, "read_output", read)
+    sweep.queue_trials(project)
+    finished = sweep.follow(project, 1, poll_seconds=0)
+    assert [trial.status for trial in finished.trials] == ["failed", "done", "done"]
+    assert "results could not be read: FileNotFoundError" in finished.trials[0].note
