@@ -142,8 +142,8 @@ def main() -> None:
         print(f"| {name} | {scores['macro_f1']:.3f} ({low:.3f}-{high:.3f}) | {scores['accuracy']:.3f} | "
               f"{seconds:.0f} s `imgpipe run` |")
     print(f"\nSweep: {len(trials)} trials ({len(done)} done), wall {sweep_seconds:.0f} s = "
-          f"{sweep_seconds / 60:.1f} min; default train stage {train_seconds:.1f} s; sweep / ({len(trials)} x default train stage) = "
-          f"{sweep_seconds / (len(trials) * train_seconds):.2f}")
+          f"{sweep_seconds / 60:.1f} min; default train stage {train_seconds:.1f} s; "
+          f"sweep / ({len(trials)} x default train stage) = {sweep_seconds / (len(trials) * train_seconds):.2f}")
     overhead = done["seconds"] - done["train_seconds"]
     print(f"Per trial: median {done['seconds'].median():.0f} s wall as followed (5 s polls), median "
           f"{done['train_seconds'].median():.0f} s in fit, so median {overhead.median():.0f} s outside fit (DVC's "
