@@ -220,6 +220,67 @@ def _fetch_weights(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def format_tune_summary(summary: dict[str, Any], repo: Path) -> str:
+    """A short, plain-text account of a sweep: the trials ranked, the best one, where the results are."""
+    counts = ", ".join(f"{number} {status}" for status, number in summary["counts"].items())
+    lines = ["", f"imgpipe tune: sweep {summary['sweep']} ({counts}); objective {summary['objective']} on the "
+                 "validation split", "", summary["text"], ""]
+    best = summary["best"]
+    if best:
+        settings = "  ".join(f"{key}={value}" for key, value in best["params"].items())
+        lines.append(f"  best: {best['trial']}  {settings}  (val_accuracy {best['val_accuracy']:.4f}, "
+                     f"val_loss {best['val_loss']:.4f})")
+        if summary.get("applied"):
+            lines.append("  applied to the workspace (params.yaml, dvc.lock, the candidate model); next: "
+                         "`imgpipe run` evaluates it on the test split and gates it")
+        else:
+            lines.append(f"  not applied: `imgpipe tune --apply` (or `dvc exp apply {best['trial']}`) applies it")
+    else:
+        lines.append("  no trial finished; the notes in the table say why")
+    lines.append("")
+    for name in ("table", "plot", "sweep_file"):
+        path = Path(summary[name])
+        lines.append(f"  {name.replace('_', ' ') + ':':<14}{path.relative_to(repo) if path.is_relative_to(repo) else path}")
+    lines.append(f"  {'compare:':<14}dvc exp show --only-changed;  dvc plots diff TRIAL TRIAL")
+    return "\n".join(lines) + "\n"
+
+
+def _tune(arguments: argparse.Namespace) -> int:
+    from flows.tune import PLAIN_STEPS, run_sweep
+
+    repo = Path(arguments.repo).resolve()
+    try:  # without Prefect: the trials outlive this command, which must leave no server behind when killed
+        summary = run_sweep(repo, arguments.jobs, arguments.apply, arguments.restart, arguments.lock_timeout,
+                            PLAIN_STEPS)
+    except KeyboardInterrupt:
+        sys.stderr.write("imgpipe tune: interrupted. Trials already queued keep running in DVC's queue "
+                         "(`dvc queue status`); `imgpipe tune` again follows them and queues the rest; "
+                         "`dvc queue kill TRIAL` and `dvc queue remove --queued` stop them\n")
+        return 130
+    sys.stdout.write(format_tune_summary(summary, repo))
+    return 0
+
+
+def _lr_find(arguments: argparse.Namespace) -> int:
+    from flows import run_lock
+    from flows.tune import bring_up_to_date
+    from tasks.config import load_config
+    from tasks.tune import experiments, lr_find
+
+    root = Path(arguments.repo).resolve()
+    with run_lock.workspace_lock(root, arguments.lock_timeout):
+        for name in experiments.read_pipeline(root).upstream:  # the training split, up to date
+            bring_up_to_date(root, name)
+        config, paths = load_config(root / "params.yaml")
+        result = lr_find.run(config.train, config.preprocess.augment, config.base.seed, paths,
+                             min_rate=arguments.min_rate, max_rate=arguments.max_rate, steps=arguments.steps)
+    sys.stdout.write(f"\nimgpipe lr-find: {result.steps} batches; the smoothed loss was lowest at learning rate "
+                     f"{result.minimum_loss_rate:.2g}\n\n  suggested train.learning_rate: {result.suggested:.2g}\n\n"
+                     f"  plot:   {result.plot}\n  table:  {result.table}\n"
+                     f"  use it: dvc exp run -S train.learning_rate={result.suggested:.2g}   (or edit params.yaml)\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe",
@@ -317,6 +378,33 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--out", type=Path, required=True, metavar="FILE",
                        help="where to save the weights; the name must end in .weights.h5")
     fetch.set_defaults(handler=_fetch_weights)
+
+    tune = commands.add_parser(
+        "tune", help="a hyper-parameter sweep (params.yaml's tune section), one DVC experiment per trial",
+        description="Queue one DVC experiment per trial of params.yaml's `tune` section, run them with DVC's queue, "
+                    "follow them and rank them by a validation metric. Run it again after an interruption to "
+                    "resume: finished trials stay, the rest run.")
+    tune.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    tune.add_argument("--jobs", type=int, default=None,
+                      help="trials at a time (dvc queue start -j; default: one per 2 cores)")
+    tune.add_argument("--apply", action="store_true",
+                      help="apply the best trial to the workspace (dvc exp apply); `imgpipe run` then tests and gates it")
+    tune.add_argument("--restart", action="store_true", help="plan a new sweep even if this one is recorded")
+    tune.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                      help="wait this long for another run on the same repository (default: do not wait)")
+    tune.set_defaults(handler=_tune)
+
+    lr_find = commands.add_parser(
+        "lr-find", help="a learning-rate range test on the training split; suggests train.learning_rate",
+        description="Train the configured model for a few hundred batches while the learning rate grows "
+                    "exponentially; write the loss-against-rate plot and suggest train.learning_rate.")
+    lr_find.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    lr_find.add_argument("--min-rate", type=float, default=1e-6, help="the first learning rate (default: 1e-6)")
+    lr_find.add_argument("--max-rate", type=float, default=1.0, help="the last learning rate (default: 1)")
+    lr_find.add_argument("--steps", type=int, default=200, help="batches, at most (default: 200)")
+    lr_find.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                         help="wait this long for another run on the same repository (default: do not wait)")
+    lr_find.set_defaults(handler=_lr_find)
     return parser
 
 

@@ -205,6 +205,27 @@ class EvaluateParams(Section):
     gate: GateParams = GateParams()
 
 
+class PruneParams(Section):
+    """`tune.prune`: stop a hopeless trial early, by the median rule."""
+
+    after_epoch: int | None = Field(default=None, ge=1)  # null: never stop a trial early
+    min_trials: int = Field(default=3, ge=1)  # earlier trials that must have reached after_epoch first
+
+
+class TuneParams(Section):
+    """`imgpipe tune`: a sweep of DVC experiments. `space` maps dotted params keys to a list of values or a range
+    ({low, high, scale: linear | log, count}); tasks/tune/space.py checks it against the other sections."""
+
+    method: Literal["random", "grid"] = "random"
+    trials: int = Field(default=10, ge=1)  # random: how many trials to draw
+    seed: int = Field(default=0, ge=0)  # random: which trials are drawn
+    max_trials: int = Field(default=20, ge=1)  # budget: never more trials than this (a grid included)
+    max_minutes: float | None = Field(default=None, gt=0)  # budget: no trial starts after this; null: no limit
+    objective: Literal["val_accuracy", "val_loss"] = "val_accuracy"  # at the kept epoch; never the test split
+    space: dict[str, Any] = Field(default_factory=dict)
+    prune: PruneParams = PruneParams()
+
+
 class Config(Section):
     base: BaseParams = BaseParams()
     paths: PathsParams = PathsParams()
@@ -213,6 +234,7 @@ class Config(Section):
     preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    tune: TuneParams = TuneParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
