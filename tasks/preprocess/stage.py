@@ -50,6 +50,19 @@ def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths
     return subjects_for(manifest, group_by, csv_table)
 
 
+AUTO_SIZE_RANGE = (32, 160)
+AUTO_SIZE_STEP = 16
+
+
+def choose_image_size(manifest: pd.DataFrame) -> int:
+    """preprocess.image_size: auto: the median short side of the images, clamped and rounded to a multiple of 16
+    (photos of 400x530 get 160 px, the 8 px demo digits 32 px)."""
+    short_sides = manifest[["width", "height"]].min(axis=1)
+    median = float(short_sides.median()) if len(short_sides) else AUTO_SIZE_RANGE[0]
+    low, high = AUTO_SIZE_RANGE
+    return int(min(high, max(low, round(median / AUTO_SIZE_STEP) * AUTO_SIZE_STEP)))
+
+
 def normalisation(params: PreprocessParams) -> str:
     """What decoded pixels depend on: an earlier run's shards are reused only under the same."""
     return f"image_size={params.image_size} resize={params.resize} decoder=v{images.DECODE_VERSION}"
@@ -141,8 +154,14 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
     if "shard" not in manifest.columns:
         raise ValueError(f"{paths.manifest}: written by an older ingest, without the raw store; run the ingest "
                          "stage again (dvc repro ingest) and then this one")
+    if params.image_size == "auto":
+        params = params.model_copy(update={"image_size": choose_image_size(manifest)})
+        logger.info("preprocess.image_size auto: %d px (the median short side of %d images, clamped to %d..%d)",
+                    params.image_size, len(manifest), *AUTO_SIZE_RANGE)
     labels = sorted(manifest["label"].unique().tolist())
     subjects = read_subjects(manifest, params.group_by, paths)
+    if subjects is None and "subject" in manifest.columns and (manifest["subject"] != "").any():
+        subjects = manifest["subject"].tolist()  # the label table's group column
     dvc_outputs.restore(paths.root, "preprocess", [paths.processed, paths.reports / "split.json"])
     earlier = _earlier(paths, params, seed)
     table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects, earlier.splits)

@@ -20,7 +20,7 @@ from tasks.config import load_config
 from tasks.params import ValidateParams
 from tasks.paths import Paths
 from tasks.validate.expectations import NOT_NULL_COLUMNS, build_checks, judge, run_great_expectations
-from tasks.validate.facts import compute_facts
+from tasks.validate.facts import compute_facts, labels_of
 from tasks.validate.wording import render_summary
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,11 @@ def run(params: ValidateParams, paths: Paths) -> ValidationOutcome:
     imbalance = facts.class_imbalance if facts.class_imbalance is not None else float("nan")  # GX skips NaN
     tables = {
         "manifest": manifest,
+        "labels": pd.DataFrame({"label": labels_of(manifest).reset_index(drop=True)}),  # an image per label it has
         "class_counts": pd.DataFrame({"label": list(facts.images_per_class),
                                       "images": pd.Series(list(facts.images_per_class.values()), dtype="int64")}),
         "dataset": pd.DataFrame({"images_used": [facts.images_used], "quarantined": [facts.quarantined],
+                                 "leaks": [len(facts.leaks)],
                                  "bad_fraction": [facts.bad_fraction], "class_imbalance": [imbalance]}),
     }
     gx_logger = logging.getLogger("great_expectations")

@@ -92,7 +92,7 @@ def test_good_dataset_passes_and_writes_the_report(good_run: tuple[Paths, valida
     assert outcome.report_dir == paths.validation
     result = json.loads((paths.validation / "result.json").read_text(encoding="utf-8"))
     assert result["success"] is True
-    assert set(result["great_expectations"]) == {"manifest", "class_counts", "dataset"}
+    assert set(result["great_expectations"]) == {"manifest", "labels", "class_counts", "dataset"}
     assert all(table["success"] for table in result["great_expectations"].values())
     index = (paths.validation / "data_docs" / "index.html").read_text(encoding="utf-8")
     assert "imgpipe_manifest" in index and "imgpipe_class_counts" in index
