@@ -121,6 +121,7 @@ def format_predict_summary(summary: dict[str, Any]) -> str:
              f"from an interrupted run {summary['resumed']})",
              f"  {'seconds:':<14}{summary['seconds']:.1f}  ({rate:.0f} files/s)",
              f"  {'model:':<14}{summary['model_folder']}  (version {summary['model_version']})",
+             f"  {'engine:':<14}{summary.get('engine', '')} {summary.get('precision', '')}",
              f"  {'table:':<14}{summary['output']}"]
     copied = summary.get("copy_into")
     if copied:
@@ -142,19 +143,30 @@ def _predict(arguments: argparse.Namespace) -> int:
         summary = classify_directory(
             source=str(arguments.source), out=str(arguments.out), model=arguments.model, top_k=arguments.top_k,
             batch_size=arguments.batch_size, workers=arguments.workers, address=arguments.scheduler,
-            copy_into=copy_into, link=arguments.link, chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels)
+            copy_into=copy_into, link=arguments.link, chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels,
+            engine=arguments.engine, precision=arguments.precision)
     else:  # one process, decoding on every core: no Prefect server or Dask cluster to start
         from tasks.config import load_config
         from tasks.predict import classify, copy_into
 
         options = classify.PredictOptions(top_k=arguments.top_k, batch_size=arguments.batch_size,
-                                          chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels)
+                                          chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels,
+                                          engine=arguments.engine, precision=arguments.precision)
         model = Path(arguments.model) if arguments.model else classify.default_model(load_config()[1])
         summary = classify.run(arguments.source, arguments.out, model, options).as_dict()
         if arguments.copy_into:
             summary["copy_into"] = copy_into.copy_into(arguments.out, arguments.source, arguments.copy_into,
                                                        arguments.link).as_dict()
     sys.stdout.write(format_predict_summary(summary))
+    return 0
+
+
+def _fetch_weights(arguments: argparse.Namespace) -> int:
+    from tasks.train import model
+
+    saved = model.fetch_weights(arguments.name, arguments.out)
+    sys.stdout.write(f"saved the ImageNet weights of {arguments.name} (no top) to {saved}; set train.weights to "
+                     "this file's path on the training machine\n")
     return 0
 
 
@@ -226,7 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
                          help="files per committed chunk: at most this much work is lost to an interruption")
     predict.add_argument("--max-pixels", type=int, default=40_000_000,
                          help="larger images become error rows without being decoded (default: 40000000)")
+    predict.add_argument("--engine", default="auto", choices=["auto", "keras", "onnxruntime", "openvino"],
+                         help="what runs the model (default auto: the fastest engine and precision that passed the "
+                              "parity check on the test split when the model was trained; keras without that record)")
+    predict.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                         help="default auto: as --engine auto chooses; bf16 needs a CPU with native bf16, int8 the "
+                              "int8 model that train calibrates")
     predict.set_defaults(handler=_predict)
+
+    weights = commands.add_parser("weights", help="pretrained backbone weights for train.weights")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
+    fetch = weights_commands.add_parser(
+        "fetch", help="download a backbone's ImageNet weights (through Keras) and save them without the top",
+        description="On a machine with internet: save NAME's ImageNet weights, without the classification top, to "
+                    "FILE; copy FILE to the training machine and set train.weights to its path.")
+    fetch.add_argument("name", metavar="NAME", choices=["mobilenet_v3_small", "efficientnet_v2_b0", "resnet50"],
+                       help="the backbone, as train.model names it: mobilenet_v3_small, efficientnet_v2_b0, resnet50")
+    fetch.add_argument("--out", type=Path, required=True, metavar="FILE",
+                       help="where to save the weights; the name must end in .weights.h5")
+    fetch.set_defaults(handler=_fetch_weights)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The model folder format: writes and reads model.keras, labels.json, model_card.json, history.csv and the exports.
+"""The model folder format: writes and reads model.keras, labels.json, model_card.json, history.csv, the exports
+and engines.json.
 
 The one owner of the folder that train writes (data/models/candidate/) and that promotion copies into the
 registry and production. A model's version id is the first 12 hex digits of a hash of its weights file and its
@@ -30,6 +31,12 @@ CARD_FILE = "model_card.json"
 HISTORY_FILE = "history.csv"
 SAVED_MODEL_FOLDER = "saved_model"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, CARD_FILE)
+# train.exports -> where each is written inside the folder (an ONNX int8 model, calibrated on training images,
+# is written beside the ONNX export; engines.json records how each engine and precision did on the test split)
+EXPORT_PATHS = {"saved_model": SAVED_MODEL_FOLDER, "onnx": "model.onnx", "openvino": "openvino/model.xml",
+                "litert": "model.tflite"}
+INT8_ONNX_FILE = "model.int8.onnx"
+ENGINES_FILE = "engines.json"
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,25 @@ def write(folder: Path, network: keras.Model, labels: list[str], card: dict[str,
     version = compute_version(folder)
     atomic.write_json(folder / CARD_FILE, {**card, "labels": labels, "version": version})
     return version
+
+
+def export_path(folder: Path, name: str) -> Path:
+    """Where the export `name` (a train.exports value, or `int8` for the int8 ONNX model) lives in `folder`."""
+    return folder / (INT8_ONNX_FILE if name == "int8" else EXPORT_PATHS[name])
+
+
+def write_engines(folder: Path, record: dict[str, Any]) -> None:
+    atomic.write_json(folder / ENGINES_FILE, record)
+
+
+def read_engines(folder: Path) -> dict[str, Any] | None:
+    """What train measured of each engine and precision on the test split; None for a folder without it."""
+    if not (folder / ENGINES_FILE).is_file():
+        return None
+    record = _read_json(folder / ENGINES_FILE)
+    if not isinstance(record, dict) or not isinstance(record.get("engines"), list):
+        raise ValueError(f"{folder / ENGINES_FILE}: must be a JSON object with an 'engines' list; train writes it")
+    return record
 
 
 def _read_json(path: Path) -> Any:

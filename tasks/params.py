@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.images import ResizeMode
 
@@ -157,11 +157,17 @@ class FineTuneParams(Section):
     learning_rate: float = Field(default=1e-4, gt=0, le=1)
 
 
+# What train.exports may name: formats written beside model.keras (tasks/train/export.py writes them).
+ExportName = Literal["saved_model", "onnx", "openvino", "litert"]
+
+
 class TrainParams(Section):
     model: ModelName = "simple_cnn"
-    weights: str | None = None
+    weights: str | None = None  # null, `imagenet` (Keras's download cache) or a local no-top weights file
     epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int | Literal["auto"] = "auto"  # auto: 64, or smaller so that an epoch has enough steps
+    select_on: Literal["macro_f1", "accuracy", "loss"] = "macro_f1"  # the kept epoch; val_loss breaks ties
+    min_epochs: int = Field(default=10, ge=1)  # early stopping never stops a phase before this many epochs
     learning_rate: float = Field(default=0.002, gt=0, le=1)
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     warmup_epochs: int = Field(default=1, ge=0)
@@ -173,6 +179,15 @@ class TrainParams(Section):
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     jit_compile: Literal["auto", "true", "false"] = "auto"
     deterministic: bool = False
+    exports: tuple[ExportName, ...] = ("saved_model", "onnx")
+    int8_calibration: int = Field(default=256, ge=0)  # training images that calibrate the int8 model; 0: none
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("must be a whole number >= 1 or auto")
 
     @model_validator(mode="after")
     def _fine_tune_needs_weights(self) -> "TrainParams":

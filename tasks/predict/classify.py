@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import PIL
 from tqdm import tqdm
@@ -43,6 +42,8 @@ class PredictOptions:
     batch_size: int = 64
     chunk_size: int = 1024  # files per committed part: what a killed run can lose
     max_pixels: int = DEFAULT_MAX_PIXELS
+    engine: str = "auto"  # auto | keras | onnxruntime | openvino (tasks/predict/engine.py); prepare() resolves auto
+    precision: str = "auto"  # auto | fp32 | bf16 | int8
 
     def check(self) -> None:
         for name in ("top_k", "batch_size", "chunk_size", "max_pixels"):
@@ -92,6 +93,8 @@ class PredictSummary:
     reused: int = 0
     processes: int = 0  # how many processes ran the model (Dask workers, or this one)
     seconds: float = 0.0
+    engine: str = ""  # what ran the model, and at which precision
+    precision: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,18 +119,29 @@ def default_model(paths: Paths) -> Path:
                         "model_card.json")
 
 
-def settings_id(info: model_folder.ModelInfo, max_pixels: int) -> tuple[str, dict[str, Any]]:
-    """A short id of everything a row's pixels and probabilities depend on, and those settings themselves."""
-    backend = keras.backend.backend()
-    try:
-        backend_version = importlib.metadata.version(backend)
-    except importlib.metadata.PackageNotFoundError:
-        backend_version = "unknown"
+def settings_id(info: model_folder.ModelInfo, max_pixels: int, engine_name: str = "keras",
+                precision: str = "fp32") -> tuple[str, dict[str, Any]]:
+    """A short id of everything a row's pixels and probabilities depend on, and those settings themselves: the
+    engine and precision too, and the version of what runs the model (Keras is imported only when it does)."""
+    if engine_name == "keras":
+        import keras
+
+        backend = keras.backend.backend()
+        runtime = {"keras": keras.__version__, "backend": f"{backend} {_version(backend)}"}
+    else:
+        runtime = {engine_name: _version(engine.PACKAGES[engine_name])}
     settings = {"model_version": info.version, "image_size": info.image_size, "resize": info.resize,
                 "max_pixels": max_pixels, "decode_version": images.DECODE_VERSION, "pillow": PIL.__version__,
-                "keras": keras.__version__, "backend": f"{backend} {backend_version}"}
+                "engine": engine_name, "precision": precision, **runtime}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return digest, settings
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> PredictPlan:
@@ -137,13 +151,15 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         raise ValueError(f"{source}: folder not found; give the folder of images to classify")
     store.output_format(out)
     info = model_folder.read_info(model)
+    chosen_engine, chosen_precision = engine.choose(info.folder, options.engine, options.precision)
+    options = replace(options, engine=chosen_engine, precision=chosen_precision)
     if options.top_k > len(info.labels):
         logger.info("top_k %d is more than the model's %d labels; using %d", options.top_k, len(info.labels),
                     len(info.labels))
         options = replace(options, top_k=len(info.labels))
     source, out = source.resolve(), out.resolve()
     state = store.state_folder(out)
-    identity, depends_on = settings_id(info, options.max_pixels)
+    identity, depends_on = settings_id(info, options.max_pixels, options.engine, options.precision)
     # What the finished parts depend on (not the batch size: an image's probabilities do not depend on its batch).
     settings = {"format": 2, "source": os.fsencode(source).decode("utf-8", "backslashreplace"),
                 "top_k": options.top_k, "chunk_size": options.chunk_size, "settings_id": identity, **depends_on}
@@ -208,7 +224,8 @@ def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
         row: dict[str, Any] = {"path": planned["path"], "status": "ok", "reason": "", "detail": "",
                                "sha256": file.sha256, "bytes": file.bytes, "mtime_ns": file.mtime_ns,
                                "model_version": plan.model.version, "settings_id": plan.settings_id,
-                               "path_bytes_hex": planned["path_bytes"].hex()}
+                               "path_bytes_hex": planned["path_bytes"].hex(), "engine": plan.options.engine,
+                               "precision": plan.options.precision}
         if file.status == "ok":
             best = order[decoded]
             for rank, label_index in enumerate(best, start=1):
@@ -219,9 +236,10 @@ def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
         elif file.status == "reused":
             row |= {name: planned[f"previous_{name}"] for name in store.prediction_columns(top_k)}
         elif file.status == "skipped":
-            row |= {"status": "skipped", "reason": file.reason, "detail": entries.SKIPPED_DETAILS[file.reason]}
+            row |= {"status": "skipped", "reason": file.reason, "detail": entries.SKIPPED_DETAILS[file.reason],
+                    "engine": "", "precision": ""}
         else:
-            row |= {"status": "error", "reason": file.reason, "detail": file.detail}
+            row |= {"status": "error", "reason": file.reason, "detail": file.detail, "engine": "", "precision": ""}
         rows.append(row)
     return rows
 
@@ -236,7 +254,6 @@ def classify_chunks(plan: PredictPlan, chunk_indices: list[int], decode_workers:
     chunk_indices = [index for index in chunk_indices if not store.part_file(plan.state, index).exists()]
     if not chunk_indices:
         return ChunkCounts()
-    engine.limit_threads(tensorflow_threads)
     last_chunk_files = plan.files - (plan.chunks - 1) * plan.options.chunk_size
     files = sum(last_chunk_files if index == plan.chunks - 1 else plan.options.chunk_size for index in chunk_indices)
     if decode_workers == 0 and files < pool.SERIAL_BELOW:
@@ -253,10 +270,10 @@ def classify_chunks(plan: PredictPlan, chunk_indices: list[int], decode_workers:
 
     reading = machine.stops_on_machine_errors(plan.source, "reading", "", "the chunks already finished are kept")
     with reading, pool.ProcessPool(decode_workers, warm=True) as workers:  # the workers start while the model loads
-        network = model_folder.load_checked(plan.model)
+        runner = engine.open_engine(plan.model, plan.options.engine, plan.options.precision, tensorflow_threads)
         for result in workers.imap(functools.partial(decode.read_batch, settings=settings), jobs()):
             index, batch, ends_chunk = tags.popleft()
-            chunk_rows += _rows(plan, batch, result, engine.probabilities(network, result.pixels))
+            chunk_rows += _rows(plan, batch, result, runner.probabilities(result.pixels))
             reused = sum(file.status == "reused" for file in result.files)
             counts.processed += sum(file.status in ("ok", "error") for file in result.files)
             counts.reused += reused
@@ -277,7 +294,7 @@ def finish(plan: PredictPlan, counts: ChunkCounts, seconds: float) -> PredictSum
     skipped = {reason: count for (status, reason), count in sorted(statuses.items()) if status == "skipped"}
     summary = PredictSummary(str(plan.out), str(plan.model.folder), plan.model.version, plan.files, ok, errors,
                              skipped, plan.files - plan.pending_files, counts.processed, counts.reused,
-                             len(counts.process_ids), round(seconds, 1))
+                             len(counts.process_ids), round(seconds, 1), plan.options.engine, plan.options.precision)
     logger.info("predict: %d files, %d ok, %d errors (%s), %d skipped (%s); %d classified, %d reused from the earlier "
                 "table, %d from an interrupted run; wrote %s in %.1f s", summary.files, ok, sum(errors.values()),
                 _counted(errors), sum(skipped.values()), _counted(skipped), summary.processed, summary.reused,

@@ -1,17 +1,55 @@
-"""Runs a loaded model on batches of decoded images: class probabilities and the thread budget; reads and writes nothing."""
+"""Chooses and opens the engine that runs a model folder on batches of uint8 images; reads the folder, writes nothing.
+
+Engines: `keras` (model.keras through Keras/TensorFlow), `onnxruntime` (model.onnx, or model.int8.onnx) and
+`openvino` (openvino/model.xml or model.onnx at fp32 or bf16, model.int8.onnx at int8). `auto` takes the fastest
+engine and precision that train measured on the test split (engines.json in the model folder) and that passed
+parity there: fp32 within MAX_FP32_DIFFERENCE of Keras's probabilities, bf16 and int8 agreeing on the top-1 label
+of at least MIN_AGREEMENT of the images. Nothing is assumed: a folder without engines.json runs on Keras.
+The heavy libraries are imported only by the engine that is opened.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
+from pathlib import Path
+from typing import Any, Protocol
 
-import keras
 import numpy as np
 
+from tasks import model_folder
+from tasks.config import ArgumentError
+
 logger = logging.getLogger(__name__)
+
+ENGINES = ("keras", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+# engine -> precision -> the file in the model folder it runs (tried in order)
+FILES: dict[str, dict[str, tuple[str, ...]]] = {
+    "keras": {"fp32": (model_folder.MODEL_FILE,)},
+    "onnxruntime": {"fp32": (model_folder.EXPORT_PATHS["onnx"],), "int8": (model_folder.INT8_ONNX_FILE,)},
+    "openvino": {"fp32": (model_folder.EXPORT_PATHS["openvino"], model_folder.EXPORT_PATHS["onnx"]),
+                 "bf16": (model_folder.EXPORT_PATHS["openvino"], model_folder.EXPORT_PATHS["onnx"]),
+                 "int8": (model_folder.INT8_ONNX_FILE,)},
+}
+PACKAGES = {"keras": "keras", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+MIN_AGREEMENT = 0.99  # bf16 and int8: top-1 agreement with Keras on the test split
+MAX_FP32_DIFFERENCE = 1e-4  # fp32: largest probability difference from Keras on the test split
+
+
+class Engine(Protocol):
+    name: str
+    precision: str
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities (float32, one row per image) for a batch of uint8 images."""
 
 
 def limit_threads(threads: int) -> None:
     """Use at most `threads` TensorFlow threads in this process (0: all cores); only before TensorFlow starts."""
+    import keras
+
     if threads <= 0 or keras.backend.backend() != "tensorflow":
         return
     import tensorflow as tf
@@ -23,8 +61,110 @@ def limit_threads(threads: int) -> None:
         logger.debug("TensorFlow already started; thread settings unchanged")
 
 
-def probabilities(network: keras.Model, pixels: np.ndarray) -> np.ndarray:
-    """Class probabilities (float32, one row per image) for a batch of uint8 images."""
-    if len(pixels) == 0:
-        return np.zeros((0, int(network.output_shape[-1])), dtype=np.float32)
-    return np.asarray(network.predict_on_batch(pixels), dtype=np.float32)
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def supports_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is slow or refused."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def is_installed(engine: str) -> bool:
+    return importlib.util.find_spec(PACKAGES[engine]) is not None
+
+
+def model_file(folder: Path, engine: str, precision: str) -> Path | None:
+    """The file `engine` runs at `precision` from this model folder; None when the folder has none."""
+    for name in FILES[engine].get(precision, ()):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def unusable_reason(folder: Path, engine: str, precision: str) -> str | None:
+    """Why `engine` cannot run this model at `precision` on this machine; None when it can."""
+    if precision not in FILES[engine]:
+        return f"{engine} has no {precision} mode (it runs {', '.join(FILES[engine])})"
+    if not is_installed(engine):
+        return f"{engine} is not installed (pip install {PACKAGES[engine]})"
+    if precision == "bf16" and not supports_bf16():
+        return "this CPU has no native bf16 (avx512_bf16 or amx_bf16)"
+    if model_file(folder, engine, precision) is None:
+        wanted = " or ".join(FILES[engine][precision])
+        return f"{folder} has no {wanted} (train writes it: train.exports, train.int8_calibration)"
+    return None
+
+
+def _measured(folder: Path) -> list[dict[str, Any]]:
+    record = model_folder.read_engines(folder)
+    return [] if record is None else list(record["engines"])
+
+
+def choose(folder: Path, engine: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """The engine and precision to run: as asked, or for `auto` the fastest that passed parity and runs here."""
+    if engine not in ("auto", *ENGINES):
+        raise ArgumentError(f"`engine` must be auto or one of {', '.join(ENGINES)}, got {engine!r}")
+    if precision not in ("auto", *PRECISIONS):
+        raise ArgumentError(f"`precision` must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
+    measured = _measured(folder)
+    if engine != "auto" and precision != "auto":
+        reason = unusable_reason(folder, engine, precision)
+        if reason:
+            raise ArgumentError(f"`engine` {engine} at `precision` {precision}: {reason}")
+        failed = [row for row in measured if (row["engine"], row["precision"]) == (engine, precision)
+                  and not row["passed"]]
+        if failed:
+            logger.warning("%s %s failed the parity check when the model was trained (%s); using it as asked",
+                           engine, precision, failed[0].get("detail", ""))
+        return engine, precision
+    candidates = [row for row in measured if row["passed"] and row.get("ms_per_image") is not None
+                  and engine in ("auto", row["engine"])
+                  and precision in ("auto", row["precision"])
+                  and unusable_reason(folder, row["engine"], row["precision"]) is None]
+    if candidates:
+        best = min(candidates, key=lambda row: float(row["ms_per_image"]))
+        logger.info("engine: %s %s, the fastest that passed parity for this model (%.2f ms of CPU per image, top-1 "
+                    "agreement %.4f on %d test images)", best["engine"], best["precision"], best["ms_per_image"],
+                    best["agreement"], best.get("images", 0))
+        return best["engine"], best["precision"]
+    fallback = (engine if engine != "auto" else "keras", precision if precision != "auto" else "fp32")
+    if fallback[1] != "fp32" and engine == "auto":  # a precision asked for, never measured: any engine with it
+        fallback = next(((name, fallback[1]) for name in ("openvino", "onnxruntime")
+                         if unusable_reason(folder, name, fallback[1]) is None), fallback)
+    reason = unusable_reason(folder, *fallback)
+    if reason:
+        raise ArgumentError(f"`engine` {engine} at `precision` {precision}: {reason}")
+    logger.info("engine: %s %s (%s)", *fallback,
+                "no engine measurement in the model folder" if not measured else "none measured passed or runs here")
+    return fallback
+
+
+def open_engine(info: model_folder.ModelInfo, engine: str, precision: str, threads: int = 0) -> Engine:
+    """Load the model of `info` into `engine` at `precision` (as chosen by choose()); `threads` 0: all cores."""
+    if engine == "keras":
+        from tasks.predict import keras_engine
+
+        limit_threads(threads)
+        return keras_engine.KerasEngine(info)
+    path = model_file(info.folder, engine, precision)
+    reason = unusable_reason(info.folder, engine, precision)
+    if reason or path is None:
+        raise ArgumentError(f"`engine` {engine} at `precision` {precision}: {reason}")
+    if model_folder.compute_version(info.folder) != info.version:
+        raise ValueError(f"{info.folder / model_folder.MODEL_FILE}: the model changed during the run (version is "
+                         f"no longer {info.version}); run again to use the new model")
+    if engine == "onnxruntime":
+        from tasks.predict import onnxruntime_engine
+
+        return onnxruntime_engine.OnnxRuntimeEngine(path, precision, len(info.labels), threads)
+    from tasks.predict import openvino_engine
+
+    return openvino_engine.OpenVinoEngine(path, precision, len(info.labels), threads)

@@ -54,18 +54,18 @@ def top_columns(top_k: int) -> list[str]:
 
 def output_schema(top_k: int) -> pa.Schema:
     """path, status, label, confidence, top_1_label, top_1_probability, ..., reason, detail, file facts, model,
-    settings, the exact name."""
+    settings, the exact name, and the engine and precision that computed the probabilities."""
     fields = [("path", pa.string()), ("status", pa.string()), ("label", pa.string()), ("confidence", pa.float32())]
     fields += [(name, pa.string() if name.endswith("_label") else pa.float32()) for name in top_columns(top_k)]
     fields += [("reason", pa.string()), ("detail", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()),
                ("mtime_ns", pa.int64()), ("model_version", pa.string()), ("settings_id", pa.string()),
-               ("path_bytes_hex", pa.string())]
+               ("path_bytes_hex", pa.string()), ("engine", pa.string()), ("precision", pa.string())]
     return pa.schema(fields)
 
 
 def prediction_columns(top_k: int) -> list[str]:
     """The columns an earlier run's row gives back when the same file is reused."""
-    return ["label", "confidence", *top_columns(top_k), "sha256"]
+    return ["label", "confidence", *top_columns(top_k), "sha256", "engine", "precision"]
 
 
 def plan_schema(top_k: int) -> pa.Schema:

@@ -16,10 +16,12 @@ from tasks import atomic, model_folder, pool, stored_images
 from tasks.evaluate import metrics as metric_functions
 from tasks.params import GateParams
 from tasks.paths import Paths
+from tasks.predict import engine, engine_check
+from tasks.train import selection
 
 logger = logging.getLogger(__name__)
 
-PARITY_IMAGES = 32
+PARITY_BATCH = 64
 PREDICT_BATCH = 256
 
 
@@ -48,15 +50,89 @@ def predict_stored(folder: Path, images: list[stored_images.Job], raw: Path, max
     return np.concatenate(batches) if batches else np.zeros((0, len(info.labels)))
 
 
-def export_parity(folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int) -> float:
-    """Largest absolute difference between the SavedModel export's and the .keras model's probabilities."""
-    import tensorflow as tf
+def _batches(info: model_folder.ModelInfo, images: list[stored_images.Job], raw: Path,
+             max_pixels: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for pixels in _decode_stored(info, images, raw, max_pixels):
+        batch.append(pixels)
+        if len(batch) == PARITY_BATCH:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
 
-    pixels = np.stack(list(_decode_stored(model_folder.read_info(folder), images[:PARITY_IMAGES], raw, max_pixels)))
-    expected = model_folder.load(folder).predict(pixels, verbose=0)
-    exported = tf.saved_model.load(str(folder / model_folder.SAVED_MODEL_FOLDER))  # keep it: it owns the variables
-    served = exported.serve(tf.constant(pixels)).numpy()
-    return float(np.abs(served - expected).max())
+
+def _export_runner(folder: Path, name: str, classes: int) -> Any:
+    """What runs export `name` for its check: TensorFlow for the SavedModel and LiteRT, ONNX Runtime (else
+    OpenVINO) for ONNX, OpenVINO at fp32 for its IR."""
+    from tasks.predict import keras_engine, onnxruntime_engine, openvino_engine
+
+    path = model_folder.export_path(folder, name)
+    if not path.exists():
+        raise ValueError(f"{path} is missing")
+    if name == "saved_model":
+        return keras_engine.SavedModelRunner(path, classes)
+    if name == "litert":
+        return keras_engine.LiteRtRunner(path, classes)
+    if name == "onnx" and engine.is_installed("onnxruntime"):
+        return onnxruntime_engine.OnnxRuntimeEngine(path, "fp32", classes)
+    if engine.is_installed("openvino"):
+        return openvino_engine.OpenVinoEngine(path, "fp32", classes)
+    raise ValueError(f"no runtime to check {path} is installed (pip install onnxruntime or openvino)")
+
+
+def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,
+                  max_pixels: int) -> list[engine_check.Figures]:
+    """Each export the model card lists (train.exports), and each faster engine precision that engines.json lets
+    `imgpipe predict --engine auto` use, against the .keras model on every test image."""
+    from tasks.predict import keras_engine
+
+    info = model_folder.read_info(folder)
+    card = model_folder.read_card(folder)
+    runners, figures = [], []
+    for name in card.get("exports", [model_folder.SAVED_MODEL_FOLDER]):
+        try:
+            runner = _export_runner(folder, name, len(info.labels))
+            runner.name, runner.precision = name, "fp32"  # named as the export, whatever runs it
+            runners.append(runner)
+        except Exception as error:
+            figures.append(engine_check.Figures(name, "fp32", error=f"{type(error).__name__}: {error}"))
+    usable = [(row["engine"], row["precision"]) for row in (model_folder.read_engines(folder) or {}).get("engines", [])
+              if row["passed"] and row["precision"] != "fp32"
+              and engine.unusable_reason(folder, row["engine"], row["precision"]) is None]
+    opened, failed = engine_check.open_candidates(folder, usable)
+    runners += opened
+    figures += failed
+    batches = _batches(info, images, raw, max_pixels)
+    return engine_check.compare(keras_engine.KerasEngine(info), runners, batches)[1:] + figures
+
+
+def export_check(params: GateParams, folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The "export parity" check and the figures behind it: every export (fp32) within
+    evaluate.gate.max_export_difference of the .keras model's probabilities, every faster precision that auto may
+    use (bf16, int8) agreeing on the top-1 label of at least engine.MIN_AGREEMENT of the test images."""
+    figures = export_parity(folder, images, raw, max_pixels)
+    failed = []
+    for item in figures:
+        if item.error:
+            failed.append(item.detail())
+        elif item.precision == "fp32" and item.max_difference > params.max_export_difference:
+            failed.append(f"{item.engine}: largest probability difference {item.max_difference:.2e}, more than "
+                          f"{params.max_export_difference} allowed (evaluate.gate.max_export_difference)")
+        elif item.precision != "fp32" and not item.passed():
+            failed.append(f"{item.engine} {item.precision}: top-1 agreement {item.agreement:.4f}, under the "
+                          f"{engine.MIN_AGREEMENT} that --engine auto needs (engines.json says it had it)")
+    exports = [item for item in figures if item.precision == "fp32" and not item.error]
+    largest = max((item.max_difference for item in exports), default=0.0)
+    images = max((item.images for item in figures), default=0)
+    names = ", ".join(f"{item.engine}" if item.precision == "fp32" else f"{item.engine} {item.precision}"
+                      for item in figures)
+    detail = ("; ".join(failed) if failed else
+              f"{names} agree with the .keras model on {images} test images (largest fp32 probability difference "
+              f"{largest:.2e}, at most {params.max_export_difference} allowed)")
+    check = _check("export parity", not failed, largest, params.max_export_difference, detail)
+    return check, [item.as_record() for item in figures]
 
 
 def _check(name: str, passed: bool, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:
@@ -113,6 +189,23 @@ def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, 
     ]
 
 
+def split_notes(folder: Path, metrics: dict[str, Any], metric: str) -> list[str]:
+    """Which split is too small for a decision: the validation split (train's note in the model card) and the test
+    split (the 95% interval of the headline metric in metrics.json wider than selection.WIDEST_DECISIVE_INTERVAL)."""
+    notes = []
+    validation_note = model_folder.read_card(folder).get("validation", {}).get("note")
+    if validation_note:
+        notes.append(validation_note)
+    interval = metrics.get(f"{metric}_ci")
+    if interval:
+        test_note = selection.interval_note("test", metric, interval, int(metrics.get("test_images", 0)))
+        if test_note:
+            notes.append(test_note)
+    for note in notes:
+        logger.warning("gate: %s", note)
+    return notes
+
+
 def _sentence(passed: bool, champion: dict[str, Any] | None, checks: list[dict[str, Any]]) -> str:
     failed = [check for check in checks if not check["passed"]]
     against = "the production model" if champion else "the minimum scores (no production model yet)"
@@ -130,11 +223,8 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     table = pd.read_csv(paths.evaluation / "test_predictions.csv", keep_default_na=False,
                         dtype={"actual": str, "predicted": str})
     stored = stored_images.jobs_for(paths.manifest, table["path"].tolist())  # the test images, from the raw store
-    difference = export_parity(paths.candidate, stored, paths.raw, max_pixels)
-    checks = [_check("export parity", difference <= params.max_export_difference, difference,
-                     params.max_export_difference,
-                     f"SavedModel and .keras probabilities differ by at most {difference:.2e} on "
-                     f"{min(len(table), PARITY_IMAGES)} test images")]
+    parity, exports = export_check(params, paths.candidate, stored, paths.raw, max_pixels)
+    checks = [parity]
     champion = None
     if model_folder.exists(paths.production):
         champion_checks, champion = compare_with_champion(params, seed, labels, table, paths.production, stored,
@@ -143,9 +233,11 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     else:
         checks += floor_checks(params, metrics)
     passed = all(check["passed"] for check in checks)
+    notes = split_notes(paths.candidate, metrics, params.metric)
     gate = {
         "decision": "pass" if passed else "fail",
-        "sentence": _sentence(passed, champion, checks),
+        "sentence": _sentence(passed, champion, checks) + "".join(f" Note: {note}." for note in notes),
+        "notes": notes,
         "headline_metric": params.metric,
         "tolerance": params.tolerance,
         "candidate": {"version": model_folder.version_of(paths.candidate),
@@ -153,6 +245,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
                                   ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "ece")}},
         "champion": champion,
         "checks": checks,
+        "exports": exports,
         "promoted": False,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,4 +1,5 @@
-"""Training callbacks and schedules: logs epochs (dvclive, logging), keeps a resumable run folder; writes only inside it."""
+"""Training callbacks, metric and schedules: logs epochs (dvclive, logging), keeps the best epoch and stops early in a
+resumable run folder; writes only inside it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 
 import keras
 import pandas as pd
+from keras import ops
 
 from tasks import atomic
 from tasks.params import TrainParams
+from tasks.train import selection
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +78,47 @@ def run_key(params: TrainParams, extra: dict[str, Any], data_files: list[Path]) 
     return digest.hexdigest()[:16]
 
 
+@keras.saving.register_keras_serializable(package="imgpipe")
+class MacroF1(keras.metrics.Metric):
+    """Macro-averaged F1 over every class (a class never seen nor predicted counts as 0, as in the evaluation).
+
+    Accumulates a confusion matrix, so the validation figure is that of the whole split, not a mean over batches.
+    Takes class indices or one-hot (also mixed, soft) labels. keras.ops only: any backend runs it.
+    """
+
+    def __init__(self, num_classes: int, name: str = "macro_f1", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.confusion = self.add_variable(shape=(num_classes, num_classes), initializer="zeros", name="confusion")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
+        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == self.num_classes:
+            actual = ops.argmax(y_true, axis=-1)
+        else:
+            actual = ops.reshape(y_true, (-1,))
+        actual = ops.one_hot(ops.cast(actual, "int32"), self.num_classes, dtype=self.dtype)
+        predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes, dtype=self.dtype)
+        self.confusion.assign_add(ops.matmul(ops.transpose(actual), predicted))
+
+    def result(self) -> Any:
+        true_positives = ops.diagonal(self.confusion)
+        denominator = ops.sum(self.confusion, axis=0) + ops.sum(self.confusion, axis=1)
+        f1 = ops.where(denominator > 0, 2 * true_positives / ops.maximum(denominator, 1e-12), 0.0)
+        return ops.mean(f1)
+
+    def reset_state(self) -> None:
+        self.confusion.assign(ops.zeros((self.num_classes, self.num_classes), dtype=self.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
 def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any) -> list[keras.callbacks.Callback]:
-    """Early stopping, best-model checkpoint, per-epoch history, backup-and-restore and logging for one phase."""
+    """Best-epoch checkpoint with early stopping, per-epoch history, backup-and-restore and logging for one phase."""
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience),
-        BestWeights(run_dir, phase),
+        BestWeights(run_dir, phase, params.select_on, params.patience, params.min_epochs),
         keras.callbacks.CSVLogger(str(run_dir / f"{phase}.history.csv"), append=True),
         DvcLiveLogger(live, phase),
         EpochLogger(phase),
@@ -99,26 +138,38 @@ def best_weights_path(run_dir: Path, phase: str) -> Path:
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the lowest val_loss so far, written under a temporary name and renamed into place.
+    """Keeps the weights of the best epoch so far (selection.score_key) and stops the phase early.
 
-    The best value lives on disk beside them, so a resumed run keeps a model only when it is truly better, and
-    a run killed while saving never leaves a half-written file behind.
+    The best epoch is written under a temporary name and renamed into place, with its record beside it, so a
+    resumed run keeps a model only when it is truly better, counts its patience from the true best epoch, and a
+    run killed while saving never leaves a half-written file behind. Stops when `patience` epochs passed without a
+    better one, never before `min_epochs`.
     """
 
-    def __init__(self, run_dir: Path, phase: str) -> None:
+    def __init__(self, run_dir: Path, phase: str, select_on: str = "loss", patience: int | None = None,
+                 min_epochs: int = 1) -> None:
         super().__init__()
         self.weights = best_weights_path(run_dir, phase)
         self.record = run_dir / f"{phase}.best.json"
+        self.select_on = select_on
+        self.patience = patience
+        self.min_epochs = min_epochs
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        value = float((logs or {}).get("val_loss", math.inf))
-        best = json.loads(self.record.read_text())["val_loss"] if self.record.exists() else math.inf
-        if not value < best:
-            return
-        temporary = self.weights.with_name(f".{self.weights.stem}.partial.weights.h5")  # Keras wants .weights.h5
-        self.model.save_weights(temporary, overwrite=True)
-        os.replace(temporary, self.weights)
-        atomic.write_json(self.record, {"val_loss": value, "epoch": epoch + 1})
+        logs = logs or {}
+        key = list(selection.score_key(self.select_on, logs))
+        best = json.loads(self.record.read_text()) if self.record.exists() else None
+        if best is None or key > best["key"]:
+            temporary = self.weights.with_name(f".{self.weights.stem}.partial.weights.h5")  # Keras wants .weights.h5
+            self.model.save_weights(temporary, overwrite=True)
+            os.replace(temporary, self.weights)
+            best = {"key": key, "epoch": epoch + 1, "select_on": self.select_on,
+                    "val_loss": float(logs.get("val_loss", math.nan))}
+            atomic.write_json(self.record, best)
+        if self.patience and epoch + 1 >= self.min_epochs and epoch + 1 - best["epoch"] >= self.patience:
+            logger.info("early stop after epoch %d: no better validation %s since epoch %d", epoch + 1,
+                        self.select_on, best["epoch"])
+            self.model.stop_training = True
 
 
 def read_history(run_dir: Path, phase: str) -> pd.DataFrame:

@@ -1,7 +1,10 @@
-"""Keras 3 model builders (keras.layers and keras.ops only, so any backend runs them); reads a local weights file if given."""
+"""Keras 3 model builders (keras.layers and keras.ops only, so any backend runs them); reads a local weights file or
+Keras's cached ImageNet weights (downloading them through Keras on a connected machine), writes a no-top weights file
+for `imgpipe weights fetch`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
@@ -12,6 +15,7 @@ from keras import layers, ops
 from tasks.params import ModelName, TrainParams
 
 SIMPLE_CNN = "simple_cnn"
+IMAGENET = "imagenet"  # train.weights: the backbone's ImageNet weights, through Keras's own download and cache
 # name -> (constructor, how the backbone wants its 0-255 RGB input)
 BACKBONES: dict[str, tuple[Callable[..., keras.Model], str]] = {
     "mobilenet_v3_small": (keras.applications.MobileNetV3Small, "built_in"),
@@ -51,41 +55,83 @@ def simple_cnn(image_size: int, num_classes: int, depth: int, width: int, dropou
     return keras.Model(inputs, outputs, name=SIMPLE_CNN)
 
 
-def check_weights_file(weights: str | None) -> Path | None:
-    """The local weights file, which must exist: imgpipe never downloads weights."""
-    if weights is None:
-        return None
+def check_weights_file(weights: str | None) -> Path | str | None:
+    """"imagenet", or the local weights file, which must exist."""
+    if weights is None or weights == IMAGENET:
+        return weights
     path = Path(weights).expanduser()
     if not path.is_file():
         raise ValueError(
-            f"train.weights: {path} not found; give a local backbone weights file (saved without the top, "
-            "include_top=False) or null to start from random weights. imgpipe never downloads weights."
+            f"train.weights: {path} not found; give a local backbone weights file saved without the top "
+            "(include_top=False; 'imgpipe weights fetch NAME --out FILE' writes one), imagenet (downloaded through "
+            "Keras's cache), or null to start from random weights"
         )
     return path
 
 
-def backbone_model(name: str, image_size: int, num_classes: int, dropout: float, weights: Path | None) -> keras.Model:
+def offline_message(name: str, error: Exception) -> str:
+    return (f"train.weights: imagenet: the ImageNet weights of {name} are not in Keras's cache (~/.keras/models, or "
+            f"$KERAS_HOME/models) and could not be downloaded ({error}). On a machine with internet run "
+            f"'imgpipe weights fetch {name} --out {name}_imagenet_notop.weights.h5', copy the file here and set "
+            f"train.weights to its path")
+
+
+def backbone(name: str, image_size: int | None, weights: Path | str | None) -> keras.Model:
+    """The keras.applications network `name` without its top, with global pooling; 0-255 RGB input."""
+    if name not in BACKBONES:
+        raise ValueError(f"train.model {name!r} is unknown; use one of {', '.join(MODEL_NAMES)}")
+    constructor, input_style = BACKBONES[name]
+    options = {"include_preprocessing": True} if input_style == "built_in" else {}
+    shape = None if image_size is None else (image_size, image_size, 3)
+    if weights == IMAGENET:
+        try:
+            return constructor(include_top=False, weights=IMAGENET, input_shape=shape, pooling="avg", **options)
+        except Exception as error:  # Keras raises a bare Exception when the download fails
+            if "URL fetch failure" in str(error) or isinstance(error, OSError):
+                raise ValueError(offline_message(name, error)) from None
+            raise
+    network = constructor(include_top=False, weights=None, input_shape=shape, pooling="avg", **options)
+    if weights is not None:
+        network.load_weights(weights)
+    return network
+
+
+def backbone_model(name: str, image_size: int, num_classes: int, dropout: float,
+                   weights: Path | str | None) -> keras.Model:
     """A keras.applications backbone with global pooling and a new softmax head; uint8 input, scaled inside."""
     if name not in BACKBONES:
         raise ValueError(f"train.model {name!r} is unknown; use one of {', '.join(MODEL_NAMES)}")
     if image_size < 32:
         raise ValueError(f"train.model {name} needs preprocess.image_size >= 32, got {image_size}")
-    constructor, input_style = BACKBONES[name]
-    options = {"include_preprocessing": True} if input_style == "built_in" else {}
-    backbone = constructor(include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg",
-                           **options)
-    if weights is not None:
-        backbone.load_weights(weights)
+    pretrained = backbone(name, image_size, weights)
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0, name="to_float")(inputs)  # a cast: the backbones take 0-255 values
-    if input_style == "caffe":
+    if BACKBONES[name][1] == "caffe":
         x = CaffeNormalization(name="caffe_normalization")(x)
     # Pretrained batch-norm statistics stay fixed (inference mode) even when layers are unfrozen later;
     # from random weights they must learn.
-    x = backbone(x, training=False if weights is not None else None)
+    x = pretrained(x, training=False if weights is not None else None)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def fetch_weights(name: str, out: Path) -> Path:
+    """Save the ImageNet weights of backbone `name` without its top to `out` (a .weights.h5 file), for a machine
+    that cannot download them: point train.weights at the file there."""
+    if name == SIMPLE_CNN or name not in BACKBONES:
+        raise ValueError(f"{name!r} has no ImageNet weights; name one of the backbones {', '.join(BACKBONES)}")
+    if not out.name.endswith(".weights.h5"):
+        raise ValueError(f"`out` {out}: Keras saves weights only to a file whose name ends in .weights.h5")
+    network = backbone(name, None, IMAGENET)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name.removesuffix('.weights.h5')}.partial.weights.h5")
+    try:
+        network.save_weights(temporary)
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return out
 
 
 def build(params: TrainParams, image_size: int, num_classes: int) -> keras.Model:

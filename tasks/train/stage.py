@@ -1,4 +1,5 @@
-"""Train stage: reads data/processed/, writes data/models/candidate/ (model, labels, history, model card, SavedModel)."""
+"""Train stage: reads data/processed/, writes data/models/candidate/ (model, labels, history, model card, exports,
+engines.json)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import pandas as pd
 from dvclive import Live
 
 from tasks import atomic, model_folder, processed_store
 from tasks.config import load_config
+from tasks.evaluate import metrics as metric_functions
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import accelerator, augment_preview, callbacks, dataset, model
+from tasks.train import accelerator, augment_preview, callbacks, dataset, export, model, selection
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def _compile(network: keras.Model, rate: Any, jit_compile: bool, soft_labels: bo
         optimizer=keras.optimizers.Adam(learning_rate=rate),
         # mixup and cutmix blend labels, so they arrive one-hot (and soft) instead of as class indices
         loss="categorical_crossentropy" if soft_labels else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=["accuracy", callbacks.MacroF1(int(network.output_shape[-1]))],
         jit_compile=jit_compile,
     )
 
@@ -69,6 +72,31 @@ def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: in
     return callbacks.read_history(run_dir, phase).assign(phase=phase)
 
 
+def _validation_figures(network: keras.Model, processed: Path, image_size: int, batch_size: int,
+                        labels: list[str], metric: str, seed: int) -> dict[str, Any]:
+    """The kept model's validation score with its 95% bootstrap interval, and a note when that is too wide to decide."""
+    true_index, predicted_index = [], []
+    for images, classes in dataset.split_dataset(processed, "val", image_size, batch_size, training=False):
+        true_index.append(classes.numpy())
+        predicted_index.append(np.asarray(network.predict_on_batch(images.numpy())).argmax(axis=1))
+    true_index, predicted_index = np.concatenate(true_index), np.concatenate(predicted_index)
+    scores = metric_functions.bootstrap(true_index, [predicted_index], len(labels), metric, seed)[:, 0]
+    interval = metric_functions.interval(scores)
+    note = selection.interval_note("validation", metric, interval, len(true_index))
+    if note:
+        logger.warning("train: %s", note)
+    return {"interval_metric": metric, "interval": interval, "images": int(len(true_index)), "note": note}
+
+
+def _keep_best_phase(network: keras.Model, history: pd.DataFrame, run_dir: Path, select_on: str) -> pd.Series:
+    """Load the weights of the best epoch across the phases (fine-tuning may not beat the frozen phase)."""
+    best = history.iloc[selection.best_row(history, select_on)]
+    best_weights = callbacks.best_weights_path(run_dir, str(best["phase"]))
+    if best_weights.exists():
+        network.load_weights(best_weights)
+    return best
+
+
 def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) -> Path:
     """Fit the model on the train split (early stopping on val), then write the candidate model folder."""
     keras.utils.set_random_seed(seed)
@@ -76,22 +104,26 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    if params.weights is not None:
+    if params.weights not in (None, model.IMAGENET):
         params = params.model_copy(update={"weights": str(paths.resolve(params.weights))})
     preprocessing = json.loads((paths.processed / "preprocess.json").read_text(encoding="utf-8"))
     labels: list[str] = preprocessing["labels"]
     image_size = int(preprocessing["image_size"])
+    train_images = int(preprocessing["counts"]["train"])
 
     training_plan = accelerator.plan(params.precision, params.jit_compile)
     distribution = accelerator.apply(training_plan)
     with distribution.scope():
         network = model.build(params, image_size, len(labels))
-    batch_size = params.batch_size * distribution.replicas
+    batch_size = selection.batch_size(params.batch_size, train_images, distribution.replicas) * distribution.replicas
     train_data = dataset.split_dataset(paths.processed, "train", image_size, batch_size, training=True,
                                        augment=augment, seed=seed)
     val_data = dataset.split_dataset(paths.processed, "val", image_size, batch_size, training=False,
                                      one_hot=augment.mixing)
-    steps = callbacks.steps_per_epoch(int(preprocessing["counts"]["train"]), batch_size)
+    steps = callbacks.steps_per_epoch(train_images, batch_size)
+    logger.info("train: %d training images, batch size %d (%s), %d steps per epoch; keeping the epoch with the best "
+                "validation %s", train_images, batch_size,
+                "auto" if params.batch_size == "auto" else "train.batch_size", steps, params.select_on)
 
     key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "plan": str(training_plan)},
                             [paths.processed / "preprocess.json", paths.processed / "split.parquet"])
@@ -102,7 +134,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
     with Live(dir=str(paths.training_reports / "live"), dvcyaml=None, save_dvc_exp=False, report=None,
               resume=resuming) as live:
         live.log_params({"train": params.model_dump(mode="json"), "augment": augment.model_dump(), "seed": seed,
-                         "image_size": image_size, "precision": training_plan.precision})
+                         "image_size": image_size, "precision": training_plan.precision, "batch_size": batch_size})
         pretrained = params.weights is not None and params.model != model.SIMPLE_CNN
         with distribution.scope():
             model.set_backbone_trainable(network, 0 if pretrained else None)
@@ -116,7 +148,9 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
                                             live, training_plan.jit_compile, augment.mixing))
     seconds = time.perf_counter() - started
     history = pd.concat(histories, ignore_index=True)
-    best = history.loc[history["val_loss"].idxmin()]
+    best = _keep_best_phase(network, history, run_dir, params.select_on)
+    interval_metric = "accuracy" if params.select_on == "accuracy" else "macro_f1"
+    validation = _validation_figures(network, paths.processed, image_size, batch_size, labels, interval_metric, seed)
 
     card = {
         "model": params.model,
@@ -129,31 +163,37 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         # the bytes, which `imgpipe gc` may change without changing the data)
         "data_sha256": file_sha256(paths.processed / processed_store.SPLIT_TABLE),
         "git_revision": git_revision(paths.root),
-        "validation": {"phase": best["phase"], "epoch": int(best["epoch"]) + 1,
-                       "val_loss": float(best["val_loss"]), "val_accuracy": float(best["val_accuracy"])},
+        "validation": {"phase": best["phase"], "epoch": int(best["epoch"]) + 1, "selected_on": params.select_on,
+                       "val_loss": float(best["val_loss"]), "val_accuracy": float(best["val_accuracy"]),
+                       "val_macro_f1": float(best.get("val_macro_f1", float("nan"))), **validation},
+        "batch_size": batch_size,
         "epochs_run": len(history),
         "train_seconds": round(seconds, 1),
         "precision": training_plan.precision,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
+        "exports": list(params.exports),
     }
     with atomic.atomic_directory(paths.candidate) as building:
-        version = model_folder.write(building, network, labels, card, history)
-        export_saved_model(network, building / model_folder.SAVED_MODEL_FOLDER)
+        version = model_folder.write(building, _for_saving(network), labels, card, history)
+        write = export.run_in_fresh_process if network.count_params() > export.FRESH_PROCESS_PARAMETERS else export.run
+        write(building, list(params.exports), paths.processed, params.int8_calibration, seed)
     shutil.rmtree(run_dir, ignore_errors=True)
     augment_preview.run(augment, seed, paths)
-    logger.info("train: %d epochs in %.1f s (best: %s epoch %d, val_accuracy %.4f); wrote model %s to %s",
-                len(history), seconds, best["phase"], int(best["epoch"]) + 1, best["val_accuracy"], version,
+    logger.info("train: %d epochs in %.1f s (kept: %s epoch %d, val_%s %.4f, val_loss %.4f); wrote model %s to %s",
+                len(history), seconds, best["phase"], int(best["epoch"]) + 1, params.select_on,
+                float(best.get(f"val_{params.select_on}", best["val_loss"])), best["val_loss"], version,
                 paths.candidate)
     return paths.candidate
 
 
-def export_saved_model(network: keras.Model, target: Path) -> None:
-    """A TensorFlow SavedModel for serving (TF Serving, TFLite converters); needs TensorFlow installed."""
-    try:
-        network.export(str(target), format="tf_saved_model", verbose=False)
-    except ImportError as error:  # another backend without TensorFlow: the .keras file is still there
-        logger.warning("SavedModel export skipped: %s", error)
+def _for_saving(network: keras.Model) -> keras.Model:
+    """An uncompiled copy of the trained model, rebuilt from its config as loading rebuilds it: model.keras then
+    holds no optimizer state (a third of the size with Adam) and no custom metric that a user loading it without
+    imgpipe could not deserialise."""
+    copy = type(network).from_config(network.get_config())
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def main() -> None:

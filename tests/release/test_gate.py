@@ -1,7 +1,9 @@
 """Metrics with intervals, the champion/challenger gate, promotion and rollback, on a tiny trained model."""
 
 import json
+import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -43,6 +45,12 @@ def test_first_gate_uses_the_floors_and_always_writes_gate_json(evaluated):
     assert {check["name"] for check in decision["checks"]} == {"export parity", "accuracy floor", "macro-F1 floor"}
     parity = next(check for check in decision["checks"] if check["name"] == "export parity")
     assert parity["passed"] and parity["value"] <= 1e-4
+    test_images = len(pd.read_csv(paths.evaluation / "test_predictions.csv"))
+    exports = {(item["engine"], item["precision"]): item for item in decision["exports"]}
+    assert {("saved_model", "fp32"), ("onnx", "fp32")} <= set(exports)
+    assert all(item["images"] == test_images and item["agreement"] == 1.0 for item in exports.values())
+    assert any("test split is too small for a decision" in note for note in decision["notes"])
+    assert "Note: the test split is too small" in decision["sentence"]
     with pytest.raises(promote.PromotionRefused, match="the gate refused"):
         promote.promote(paths, reason="try")
     assert not paths.production.exists()
@@ -95,3 +103,28 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
         gate_file = json.loads(paths.gate.read_text())
         paths.gate.write_text(json.dumps(gate_file | {"decision": "pass", "promoted": False}))
         promote.promote(paths, reason="passed")
+
+
+def test_an_export_that_disagrees_or_is_missing_blocks_promotion_and_is_named(evaluated):
+    import keras
+
+    from tasks.train import export, model
+
+    config, paths = evaluated
+    lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
+    assert gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)["decision"] == "pass"
+    keras.utils.set_random_seed(99)  # another model of the same shape stands in for a broken conversion
+    other = model.simple_cnn(config.preprocess.image_size, 3, depth=config.train.depth, width=8, dropout=0.0)
+    other.predict_on_batch(np.zeros((1, config.preprocess.image_size, config.preprocess.image_size, 3), np.uint8))
+    export.export_onnx(other, model_folder.export_path(paths.candidate, "onnx"))
+    refused = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert refused["decision"] == "fail"
+    assert "export parity: onnx: largest probability difference" in refused["sentence"]
+    assert "saved_model" not in refused["sentence"].split("export parity:")[1].split(";")[0]
+    with pytest.raises(promote.PromotionRefused, match="export parity: onnx"):
+        promote.promote(paths, reason="try")
+
+    shutil.rmtree(model_folder.export_path(paths.candidate, "saved_model"))
+    missing = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert missing["decision"] == "fail" and "saved_model fp32 failed" in missing["sentence"]
+    assert "saved_model is missing" in missing["sentence"]

@@ -20,22 +20,67 @@ def test_cosine_schedule_warms_up_then_decays_and_other_schedules_are_constant()
     assert callbacks.steps_per_epoch(65, 64) == 2 and callbacks.steps_per_epoch(0, 64) == 1
 
 
-def test_best_weights_keeps_only_a_lower_val_loss_and_survives_a_restart(tmp_path):
+def test_best_weights_keeps_only_a_better_epoch_and_survives_a_restart(tmp_path):
     network = model.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
-    keeper = callbacks.BestWeights(tmp_path, "train")
+    keeper = callbacks.BestWeights(tmp_path, "train", select_on="macro_f1")
     keeper.set_model(network)
-    keeper.on_epoch_end(0, {"val_loss": 0.9})
+    keeper.on_epoch_end(0, {"val_loss": 0.9, "val_macro_f1": 0.6})
     saved = [np.array(weight) for weight in network.get_weights()]
     network.set_weights([weight + 1.0 for weight in network.get_weights()])
-    callbacks.BestWeights(tmp_path, "train").on_epoch_end(1, {"val_loss": 1.2})  # a resumed run: worse, ignored
-    again = callbacks.BestWeights(tmp_path, "train")
+    again = callbacks.BestWeights(tmp_path, "train", select_on="macro_f1")  # a resumed run: reads the record
     again.set_model(network)
-    again.on_epoch_end(1, {"val_loss": 1.2})
-    assert json.loads((tmp_path / "train.best.json").read_text()) == {"val_loss": 0.9, "epoch": 1}
+    again.on_epoch_end(1, {"val_loss": 0.5, "val_macro_f1": 0.55})  # lower loss, worse macro-F1: not kept
+    record = json.loads((tmp_path / "train.best.json").read_text())
+    assert record["epoch"] == 1 and record["val_loss"] == 0.9 and record["select_on"] == "macro_f1"
     network.load_weights(callbacks.best_weights_path(tmp_path, "train"))
     for kept, now in zip(saved, network.get_weights()):
         np.testing.assert_array_equal(kept, now)
     assert not list(tmp_path.glob("*.partial*"))
+    again.on_epoch_end(2, {"val_loss": 0.8, "val_macro_f1": 0.6})  # the same macro-F1, a lower loss: kept
+    assert json.loads((tmp_path / "train.best.json").read_text())["epoch"] == 3
+
+
+def test_early_stopping_waits_for_min_epochs_and_counts_patience_from_the_best_epoch(tmp_path):
+    network = model.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
+    keeper = callbacks.BestWeights(tmp_path, "train", select_on="accuracy", patience=2, min_epochs=5)
+    keeper.set_model(network)
+    stopped_after = None
+    for epoch in range(10):
+        network.stop_training = False
+        keeper.on_epoch_end(epoch, {"val_loss": 1.0, "val_accuracy": 0.9 if epoch == 0 else 0.5})
+        if network.stop_training:
+            stopped_after = epoch + 1
+            break
+    assert stopped_after == 5  # no better epoch since epoch 1, but not before min_epochs
+    resumed = callbacks.BestWeights(tmp_path, "train", select_on="accuracy", patience=2, min_epochs=1)
+    resumed.set_model(network)
+    network.stop_training = False
+    resumed.on_epoch_end(5, {"val_loss": 1.0, "val_accuracy": 0.5})  # patience counts from the recorded best
+    assert network.stop_training
+
+
+def test_macro_f1_metric_matches_the_evaluation_for_indices_and_one_hot_labels():
+    from tasks.evaluate import metrics as metric_functions
+
+    generator = np.random.default_rng(3)
+    actual = generator.integers(0, 4, 50)
+    probabilities = generator.random((50, 4))
+    probabilities[:, 3] = 0  # class 3 is never predicted
+    metric = callbacks.MacroF1(4)
+    metric.update_state(actual[:20], probabilities[:20])
+    metric.update_state(actual[20:], probabilities[20:])  # accumulated over batches, not averaged
+    confusion = np.zeros((4, 4), dtype=int)
+    np.add.at(confusion, (actual, probabilities.argmax(axis=1)), 1)
+    expected = float(metric_functions.macro_f1_from_counts(confusion))
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
+    one_hot = callbacks.MacroF1(4)
+    one_hot.update_state(np.eye(4)[actual], probabilities)
+    assert float(one_hot.result()) == pytest.approx(expected, abs=1e-6)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+    uniform = callbacks.MacroF1(2)
+    uniform.update_state(np.array([0, 0, 1, 1]), np.tile([0.6, 0.4], (4, 1)))  # one class for every image
+    assert float(uniform.result()) == pytest.approx(1 / 3)
 
 
 def test_history_keeps_the_last_record_of_each_epoch_across_interruptions(tmp_path):

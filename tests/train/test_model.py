@@ -52,7 +52,7 @@ def test_each_backbone_builds_and_fits_a_batch_with_uint8_input(name):
 
 def test_a_missing_weights_file_is_a_clear_error(tmp_path):
     params = TrainParams(model="mobilenet_v3_small", weights=str(tmp_path / "nope.weights.h5"))
-    with pytest.raises(ValueError, match="train.weights: .*nope.weights.h5 not found.*never downloads"):
+    with pytest.raises(ValueError, match="train.weights: .*nope.weights.h5 not found.*imgpipe weights fetch"):
         model.build(params, 32, 3)
     with pytest.raises(ValueError, match="backbones only"):
         model.build(TrainParams(weights="x.h5"), 32, 3)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tasks import model_folder
 from tasks.ingest import stage as ingest
 from tasks.params import TrainParams
 from tasks.preprocess import stage as preprocess
@@ -48,6 +49,57 @@ def test_transfer_learning_from_a_local_weights_file_runs_both_phases(prepared, 
     assert first_kernel.shape == next(w for w in backbone.weights if "kernel" in w.path).shape
 
 
+OFFLINE = Exception("URL fetch failure on https://storage.googleapis.com/x_no_top.h5: None -- [Errno -3] Temporary "
+                    "failure in name resolution")  # what Keras raises when it cannot download
+
+
+def _stand_in_download(monkeypatch, weights_file):
+    """Keras's download replaced: `imagenet` gets `weights_file` from the "cache"; nothing touches the network."""
+    from keras.src.utils import file_utils
+
+    monkeypatch.setattr(file_utils, "get_file", lambda *arguments, **options: str(weights_file))
+
+
+def test_imagenet_weights_offline_say_how_to_fetch_them_elsewhere(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*arguments, **options):
+        raise OFFLINE
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(ValueError, match=r"train.weights: imagenet: .*could not be downloaded.*'imgpipe weights fetch "
+                                         r"mobilenet_v3_small --out mobilenet_v3_small_imagenet_notop.weights.h5'.*"
+                                         r"set train.weights to its path"):
+        model.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
+
+
+def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    config, paths = prepared
+    random_backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, pooling="avg")
+    downloaded = tmp_path / "downloaded.weights.h5"
+    random_backbone.save_weights(downloaded)
+    _stand_in_download(monkeypatch, downloaded)
+    out = tmp_path / "fetched" / "mobilenet_notop.weights.h5"
+    assert main(["weights", "fetch", "mobilenet_v3_small", "--out", str(out)]) == 0
+    assert "set train.weights" in capsys.readouterr().out and out.is_file()
+    assert not list(out.parent.glob(".*partial*"))
+    assert main(["weights", "fetch", "mobilenet_v3_small", "--out", str(tmp_path / "x.h5")]) == 1
+    assert "--out" in capsys.readouterr().err
+
+    # imagenet (from the stand-in cache) and the fetched file give the same starting weights
+    from_cache = model.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
+    from_file = model.build(TrainParams(model="mobilenet_v3_small", weights=str(out)), 32, 3)
+    cached, fetched = (model.find_backbone(network).get_weights() for network in (from_cache, from_file))
+    for first, second in zip(cached, fetched):
+        np.testing.assert_array_equal(first, second)
+    params = TrainParams(model="mobilenet_v3_small", weights="imagenet", epochs=1, batch_size=8, exports=[])
+    candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
+    card = json.loads((candidate / "model_card.json").read_text())
+    assert card["params"]["train"]["weights"] == "imagenet"
+
+
 def test_deterministic_runs_give_identical_weights(prepared):
     config, paths = prepared
     params = config.train.model_copy(update={"deterministic": True, "epochs": 2})
@@ -59,19 +111,38 @@ def test_deterministic_runs_give_identical_weights(prepared):
         np.testing.assert_array_equal(first, second)
 
 
-def test_model_card_and_saved_model_export(prepared):
+def test_model_card_exports_and_engines_written_in_a_fresh_process(prepared, monkeypatch):
     import tensorflow as tf
 
+    from tasks.train import export
+
     config, paths = prepared
+    monkeypatch.setattr(export, "FRESH_PROCESS_PARAMETERS", 0)  # as for a large model
     candidate = train.run(config.train, config.preprocess.augment, config.base.seed, paths)
     card = json.loads((candidate / "model_card.json").read_text())
     assert card["data_sha256"] and card["git_revision"] and card["image_size"] == 32
     assert card["params"]["train"]["epochs"] == config.train.epochs and "val_accuracy" in card["validation"]
+    assert card["exports"] == ["saved_model", "onnx"] and card["batch_size"] == 8
+    assert card["validation"]["selected_on"] == "macro_f1" and len(card["validation"]["interval"]) == 2
+    assert "too small for a decision" in card["validation"]["note"]  # 6 validation images
+    # a user without imgpipe loads model.keras: no custom metric or optimizer state in it
+    code = ("import keras, sys; model = keras.saving.load_model(sys.argv[1]); "
+            "print(getattr(model, 'optimizer', None), [m.name for m in model.metrics])")
+    loaded = subprocess.run([sys.executable, "-c", code, str(candidate / "model.keras")], capture_output=True,
+                            text=True, timeout=300)
+    assert loaded.returncode == 0 and "macro_f1" not in loaded.stdout, loaded.stderr[-2000:]
+    assert "Skipping variable loading" not in loaded.stderr and "compile" not in loaded.stderr, loaded.stderr[-2000:]
     network = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
     exported = tf.saved_model.load(str(candidate / "saved_model"))
     images = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
     served = exported.serve(tf.constant(images)).numpy()
     assert np.abs(served - network.predict(images, verbose=0)).max() <= 1e-4
+    for name in ("onnx", "int8"):
+        assert (candidate / model_folder.export_path(candidate, name).name).is_file()
+    engines = json.loads((candidate / "engines.json").read_text())["engines"]
+    assert {"keras", "onnxruntime"} <= {row["engine"] for row in engines}
+    test_images = json.loads((paths.processed / "preprocess.json").read_text())["counts"]["test"]
+    assert all(row["images"] == test_images and row["ms_per_image"] > 0 for row in engines), engines
 
 
 EPOCH_LINE = re.compile(r"train epoch (\d+):")
