@@ -141,8 +141,9 @@ def _report(root: Path, result: SourceScan, labels: Path | None) -> None:
                        "read a tree of links" if links else "holds no image files")
                 logger.warning("%s: class folder %s; it is not a class", root / folder, why)
     if result.root_files:
-        logger.warning("%d file(s) under %s are in no class folder and were skipped (e.g. %s); move them into a "
-                       "class folder", len(result.root_files), root, result.root_files[0])
+        where = "a class folder" if result.layout == "classes" else "a class folder inside a split folder"
+        logger.warning("%d file(s) directly under %s belong to no class and were skipped (e.g. %s); move them into %s",
+                       len(result.root_files), root, result.root_files[0], where)
     if result.skipped_links:
         logger.warning("%d link(s) were not followed (folder links always; file links out of the tree unless "
                        "ingest.follow_file_links: true): e.g. %s", len(result.skipped_links), result.skipped_links[0])
