@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from tasks import manifest as manifest_file
 from tasks import atomic, dvc_outputs, images, pool, raw_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
@@ -32,8 +33,7 @@ from tasks.paths import Paths
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["path", "label", "sha256", "shard", "offset", "bytes", "width", "height", "format", "mode",
-                    "orientation", "phash", "group", "source_path", "split", "subject", "link_target"]
+MANIFEST_COLUMNS = manifest_file.COLUMNS
 QUARANTINE_COLUMNS = ["source_path", "label", "sha256", "bytes", "reason", "detail"]
 IMAGE_SUMMARY_KEYS = ("images_used", "quarantined", "quarantined_by_reason", "duplicates_dropped", "duplicates",
                       "near_duplicate_groups", "labels")
@@ -178,7 +178,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
         atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
         logger.info("ingest: nothing changed under %s (%d files); %.1f s", source, len(files),
                     time.perf_counter() - started)
-        return pd.read_parquet(paths.manifest)
+        return manifest_file.read(paths.manifest)
 
     jobs = [FileJob(row.read_from, row.source_path, _earlier_verdict(earlier, row.source_path, settings["checks"]))
             for row in to_read.itertuples(index=False)]
@@ -203,7 +203,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
              "near_duplicate_groups": int((groups > 1).sum()), "labels": sorted(manifest["label"].unique().tolist())}
 
     # The shards are finished; what names them is written now, each file only if its content changed.
-    atomic.write_parquet(paths.manifest, manifest, keep_if_same=True)
+    manifest_file.write(paths.manifest, manifest, keep_if_same=True)
     atomic.write_csv(paths.quarantine, quarantine, keep_if_same=True)
     atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
     state.write(paths.ingest_state, records.assign(checks=settings["checks"]))

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from tasks import manifest as manifest_file
 from tasks import atomic, dvc_outputs, images, pool, processed_store, raw_store, stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
@@ -148,7 +149,7 @@ def _compact(table: pd.DataFrame, records: dict[str, int], params: PreprocessPar
 def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> pd.DataFrame:
     """Split the manifest, decode the images not decoded before, and write the split table and reports."""
     started = time.perf_counter()
-    manifest = pd.read_parquet(paths.manifest)
+    manifest = manifest_file.read(paths.manifest)
     if manifest.empty:
         raise ValueError(f"{paths.manifest}: the manifest lists no images; run ingest on a folder of class folders")
     if "shard" not in manifest.columns:

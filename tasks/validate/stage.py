@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks import manifest as manifest_file
 from tasks import atomic
 from tasks.config import load_config
 from tasks.params import ValidateParams
@@ -53,7 +54,7 @@ def read_inputs(paths: Paths) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any
     """The manifest, the quarantine table and the ingest summary (the last two are empty when absent)."""
     if not paths.manifest.is_file():
         raise ValidationInputError(f"{paths.manifest}: manifest not found; run the ingest stage first")
-    manifest = pd.read_parquet(paths.manifest)
+    manifest = manifest_file.read(paths.manifest)
     missing = [column for column in NOT_NULL_COLUMNS if column not in manifest.columns]
     if missing:
         raise ValidationInputError(f"{paths.manifest}: missing columns {missing}; re-run the ingest stage")

@@ -9,6 +9,7 @@ import pandas as pd
 from pathlib import Path
 import pytest
 
+from tasks import manifest as manifest_file
 from tasks import raw_store
 from tasks.config import load_config
 from tasks.ingest import stage as ingest
@@ -37,7 +38,7 @@ def test_ingest_stores_every_image_once_in_shards_and_writes_the_manifest(shrunk
     assert stored_bytes(paths, manifest) == [(source / path).read_bytes() for path in manifest["source_path"]]
     assert raw_store.shard_names(paths.raw) == ["shard-000001.tar"]
     assert sorted(os.listdir(paths.raw)) == ["shard-000001.tar"]  # no loose files, nothing left half-written
-    assert pd.read_parquet(paths.manifest).equals(manifest)
+    assert manifest_file.read(paths.manifest).equals(manifest)
     summary = json.loads(paths.ingest_summary.read_text())
     assert summary["images_used"] == 36 and summary["quarantined"] == 0 and summary["duplicates_dropped"] == 1
 
@@ -182,7 +183,7 @@ def test_gc_compacts_shards_mostly_holding_removed_images_and_keeps_every_used_i
     assert gc.run(params, paths)["compacted"] == 0  # under a megabyte to reclaim: not worth a rewrite
     summary = gc.run(params, paths, min_reclaimed=0)
     assert summary["compacted"] == 1 and summary["bytes_after"] < summary["bytes_before"]
-    after = pd.read_parquet(paths.manifest)
+    after = manifest_file.read(paths.manifest)
     assert stored_bytes(paths, after) == before and list(after["path"]) == list(manifest["path"])
     assert raw_store.shard_names(paths.raw) == ["shard-000002.tar"]
     assert ingest.run(params, paths).equals(after)  # the next run agrees, reading nothing
