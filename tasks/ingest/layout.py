@@ -129,17 +129,22 @@ def scan(source: Path, layout: str = "auto", labels: Path | None = None,
     return result
 
 
+MOST_NAMED = 10  # folders named one by one in the log; the rest are counted
+
+
 def _report(root: Path, result: SourceScan, labels: Path | None) -> None:
     """Say what was left out and why; a source with no usable image is an error."""
     if result.layout == "classes":
         present = set(result.labels)
-        for folder in _top_folders(root):
-            if folder not in present:
-                result.empty_class_folders.append(folder)
-                links = sum(1 for link in result.skipped_links if link.startswith(folder + "/"))
-                why = (f"holds only links ({links}), which are not followed; set ingest.follow_file_links: true to "
-                       "read a tree of links" if links else "holds no image files")
-                logger.warning("%s: class folder %s; it is not a class", root / folder, why)
+        result.empty_class_folders = [folder for folder in _top_folders(root) if folder not in present]
+        for folder in result.empty_class_folders[:MOST_NAMED]:
+            links = sum(1 for link in result.skipped_links if link.startswith(folder + "/"))
+            why = (f"holds only links ({links}), which are not followed; set ingest.follow_file_links: true to "
+                   "read a tree of links" if links else "holds no image files")
+            logger.warning("%s: class folder %s; it is not a class", root / folder, why)
+        if len(result.empty_class_folders) > MOST_NAMED:
+            logger.warning("%d more folders under %s hold no image files and are not classes; is ingest.source the "
+                           "folder of class folders?", len(result.empty_class_folders) - MOST_NAMED, root)
     if result.root_files:
         where = "a class folder" if result.layout == "classes" else "a class folder inside a split folder"
         logger.warning("%d file(s) directly under %s belong to no class and were skipped (e.g. %s); move them into %s",

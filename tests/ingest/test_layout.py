@@ -124,3 +124,15 @@ def test_a_tree_of_links_is_read_only_when_file_links_may_be_followed(tmp_path, 
         ("test/cat/2.jpg", "test", str(real / "2.jpg"), str(real / "2.jpg")),
         ("train/cat/1.jpg", "train", str(real / "1.jpg"), str(real / "1.jpg"))]
     assert found.skipped_links == ["train/cat/more"]
+
+
+def test_a_folder_that_is_not_a_dataset_gets_one_clear_error_and_a_short_log(tmp_path, caplog):
+    for index in range(25):  # as /etc looks: many folders of text files, dangling and outside links
+        touch(tmp_path / f"service{index}" / "settings.conf")
+        os.symlink(tmp_path / "nowhere", tmp_path / f"service{index}" / "old.conf")
+    touch(tmp_path / "hosts")
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ValueError, match=f"{tmp_path}: no image files found under {tmp_path}; expected class"):
+            scan(tmp_path)
+    assert len(caplog.records) <= 14  # ten folders named, the rest counted; one line for files, one for links
+    assert "15 more folders" in caplog.text and "is ingest.source the folder of class folders?" in caplog.text
