@@ -41,7 +41,7 @@ from PIL import Image  # noqa: E402
 
 from tasks import pool  # noqa: E402
 from tasks.ingest import examine, stage  # noqa: E402
-from tasks.source_tree import SourceFile, scan_source  # noqa: E402
+from tasks.ingest.layout import SourceFile, scan  # noqa: E402
 
 if TYPE_CHECKING:
     from tasks.params import IngestParams
@@ -164,7 +164,7 @@ def speed(source: Path, repeat: int) -> bool:
     from tasks.params import IngestParams  # here, not at the top: workers re-import this script, as they would the stage
 
     cores = pool.available_cores()
-    files = scan_source(source).files
+    files = scan(source).files
     paths = [file.path for file in files]
     params = IngestParams(source=str(source))
     print(f"{len(files)} files under {source}; {machine()}")

@@ -214,7 +214,8 @@ def main() -> int:
     from tasks.params import AugmentParams
 
     config, _ = load_config(PROJECT_ROOT / "params.yaml")
-    sizes = arguments.sizes or sorted({128, config.preprocess.image_size}, reverse=True)
+    configured = config.preprocess.image_size if isinstance(config.preprocess.image_size, int) else 64
+    sizes = arguments.sizes or sorted({128, configured}, reverse=True)
     augment = config.preprocess.augment
     every_transformation = AugmentParams(horizontal_flip=True, rotation=0.05, zoom=0.1, translation=0.1,
                                          contrast=0.1, brightness=0.1)

@@ -109,6 +109,7 @@ def classify_directory(
     max_pixels: int = classify.DEFAULT_MAX_PIXELS,
     engine: str = "auto",
     precision: str = "auto",
+    follow_file_links: bool = False,
 ) -> dict[str, Any]:
     """Classify every file under `source` into the table `out` (.parquet or .csv), resuming an interrupted run.
 
@@ -123,7 +124,7 @@ def classify_directory(
     source_path, out_path = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
     model_folder = Path(model).expanduser() if model else classify.default_model(load_config()[1])
     options = classify.PredictOptions(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size, max_pixels=max_pixels,
-                                      engine=engine, precision=precision)
+                                      engine=engine, precision=precision, follow_file_links=follow_file_links)
     with store.locked(store.state_folder(out_path)):
         plan = plan_files(source_path, out_path, model_folder, options)
         shards = shard(list(plan.pending), SHARDS_PER_WORKER * workers)

@@ -194,14 +194,15 @@ def _predict(arguments: argparse.Namespace) -> int:
             source=str(arguments.source), out=str(arguments.out), model=arguments.model, top_k=arguments.top_k,
             batch_size=arguments.batch_size, workers=arguments.workers, address=arguments.scheduler,
             copy_into=copy_into, link=arguments.link, chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels,
-            engine=arguments.engine, precision=arguments.precision)
+            engine=arguments.engine, precision=arguments.precision, follow_file_links=arguments.follow_file_links)
     else:  # one process, decoding on every core: no Prefect server or Dask cluster to start
         from tasks.config import load_config
         from tasks.predict import classify, copy_into
 
         options = classify.PredictOptions(top_k=arguments.top_k, batch_size=arguments.batch_size,
                                           chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels,
-                                          engine=arguments.engine, precision=arguments.precision)
+                                          engine=arguments.engine, precision=arguments.precision,
+                                          follow_file_links=arguments.follow_file_links)
         model = Path(arguments.model) if arguments.model else classify.default_model(load_config()[1])
         summary = classify.run(arguments.source, arguments.out, model, options).as_dict()
         if arguments.copy_into:
@@ -359,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="files per committed chunk: at most this much work is lost to an interruption")
     predict.add_argument("--max-pixels", type=int, default=40_000_000,
                          help="larger images become error rows without being decoded (default: 40000000)")
+    predict.add_argument("--follow-file-links", action="store_true",
+                         help="read symbolic links to files wherever they point (a tree of links that a split tool "
+                              "built); a trust decision: the folder's owner chooses what is read. Links to folders are "
+                              "never followed (default: links out of the folder are skipped rows)")
     predict.add_argument("--engine", default="auto", choices=["auto", "keras", "onnxruntime", "openvino"],
                          help="what runs the model (default auto: the fastest engine and precision that passed the "
                               "parity check on the test split when the model was trained; keras without that record)")

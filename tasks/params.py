@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import os
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,6 +36,9 @@ class PathsParams(Section):
 
 class IngestParams(Section):
     source: str = "data/demo/digits"
+    layout: Literal["auto", "classes"] = "auto"  # auto: train/ val/ test/ folders of class folders keep their split
+    labels: str | None = None  # a label table instead of class folders: csv:FILE or parquet:FILE (path, label, ...)
+    follow_file_links: bool = False  # read links to files wherever they point (trees of links); folder links never
     max_pixels: int = Field(default=40_000_000, ge=1)
     min_side: int = Field(default=8, ge=1)
     on_label_conflict: Literal["quarantine", "fail"] = "quarantine"
@@ -61,7 +65,9 @@ class ValidateParams(Section):
 
 
 class AugmentParams(Section):
-    horizontal_flip: bool = False
+    # auto: on (photos), but off when the source is the built-in demo (digits are not mirror-symmetric); decided
+    # when params.yaml is loaded (Config), so every stage sees true or false
+    horizontal_flip: bool | Literal["auto"] = True
     vertical_flip: bool = False
     rotation: float = Field(default=0.0, ge=0, le=1)
     zoom: float = Field(default=0.0, ge=0, lt=1)
@@ -122,7 +128,9 @@ class GroupBy(Section):
 
 
 class PreprocessParams(Section):
-    image_size: int = Field(default=32, ge=8, le=1024)
+    # pixels per side after resizing, or auto: the median short side of the images, clamped to 32..160 and
+    # rounded to a multiple of 16 (chosen by preprocess, recorded in data/processed/preprocess.json)
+    image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = "auto"
     resize: ResizeMode = "stretch"
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
@@ -237,6 +245,21 @@ class Config(Section):
     tune: TuneParams = TuneParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decide_auto_flip(cls, values: Any) -> Any:
+        """horizontal_flip: auto -> on, unless the source is the built-in demo (digits are not mirror-symmetric)."""
+        if not isinstance(values, dict):
+            return values
+        augment = ((values.get("preprocess") or {}).get("augment") or {})
+        if not isinstance(augment, dict) or augment.get("horizontal_flip") != "auto":
+            return values
+        source = (values.get("ingest") or {}).get("source", IngestParams().source)
+        demo = (values.get("paths") or {}).get("demo", PathsParams().demo)
+        decided = os.path.normpath(str(source)) != os.path.normpath(str(demo))
+        preprocess = {**values["preprocess"], "augment": {**augment, "horizontal_flip": decided}}
+        return {**values, "preprocess": preprocess}
 
     @property
     def validation(self) -> ValidateParams:

@@ -5,7 +5,10 @@ One walker, one policy, for every folder imgpipe reads (ingest's source, predict
   folders being walked are held in memory;
 - hidden entries (a name starting with "." and macOS's "__MACOSX" folders) are skipped, with everything below them;
 - a link to a regular file inside the tree is read at its target (the link cannot be re-pointed between the walk and
-  the read); links to folders, links out of the tree and dangling links are skipped, so the walk never loops;
+  the read); links to folders, links out of the tree and dangling links are skipped, so the walk never loops.
+  With follow_file_links (a trust decision the caller makes: ingest.follow_file_links, predict's option), a link
+  to a regular file is followed wherever it points, for trees of links that split tools build; never a link to a
+  folder;
 - special files (FIFOs, sockets, devices) are skipped: reading one could block or never end;
 - a folder that cannot be listed is skipped with a warning.
 Each skipped entry is passed to `on_skipped(reason, relative path)` with the reason hidden, link, special_file or
@@ -19,10 +22,9 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import images
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class TreeFile:
     folder: bool = False  # from `entries` only: a skipped folder (hidden or unreadable), with all below it
     size: int = -1  # bytes and modification time when walked (-1: unknown): what an incremental run compares
     mtime_ns: int = -1
+    link_target: str = ""  # for a link followed out of the tree (follow_file_links): where it points
 
     @property
     def path(self) -> Path:
@@ -61,16 +64,16 @@ def _regular_file_stat(path: Path) -> os.stat_result | None:
     return facts if stat.S_ISREG(facts.st_mode) else None
 
 
-def walk(root: Path, on_skipped: SkipHandler | None = None) -> Iterator[TreeFile]:
+def walk(root: Path, on_skipped: SkipHandler | None = None, follow_file_links: bool = False) -> Iterator[TreeFile]:
     """Every file under `root` that the policy above lets through, in sorted order of its relative path."""
-    for entry in entries(root):
+    for entry in entries(root, follow_file_links):
         if not entry.skipped:
             yield entry
         elif on_skipped is not None:
             on_skipped(entry.skipped, entry.relative)
 
 
-def entries(root: Path) -> Iterator[TreeFile]:
+def entries(root: Path, follow_file_links: bool = False) -> Iterator[TreeFile]:
     """Every entry under `root` in sorted order of its relative path: the files to read, and the skipped entries
     (their `skipped` reason set; nothing below a skipped folder). Names that read the same (a name that is not
     UTF-8 beside one spelt with its backslash escape) come in the order of their bytes."""
@@ -111,11 +114,13 @@ def entries(root: Path) -> Iterator[TreeFile]:
                 stack.append(below)
         elif entry.is_symlink():
             target = Path(path).resolve()
-            facts = _regular_file_stat(target) if target.is_relative_to(root) else None
+            inside = target.is_relative_to(root)
+            facts = _regular_file_stat(target) if inside or follow_file_links else None
             if facts is None:
                 yield TreeFile(path, relative, relative_bytes, "link")
             else:
-                yield TreeFile(str(target), relative, relative_bytes, size=facts.st_size, mtime_ns=facts.st_mtime_ns)
+                yield TreeFile(str(target), relative, relative_bytes, size=facts.st_size, mtime_ns=facts.st_mtime_ns,
+                               link_target="" if inside else str(target))
         elif entry.is_file(follow_symlinks=False):
             try:
                 facts = entry.stat(follow_symlinks=False)
@@ -125,84 +130,3 @@ def entries(root: Path) -> Iterator[TreeFile]:
                 yield TreeFile(path, relative, relative_bytes, size=facts.st_size, mtime_ns=facts.st_mtime_ns)
         else:
             yield TreeFile(path, relative, relative_bytes, "special_file")
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    location: str  # where to read it (inside the source tree)
-    source_path: str  # posix path relative to the source root, used in reports
-    label: str
-    size: int = -1
-    mtime_ns: int = -1
-
-    @property
-    def path(self) -> Path:
-        return Path(self.location)
-
-
-@dataclass
-class SourceScan:
-    files: list[SourceFile] = field(default_factory=list)
-    non_image_files: list[str] = field(default_factory=list)
-    root_files: list[str] = field(default_factory=list)
-    empty_class_folders: list[str] = field(default_factory=list)
-    skipped_links: list[str] = field(default_factory=list)
-    unreadable_folders: list[str] = field(default_factory=list)
-    hidden_entries: int = 0
-
-    @property
-    def labels(self) -> list[str]:
-        return sorted({file.label for file in self.files})
-
-
-def _class_folders(root: Path) -> list[str]:
-    """The names of the folders directly under root that can be classes (not hidden, not links)."""
-    with os.scandir(root) as entries:
-        return sorted(readable_name(Path(entry.name)) for entry in entries
-                      if not is_hidden(entry.name) and entry.is_dir(follow_symlinks=False))
-
-
-def scan_source(source: Path) -> SourceScan:
-    """List the candidate image files of a source folder: one sub-folder per class, any depth below it."""
-    if not source.is_dir():
-        raise ValueError(f"{source}: source folder not found; set ingest.source to a folder of class sub-folders")
-    root = source.resolve()
-    scan = SourceScan()
-
-    def on_skipped(reason: str, relative: str) -> None:
-        if reason == "hidden":
-            scan.hidden_entries += 1
-        elif reason == "link":
-            scan.skipped_links.append(relative)
-        elif reason == "unreadable_folder":
-            scan.unreadable_folders.append(relative)
-        else:  # a FIFO, socket or device: not an image file, whatever its name
-            scan.non_image_files.append(relative)
-
-    for file in walk(root, on_skipped):
-        label, separator, _ = file.relative.partition("/")
-        if not separator:
-            scan.root_files.append(file.relative)
-        elif not images.has_image_extension(file.relative):
-            scan.non_image_files.append(file.relative)
-        else:
-            scan.files.append(SourceFile(file.location, file.relative, label, file.size, file.mtime_ns))
-    labels = set(scan.labels)
-    for folder in _class_folders(root):
-        if folder not in labels:
-            scan.empty_class_folders.append(folder)
-            logger.warning("%s: class folder holds no image files; it is not a class", root / folder)
-    if scan.root_files:
-        logger.warning(
-            "%d file(s) directly under %s belong to no class and were skipped (e.g. %s); move them into a class folder",
-            len(scan.root_files), root, scan.root_files[0],
-        )
-    if scan.skipped_links:
-        logger.warning("%d link(s) were not followed (directory links, or links out of the tree): e.g. %s",
-                       len(scan.skipped_links), scan.skipped_links[0])
-    if not scan.files:
-        raise ValueError(
-            f"{source}: no image files found in class sub-folders; expected {source}/<label>/<image> "
-            f"with extensions {', '.join(sorted(images.IMAGE_EXTENSIONS))}"
-        )
-    return scan

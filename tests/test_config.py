@@ -57,3 +57,21 @@ def test_overrides_use_dotted_keys_like_dvc_exp_run():
     config = parse_config(values)
     assert config.train.epochs == 2
     assert config.preprocess.augment.zoom == 0.3
+
+
+def test_horizontal_flip_auto_is_on_for_photos_and_off_for_the_digits_demo():
+    values = {"preprocess": {"augment": {"horizontal_flip": "auto"}}}
+    photos = parse_config(apply_overrides(values, {"ingest.source": "data/my-photos"}))
+    assert photos.preprocess.augment.horizontal_flip is True
+    demo = parse_config(apply_overrides(values, {"ingest.source": "data/demo/digits"}))  # paths.demo
+    assert demo.preprocess.augment.horizontal_flip is False
+    fixed = parse_config(apply_overrides(values, {"ingest.source": "data/demo/digits",
+                                                  "preprocess.augment.horizontal_flip": True}))
+    assert fixed.preprocess.augment.horizontal_flip is True  # a user's choice is kept
+
+
+def test_image_size_takes_auto_or_a_number_and_names_the_key_otherwise():
+    assert parse_config({"preprocess": {"image_size": "auto"}}).preprocess.image_size == "auto"
+    assert parse_config({"preprocess": {"image_size": 96}}).preprocess.image_size == 96
+    with pytest.raises(ValueError, match="preprocess.image_size"):
+        parse_config({"preprocess": {"image_size": "big"}})

@@ -39,17 +39,6 @@ def test_hidden_entries_links_and_special_files_are_skipped_and_reported(tmp_pat
                                ("special_file", "cat/pipe.jpg")]
 
 
-def test_scan_source_uses_the_same_walk_with_class_folders(tmp_path):
-    touch(tmp_path / "cat" / "deep" / "a.png")
-    touch(tmp_path / "cat" / "notes.txt")
-    touch(tmp_path / "dog" / ".b.png")
-    touch(tmp_path / "stray.jpg")
-    scan = source_tree.scan_source(tmp_path)
-    assert [(file.source_path, file.label) for file in scan.files] == [("cat/deep/a.png", "cat")]
-    assert scan.non_image_files == ["cat/notes.txt"] and scan.root_files == ["stray.jpg"]
-    assert scan.empty_class_folders == ["dog"] and scan.hidden_entries == 1
-
-
 def test_entries_give_skipped_entries_in_their_sorted_place_with_exact_names(tmp_path):
     root = tmp_path / "root"
     touch(root / "b" / "photo.jpg")

@@ -14,9 +14,9 @@ import logging
 import os
 from typing import Any
 
-import pandas as pd
 
-from tasks import atomic, raw_store
+from tasks import manifest as manifest_file
+from tasks import raw_store
 from tasks.params import IngestParams
 from tasks.paths import Paths
 
@@ -29,7 +29,7 @@ def run(params: IngestParams, paths: Paths, min_reclaimed: int = MIN_RECLAIMED) 
     """Compact the raw store in place; return what was done (shards and bytes before and after)."""
     if not paths.manifest.is_file():
         raise ValueError(f"{paths.manifest}: not found; run the ingest stage first")
-    manifest = pd.read_parquet(paths.manifest)
+    manifest = manifest_file.read(paths.manifest)
     if "shard" not in manifest.columns:
         raise ValueError(f"{paths.manifest}: written before the raw store; run the ingest stage first")
     shards = raw_store.shard_names(paths.raw)
@@ -55,7 +55,7 @@ def run(params: IngestParams, paths: Paths, min_reclaimed: int = MIN_RECLAIMED) 
             shard=locations.map(lambda location: location.shard, na_action="ignore").fillna(manifest["shard"]),
             offset=locations.map(lambda location: location.offset, na_action="ignore").fillna(manifest["offset"])
             .astype("int64"))
-        atomic.write_parquet(paths.manifest, manifest)
+        manifest_file.write(paths.manifest, manifest)
     raw_store.remove(paths.raw, sparse + unused)
     after = raw_store.shard_names(paths.raw)
     summary = {"shards_before": len(shards), "shards_after": len(after), "bytes_before": sum(sizes.values()),

@@ -19,20 +19,21 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from tasks import manifest as manifest_file
 from tasks import atomic, dvc_outputs, images, pool, raw_store
 from tasks.config import load_config
-from tasks.ingest import state
+from tasks.hashing import file_sha256
+from tasks.ingest import label_table, layout, state
+from tasks.ingest.layout import SourceScan
 from tasks.ingest.duplicates import resolve_duplicates
 from tasks.ingest.examine import READ_REASONS, VERDICT_FIELDS, Examiner, FileJob, checks
 from tasks.ingest.near_duplicates import group_near_duplicates
 from tasks.params import IngestParams
 from tasks.paths import Paths
-from tasks.source_tree import SourceScan, scan_source
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["path", "label", "sha256", "shard", "offset", "bytes", "width", "height", "format", "mode",
-                    "orientation", "phash", "group", "source_path"]
+MANIFEST_COLUMNS = manifest_file.COLUMNS
 QUARANTINE_COLUMNS = ["source_path", "label", "sha256", "bytes", "reason", "detail"]
 IMAGE_SUMMARY_KEYS = ("images_used", "quarantined", "quarantined_by_reason", "duplicates_dropped", "duplicates",
                       "near_duplicate_groups", "labels")
@@ -51,15 +52,20 @@ def _migrate_old_layout(raw: Path) -> Path | None:
     return aside
 
 
-def _settings(params: IngestParams) -> dict[str, Any]:
-    """Every param that shapes the outputs beyond the files' own verdicts."""
+def _settings(params: IngestParams, scan: SourceScan, labels: Path | None) -> dict[str, Any]:
+    """Every param and input that shapes the outputs beyond the files' own verdicts (a changed label table counts)."""
     return {"checks": checks(params.max_pixels, params.min_side), "on_label_conflict": params.on_label_conflict,
-            "near_duplicate_distance": params.near_duplicate_distance}
+            "near_duplicate_distance": params.near_duplicate_distance, "layout": scan.layout,
+            "labels_sha256": file_sha256(labels) if labels is not None else None,
+            "follow_file_links": params.follow_file_links}
 
 
 def _scanned(scan: SourceScan) -> pd.DataFrame:
     return pd.DataFrame({"source_path": [file.source_path for file in scan.files],
                          "label": [file.label for file in scan.files],
+                         "split": [file.split for file in scan.files],
+                         "subject": [file.subject for file in scan.files],
+                         "link_target": [file.link_target for file in scan.files],
                          # where to read: a file system name, which may hold undecodable bytes (kept as objects)
                          "read_from": pd.Series([file.location for file in scan.files], dtype=object),
                          "size": pd.array([file.size for file in scan.files], dtype="int64"),
@@ -121,7 +127,8 @@ def _manifest(kept: pd.DataFrame, locations: dict[str, raw_store.Location], dist
 
 def _summary(source: Path, scan: SourceScan, settings: dict[str, Any], images_found: dict[str, Any]) -> dict[str, Any]:
     """The ingest summary: what the scan found, and (in `images_found`) what became of the image files."""
-    return {"source": str(source), "settings": settings, "files_seen": len(scan.files), **images_found,
+    return {"source": str(source), "settings": settings, "layout": scan.layout, "files_seen": len(scan.files),
+            "unlisted_files": len(scan.unlisted_files), **images_found,
             "non_image_files": len(scan.non_image_files), "empty_class_folders": scan.empty_class_folders,
             "root_files": scan.root_files, "skipped_links": scan.skipped_links,
             "unreadable_folders": scan.unreadable_folders, "hidden_entries": scan.hidden_entries}
@@ -150,12 +157,13 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     paths.check_source(source, "ingest.source")
     dvc_outputs.restore(paths.root, "ingest", [paths.raw, paths.manifest, paths.ingest_state, paths.ingest_summary,
                                                 paths.quarantine])
-    scan = scan_source(source)
+    labels = paths.resolve(label_table.parse(params.labels)) if params.labels else None
+    scan = layout.scan(source, params.layout, labels, params.follow_file_links)
     old_raw = _migrate_old_layout(paths.raw)
     raw_store.remove_temporary(paths.raw)
     locations, old_manifest = state.stored_locations(paths.manifest, paths.raw)
     earlier = state.empty() if old_manifest or old_raw else state.load(paths.ingest_state)
-    settings = _settings(params)
+    settings = _settings(params, scan, labels)
     files = _scanned(scan)
     reusable = _reusable(files, earlier, settings["checks"], locations)
     to_read = files[~reusable]
@@ -170,18 +178,21 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
         atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
         logger.info("ingest: nothing changed under %s (%d files); %.1f s", source, len(files),
                     time.perf_counter() - started)
-        return pd.read_parquet(paths.manifest)
+        return manifest_file.read(paths.manifest)
 
     jobs = [FileJob(row.read_from, row.source_path, _earlier_verdict(earlier, row.source_path, settings["checks"]))
             for row in to_read.itertuples(index=False)]
     examined = _examine_and_store(jobs, params, paths.raw, locations).set_index("source_path")
     verdicts = pd.concat([earlier.loc[files.loc[reusable, "source_path"], ["sha256", "bytes", *VERDICT_FIELDS]],
                           examined[["sha256", "bytes", *VERDICT_FIELDS]]])
-    records = files[["source_path", "label", "size", "mtime_ns"]].join(verdicts, on="source_path")
+    records = files[["source_path", "label", "split", "subject", "link_target", "size", "mtime_ns"]].join(
+        verdicts, on="source_path")
 
     good = records[(records["reason"] == "") & _stored(records["sha256"], locations)]
     kept, conflicted, duplicates = resolve_duplicates(good, params.on_label_conflict)
-    bad = pd.concat([records[records["reason"] != ""], conflicted]).sort_values("source_path", kind="stable")
+    unusable = pd.DataFrame(scan.unusable_rows, columns=["source_path", "reason", "detail"]).assign(
+        label="", sha256="", bytes=0)  # rows of a label table that name no file, or no label
+    bad = pd.concat([records[records["reason"] != ""], conflicted, unusable]).sort_values("source_path", kind="stable")
     manifest = _manifest(kept, locations, params.near_duplicate_distance)
     quarantine = bad[QUARANTINE_COLUMNS].astype({"bytes": "int64"}).reset_index(drop=True)
     groups = manifest["group"].value_counts()
@@ -192,7 +203,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
              "near_duplicate_groups": int((groups > 1).sum()), "labels": sorted(manifest["label"].unique().tolist())}
 
     # The shards are finished; what names them is written now, each file only if its content changed.
-    atomic.write_parquet(paths.manifest, manifest, keep_if_same=True)
+    manifest_file.write(paths.manifest, manifest, keep_if_same=True)
     atomic.write_csv(paths.quarantine, quarantine, keep_if_same=True)
     atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
     state.write(paths.ingest_state, records.assign(checks=settings["checks"]))

@@ -44,6 +44,7 @@ class PredictOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     engine: str = "auto"  # auto | keras | onnxruntime | openvino (tasks/predict/engine.py); prepare() resolves auto
     precision: str = "auto"  # auto | fp32 | bf16 | int8
+    follow_file_links: bool = False  # read links to files wherever they point (a trust decision; folder links never)
 
     def check(self) -> None:
         for name in ("top_k", "batch_size", "chunk_size", "max_pixels"):
@@ -180,7 +181,7 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
         chunk.clear()
 
     skipped: dict[str, tuple[int, str]] = {}  # reason -> (how many, the first one)
-    for row in entries.plan_rows(source, out, state):
+    for row in entries.plan_rows(source, out, state, options.follow_file_links):
         if row["skipped"]:
             count, example = skipped.get(row["skipped"], (0, row["path"]))
             skipped[row["skipped"]] = (count + 1, example)

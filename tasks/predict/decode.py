@@ -69,11 +69,16 @@ def read_file(job: FileJob, settings: DecodeSettings, tree: folders.Folders) -> 
     """Describe, hash and decode one file (images.decode_array of the bytes read); a file's failure is returned."""
     if job.skipped:
         return FileResult("skipped", job.skipped, "", "", None, None), None
-    *parents, name = folders.split(job.file)
-    path = Path(settings.root, *parents, name)
+    followed = job.file.startswith(b"/")  # a link followed out of the folder (follow_file_links): read its target
+    if followed:
+        path = Path(os.fsdecode(job.file))
+        parents, name = [], str(path)
+    else:
+        *parents, name = folders.split(job.file)
+        path = Path(settings.root, *parents, name)
     before_read(path)
     try:
-        folder = tree.open(tuple(parents))
+        folder = None if followed else tree.open(tuple(parents))
         described = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except folders.FolderError as error:
         return FileResult("error", error.reason, f"{error.folder}: {error.detail}", "", None, None), None

@@ -20,16 +20,17 @@ logger = logging.getLogger(__name__)
 # What a `skipped` row says, by the walk's reason (tasks/source_tree.py).
 SKIPPED_DETAILS = {
     "hidden": "hidden (a name starting with '.' or __MACOSX); not classified, nor anything in it",
-    "link": "symbolic link to a folder, out of the folder classified, or dangling; links are not followed out of it",
+    "link": "symbolic link to a folder, out of the folder classified, or dangling; links are not followed out of it "
+            "(links to files are with --follow-file-links; links to folders never)",
     "special_file": "not a regular file (a FIFO, socket or device); not read",
     "unreadable_folder": "folder cannot be listed; its files were not classified",
 }
 
 
-def plan_rows(source: Path, out: Path, state: Path) -> Iterator[dict[str, Any]]:
+def plan_rows(source: Path, out: Path, state: Path, follow_file_links: bool = False) -> Iterator[dict[str, Any]]:
     """One plan row per entry under `source` (resolved), in sorted path order; the table's own files left out."""
     prefix = len(os.fsencode(os.path.join(source, "")))
-    for entry in source_tree.entries(source):
+    for entry in source_tree.entries(source, follow_file_links):
         if not is_own_output(entry.path, out, state):  # the table is being written inside the folder it describes
             yield plan_row(entry, prefix)
 
@@ -42,10 +43,11 @@ def is_own_output(path: Path, out: Path, state: Path) -> bool:
 
 
 def plan_row(entry: source_tree.TreeFile, prefix: int) -> dict[str, Any]:
-    """The plan's row for one entry of the walk: what to read (relative to the source) and what it was like."""
+    """The plan's row for one entry of the walk: what to read (relative to the source; absolute for a link followed
+    out of it) and what it was like."""
     folder = "/" if entry.folder else ""
-    row = {"path": entry.relative + folder, "path_bytes": entry.relative_bytes + folder.encode(),
-           "file": os.fsencode(entry.path)[prefix:], "decode": images.has_image_extension(entry.path),
+    read_at = os.fsencode(entry.link_target) if entry.link_target else os.fsencode(entry.path)[prefix:]
+    row = {"path": entry.relative + folder, "path_bytes": entry.relative_bytes + folder.encode(), "file": read_at, "decode": images.has_image_extension(entry.path),
            "skipped": entry.skipped, "bytes": None, "mtime_ns": None}
     if not entry.skipped:
         try:

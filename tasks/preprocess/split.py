@@ -76,7 +76,7 @@ def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) ->
     keys = [f"group/{group}" for group in groups]
     if subjects is None:  # each image is in exactly one near-duplicate group: nothing to link
         return keys
-    linked = [[f"subject/{subject}", key] for subject, key in zip(subjects, keys)]
+    linked = [[f"subject/{subject}", key] if subject else [key] for subject, key in zip(subjects, keys)]
 
     def rank(name: str) -> tuple[bool, str]:  # a unit with a subject is named by its smallest subject
         return name.startswith("group/"), name
@@ -88,6 +88,20 @@ def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) ->
     return [units.find(names[0]) for names in linked]
 
 
+def _hashed(position: float, val_fraction: float, test_fraction: float) -> str:
+    return "test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
+
+
+def _carved(given: str, position: float, val_fraction: float, test_fraction: float, given_splits: set[str]) -> str:
+    """A given split, except that a given train image goes to val (test) by its hash when the source gives no val
+    (test) split at all: a layout of train/ and test/ gets its validation split out of train/."""
+    if given != "train":
+        return given
+    test_share = test_fraction if "test" not in given_splits else 0.0
+    val_share = val_fraction if "val" not in given_splits else 0.0
+    return _hashed(position, val_share, test_share)
+
+
 def assign_splits(manifest: pd.DataFrame, seed: int, val_fraction: float, test_fraction: float,
                   subjects: Iterable[str] | None = None, kept: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Return the manifest with `unit`, `split` and `order` columns.
@@ -97,20 +111,28 @@ def assign_splits(manifest: pd.DataFrame, seed: int, val_fraction: float, test_f
     unit never straddles two splits. The hashed positions are uniform within every class, so each class is split
     in the requested proportions in expectation (stratified without depending on order or dataset size).
 
-    `kept` (sha256 -> split) is an earlier run's assignment: those images keep their split whatever the hash says
-    now (a new near-duplicate or subject may rename a unit), and a new image joins the split its unit already has.
+    A split the source gives (the manifest's `split` column: split folders or a label table) is kept; only a
+    missing val or test split is carved out of the given train images by hash. `kept` (sha256 -> split) is an
+    earlier run's assignment: those images keep their split whatever the hash says now (a new near-duplicate or
+    subject may rename a unit). A new image without a given split joins the split its unit already has.
     """
     units = split_units(manifest["group"], subjects)
     positions = [unit_interval(unit, seed) for unit in units]
-    splits = ["test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
-              for position in positions]
-    if kept:
-        earlier = [kept.get(digest) for digest in manifest["sha256"]]
-        unit_split: dict[str, str] = {}
-        for unit, split in zip(units, earlier):
-            if split is not None:
-                unit_split.setdefault(unit, split)
-        splits = [split or unit_split.get(unit, hashed) for unit, split, hashed in zip(units, earlier, splits)]
+    given = manifest["split"].tolist() if "split" in manifest.columns else [""] * len(manifest)
+    given_splits = {split for split in given if split}
+    splits = [_carved(split, position, val_fraction, test_fraction, given_splits) if split
+              else _hashed(position, val_fraction, test_fraction) for split, position in zip(given, positions)]
+    if kept or given_splits:
+        earlier = [(kept or {}).get(digest) for digest in manifest["sha256"]]
+        anchors: dict[str, str] = {}  # a unit's split, from images that keep theirs, then from given ones
+        for unit, before in zip(units, earlier):
+            if before is not None:
+                anchors.setdefault(unit, before)
+        for unit, split, source_split in zip(units, splits, given):
+            if source_split:
+                anchors.setdefault(unit, split)
+        splits = [before or (split if source_split else anchors.get(unit, split))
+                  for unit, before, split, source_split in zip(units, earlier, splits, given)]
     # `order` is a per-image pseudo-random key: new images are stored in this order, a mix of classes in every shard
     order = [unit_interval(f"order/{digest}", seed) for digest in manifest["sha256"]]
     return manifest.assign(unit=units, split=splits, order=order)

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from tasks import manifest as manifest_file
 from tasks import atomic, dvc_outputs, images, pool, processed_store, raw_store, stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
@@ -48,6 +49,19 @@ def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise ValueError(f"preprocess.group_by: {csv_file} is not a readable CSV: {error}") from None
     return subjects_for(manifest, group_by, csv_table)
+
+
+AUTO_SIZE_RANGE = (32, 160)
+AUTO_SIZE_STEP = 16
+
+
+def choose_image_size(manifest: pd.DataFrame) -> int:
+    """preprocess.image_size: auto: the median short side of the images, clamped and rounded to a multiple of 16
+    (photos of 400x530 get 160 px, the 8 px demo digits 32 px)."""
+    short_sides = manifest[["width", "height"]].min(axis=1)
+    median = float(short_sides.median()) if len(short_sides) else AUTO_SIZE_RANGE[0]
+    low, high = AUTO_SIZE_RANGE
+    return int(min(high, max(low, round(median / AUTO_SIZE_STEP) * AUTO_SIZE_STEP)))
 
 
 def normalisation(params: PreprocessParams) -> str:
@@ -135,14 +149,20 @@ def _compact(table: pd.DataFrame, records: dict[str, int], params: PreprocessPar
 def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> pd.DataFrame:
     """Split the manifest, decode the images not decoded before, and write the split table and reports."""
     started = time.perf_counter()
-    manifest = pd.read_parquet(paths.manifest)
+    manifest = manifest_file.read(paths.manifest)
     if manifest.empty:
         raise ValueError(f"{paths.manifest}: the manifest lists no images; run ingest on a folder of class folders")
     if "shard" not in manifest.columns:
         raise ValueError(f"{paths.manifest}: written by an older ingest, without the raw store; run the ingest "
                          "stage again (dvc repro ingest) and then this one")
+    if params.image_size == "auto":
+        params = params.model_copy(update={"image_size": choose_image_size(manifest)})
+        logger.info("preprocess.image_size auto: %d px (the median short side of %d images, clamped to %d..%d)",
+                    params.image_size, len(manifest), *AUTO_SIZE_RANGE)
     labels = sorted(manifest["label"].unique().tolist())
     subjects = read_subjects(manifest, params.group_by, paths)
+    if subjects is None and "subject" in manifest.columns and (manifest["subject"] != "").any():
+        subjects = manifest["subject"].tolist()  # the label table's group column
     dvc_outputs.restore(paths.root, "preprocess", [paths.processed, paths.reports / "split.json"])
     earlier = _earlier(paths, params, seed)
     table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects, earlier.splits)

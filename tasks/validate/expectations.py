@@ -39,9 +39,9 @@ def build_checks(params: ValidateParams) -> list[Check]:
                     gxe.ExpectColumnValuesToNotBeNull, column=column) for column in NOT_NULL_COLUMNS]
     if params.expected_labels is not None:
         labels = sorted(params.expected_labels)
-        checks.append(check("labels_expected", "manifest", "every label is in validate.expected_labels",
+        checks.append(check("labels_expected", "labels", "every label is in validate.expected_labels",
                             gxe.ExpectColumnValuesToBeInSet, column="label", value_set=labels))
-        checks.append(check("labels_present", "manifest", "every expected label has images",
+        checks.append(check("labels_present", "labels", "every expected label has images",
                             gxe.ExpectColumnDistinctValuesToContainSet, column="label", value_set=labels))
     checks += [check(f"{side}_range", "manifest", f"{side} within {params.min_side}..{params.max_side} px",
                      gxe.ExpectColumnValuesToBeBetween, column=side, min_value=params.min_side,
@@ -49,13 +49,15 @@ def build_checks(params: ValidateParams) -> list[Check]:
     return checks + [
         check("sha256_unique", "manifest", "no content (sha256) appears twice",
               gxe.ExpectColumnValuesToBeUnique, column="sha256"),
-        check("min_classes", "manifest", f"at least {params.min_classes} classes",
+        check("min_classes", "labels", f"at least {params.min_classes} classes",
               gxe.ExpectColumnUniqueValueCountToBeBetween, column="label", min_value=params.min_classes),
         check("min_images_per_class", "class_counts", f"every class has >= {params.min_images_per_class} images",
               gxe.ExpectColumnValuesToBeBetween, column="images", min_value=params.min_images_per_class),
         check("max_bad_fraction", "dataset", f"at most {params.max_bad_fraction:.0%} of files quarantined",
               gxe.ExpectColumnValuesToBeBetween, column="bad_fraction", min_value=0,
               max_value=params.max_bad_fraction),
+        check("split_leakage", "dataset", "no near-duplicates across the splits the source gives",
+              gxe.ExpectColumnValuesToBeBetween, severity=WARNING, column="leaks", max_value=0),
         check("class_imbalance", "dataset", f"largest / smallest class <= {params.warn_max_class_imbalance:g}",
               gxe.ExpectColumnValuesToBeBetween, severity=WARNING, column="class_imbalance",
               max_value=params.warn_max_class_imbalance),

@@ -28,14 +28,36 @@ class Facts:
     class_imbalance: float | None  # largest class / smallest class
     side_ranges: dict[str, tuple[int, int]]  # width and height: smallest, largest
     ingest_summary: dict[str, Any]
+    # near-duplicate pairs whose members the source put in different splits: [path, split, path, split]
+    leaks: list[list[str]] = dataclasses.field(default_factory=list)
 
 
 def _value_counts(column: pd.Series) -> dict[str, int]:
     return {str(key): int(count) for key, count in column.value_counts().items()}
 
 
+def labels_of(manifest: pd.DataFrame) -> pd.Series:
+    """One row per (image, label): a multi-label image ("a;b") counts for each of its labels."""
+    return manifest["label"].astype(str).str.split(";").explode()
+
+
+def leaks(manifest: pd.DataFrame) -> list[list[str]]:
+    """Near-duplicate groups whose members come with different given splits, as pairs (first member and each other)."""
+    if "split" not in manifest.columns:
+        return []
+    given = manifest[manifest["split"] != ""]
+    spread = given.groupby("group")["split"].nunique()
+    pairs = []
+    for group in spread.index[spread > 1]:
+        members = given[given["group"] == group].sort_values("path")
+        first = members.iloc[0]
+        pairs += [[first["path"], first["split"], row.path, row.split] for row in members.iloc[1:].itertuples()
+                  if row.split != first["split"]]
+    return pairs
+
+
 def compute_facts(manifest: pd.DataFrame, quarantine: pd.DataFrame, ingest_summary: dict[str, Any]) -> Facts:
-    per_class = _value_counts(manifest["label"])
+    per_class = _value_counts(labels_of(manifest))
     images_used, quarantined = len(manifest), len(quarantine)
     for key, counted in (("images_used", images_used), ("quarantined", quarantined)):
         if ingest_summary.get(key, counted) != counted:
@@ -51,4 +73,5 @@ def compute_facts(manifest: pd.DataFrame, quarantine: pd.DataFrame, ingest_summa
         side_ranges={side: (int(manifest[side].min()), int(manifest[side].max()))
                      for side in ("width", "height") if manifest[side].notna().any()},
         ingest_summary={key: ingest_summary[key] for key in INGEST_KEYS if key in ingest_summary},
+        leaks=leaks(manifest),
     )

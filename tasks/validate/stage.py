@@ -15,12 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from tasks import manifest as manifest_file
 from tasks import atomic
 from tasks.config import load_config
 from tasks.params import ValidateParams
 from tasks.paths import Paths
 from tasks.validate.expectations import NOT_NULL_COLUMNS, build_checks, judge, run_great_expectations
-from tasks.validate.facts import compute_facts
+from tasks.validate.facts import compute_facts, labels_of
 from tasks.validate.wording import render_summary
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def read_inputs(paths: Paths) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any
     """The manifest, the quarantine table and the ingest summary (the last two are empty when absent)."""
     if not paths.manifest.is_file():
         raise ValidationInputError(f"{paths.manifest}: manifest not found; run the ingest stage first")
-    manifest = pd.read_parquet(paths.manifest)
+    manifest = manifest_file.read(paths.manifest)
     missing = [column for column in NOT_NULL_COLUMNS if column not in manifest.columns]
     if missing:
         raise ValidationInputError(f"{paths.manifest}: missing columns {missing}; re-run the ingest stage")
@@ -80,9 +81,11 @@ def run(params: ValidateParams, paths: Paths) -> ValidationOutcome:
     imbalance = facts.class_imbalance if facts.class_imbalance is not None else float("nan")  # GX skips NaN
     tables = {
         "manifest": manifest,
+        "labels": pd.DataFrame({"label": labels_of(manifest).reset_index(drop=True)}),  # an image per label it has
         "class_counts": pd.DataFrame({"label": list(facts.images_per_class),
                                       "images": pd.Series(list(facts.images_per_class.values()), dtype="int64")}),
         "dataset": pd.DataFrame({"images_used": [facts.images_used], "quarantined": [facts.quarantined],
+                                 "leaks": [len(facts.leaks)],
                                  "bad_fraction": [facts.bad_fraction], "class_imbalance": [imbalance]}),
     }
     gx_logger = logging.getLogger("great_expectations")

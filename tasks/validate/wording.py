@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.params import ValidateParams
-from tasks.validate.facts import Facts
+from tasks.validate.facts import Facts, labels_of
 
 
 def _quoted(values: Any, limit: int = 8) -> str:
@@ -27,7 +27,7 @@ def describe_failure(name: str, result: dict[str, Any], manifest: pd.DataFrame, 
     if name.startswith("not_null_"):
         return f"{result.get('unexpected_count')} manifest rows have no {name.removeprefix('not_null_')}"
     if name == "labels_expected":
-        labels = manifest["label"].dropna()
+        labels = labels_of(manifest.dropna(subset=["label"]))
         unknown = labels[~labels.isin(params.expected_labels or ())].value_counts()
         listed = ", ".join(f"{label!r} ({count} images)" for label, count in unknown.items())
         return f"labels not in validate.expected_labels: {listed}"
@@ -60,6 +60,12 @@ def describe_failure(name: str, result: dict[str, Any], manifest: pd.DataFrame, 
         files = facts.images_used + facts.quarantined
         return (f"{facts.bad_fraction:.0%} of files were quarantined ({facts.quarantined} of {files}; {reasons}), "
                 f"over validate.max_bad_fraction={params.max_bad_fraction:g}")
+    if name == "split_leakage":
+        shown = "; ".join(f"{first} ({first_split}) ~ {second} ({second_split})"
+                          for first, first_split, second, second_split in facts.leaks[:5])
+        more = f" and {len(facts.leaks) - 5} more" if len(facts.leaks) > 5 else ""
+        return (f"{len(facts.leaks)} near-duplicate pair(s) lie in different given splits, so the evaluation sees "
+                f"images close to training ones: {shown}{more}; move or remove one of each pair in the source")
     if name == "class_imbalance":
         classes = list(facts.images_per_class.items())
         (largest, most), (smallest, fewest) = classes[0], classes[-1]

@@ -6,8 +6,10 @@ import multiprocessing
 import os
 
 import pandas as pd
+from pathlib import Path
 import pytest
 
+from tasks import manifest as manifest_file
 from tasks import raw_store
 from tasks.config import load_config
 from tasks.ingest import stage as ingest
@@ -36,7 +38,7 @@ def test_ingest_stores_every_image_once_in_shards_and_writes_the_manifest(shrunk
     assert stored_bytes(paths, manifest) == [(source / path).read_bytes() for path in manifest["source_path"]]
     assert raw_store.shard_names(paths.raw) == ["shard-000001.tar"]
     assert sorted(os.listdir(paths.raw)) == ["shard-000001.tar"]  # no loose files, nothing left half-written
-    assert pd.read_parquet(paths.manifest).equals(manifest)
+    assert manifest_file.read(paths.manifest).equals(manifest)
     summary = json.loads(paths.ingest_summary.read_text())
     assert summary["images_used"] == 36 and summary["quarantined"] == 0 and summary["duplicates_dropped"] == 1
 
@@ -181,8 +183,41 @@ def test_gc_compacts_shards_mostly_holding_removed_images_and_keeps_every_used_i
     assert gc.run(params, paths)["compacted"] == 0  # under a megabyte to reclaim: not worth a rewrite
     summary = gc.run(params, paths, min_reclaimed=0)
     assert summary["compacted"] == 1 and summary["bytes_after"] < summary["bytes_before"]
-    after = pd.read_parquet(paths.manifest)
+    after = manifest_file.read(paths.manifest)
     assert stored_bytes(paths, after) == before and list(after["path"]) == list(manifest["path"])
     assert raw_store.shard_names(paths.raw) == ["shard-000002.tar"]
     assert ingest.run(params, paths).equals(after)  # the next run agrees, reading nothing
     assert gc.run(params, paths, min_reclaimed=0)["compacted"] == 0  # a compact store stays as it is
+
+
+def test_a_label_table_over_a_tree_of_links_gives_splits_subjects_links_and_quarantine_rows(shrunk_config, tmp_path):
+    config, paths = shrunk_config
+    real = paths.resolve(config.ingest.source)  # the class folders, now the files a tree of links points at
+    tree = tmp_path / "tree"
+    rows = []
+    for index, file in enumerate(sorted(real.glob("*/*"))):
+        link = tree / f"{index:03d}{file.suffix}"
+        link.parent.mkdir(exist_ok=True)
+        os.symlink(file, link)
+        rows.append({"path": link.name, "label": file.parent.name, "split": "test" if index % 6 == 0 else "",
+                     "group": f"subject-{index // 2}"})
+    rows.append({"path": "missing.png", "label": "red", "split": "", "group": ""})
+    table = tmp_path / "labels.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    params = config.ingest.model_copy(update={"source": str(tree), "labels": f"csv:{table}",
+                                              "follow_file_links": True})
+    manifest = ingest.run(params, paths)
+
+    assert len(manifest) == 36 and sorted(manifest["label"].unique()) == ["blue", "green", "red"]
+    first = manifest.set_index("source_path").loc["000.jpg" if (tree / "000.jpg").exists() else "000.png"]
+    assert first["split"] == "test" and first["subject"] == "subject-0"
+    assert first["link_target"] == str(sorted(real.glob("*/*"))[0])  # the manifest records the link and its target
+    assert stored_bytes(paths, manifest) == [Path(target).read_bytes() for target in manifest["link_target"]]
+    quarantine = pd.read_csv(paths.quarantine)
+    assert quarantine[["source_path", "reason"]].values.tolist() == [["missing.png", "missing_file"]]
+    summary = json.loads(paths.ingest_summary.read_text())
+    assert summary["layout"] == "table" and summary["settings"]["follow_file_links"] is True
+
+    # without follow_file_links the same tree is refused, and the message says how to read it
+    with pytest.raises(ValueError, match="no file of the label table"):
+        ingest.run(params.model_copy(update={"follow_file_links": False}), paths)

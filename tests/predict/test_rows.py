@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,26 @@ def test_a_folder_of_links_gets_a_skipped_row_per_link_and_says_why(tmp_path, on
     assert "skipped:      10  (link 10" in printed
     assert "10 entries under" in caplog.text and "links are not followed" in caplog.text
     assert "no files to classify" in caplog.text
+
+
+def test_with_follow_file_links_a_tree_of_links_is_classified_and_folder_links_stay_skipped(tmp_path,
+                                                                                             one_label_model, capsys):
+    from flows.cli import main
+
+    elsewhere = write_class_folders(tmp_path / "elsewhere", per_class=3)
+    source = tmp_path / "links"
+    source.mkdir()
+    for photo in sorted(elsewhere.rglob("*.*")):
+        (source / photo.name).symlink_to(photo)
+    (source / "folder_link").symlink_to(elsewhere)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(source), "--out", str(out), "--model", str(one_label_model("thing")),
+                 "--follow-file-links"]) == 0
+    table = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert (table.drop(index="folder_link")["status"] == "ok").all() and len(table) == 10
+    assert table.loc["folder_link", "status"] == "skipped" and table.loc["folder_link", "reason"] == "link"
+    assert table.loc["red_000.png", "sha256"] == hashlib.sha256(
+        (elsewhere / "red" / "red_000.png").read_bytes()).hexdigest()  # the target's bytes were read
 
 
 def test_hidden_files_and_macosx_folders_get_a_skipped_row_each(tmp_path, one_label_model):

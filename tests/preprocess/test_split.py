@@ -139,3 +139,22 @@ def test_a_group_never_straddles_two_splits():
                           "group": [f"group{i // 10}" for i in range(300)]})
     splits = assign_splits(frame, seed=1, val_fraction=0.2, test_fraction=0.2)
     assert (splits.groupby("group")["split"].nunique() == 1).all()
+
+
+def test_a_given_split_is_kept_and_only_a_missing_one_is_carved_out_of_the_given_train():
+    paths = [f"cat/{index}.png" for index in range(2000)]
+    given = ["train"] * 1500 + ["test"] * 500  # as train/ and test/ folders give it: no val split
+    table = assign_splits(_manifest(paths).assign(split=given), seed=3, val_fraction=0.2, test_fraction=0.1)
+    assert (table["split"].iloc[1500:] == "test").all()  # the given test split, untouched
+    carved = table["split"].iloc[:1500].value_counts(normalize=True)
+    assert set(carved.index) == {"train", "val"}  # no given train image ever becomes a test image
+    assert abs(carved["val"] - 0.2) < 0.04
+
+    all_given = ["train"] * 1000 + ["val"] * 500 + ["test"] * 500
+    table = assign_splits(_manifest(paths).assign(split=all_given), seed=3, val_fraction=0.2, test_fraction=0.1)
+    assert table["split"].tolist() == all_given
+
+    partly = ["test"] * 100 + [""] * 1900  # a table whose split column names some images only
+    table = assign_splits(_manifest(paths).assign(split=partly), seed=3, val_fraction=0.2, test_fraction=0.1)
+    assert (table["split"].iloc[:100] == "test").all()
+    assert set(table["split"].iloc[100:]) == {"train", "val", "test"}  # the rest by the stable hash

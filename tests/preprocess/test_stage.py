@@ -44,7 +44,8 @@ def test_the_decoded_store_holds_the_pixels_prediction_sees(shrunk_config):
     assert seen == 36
 
     # training order (shuffled, and through the augmentation map with every strength 0): the same pixels
-    no_augmentation = config.preprocess.augment.model_copy(update={"rotation": 0.0, "zoom": 0.0, "translation": 0.0})
+    no_augmentation = config.preprocess.augment.model_copy(update={"rotation": 0.0, "zoom": 0.0, "translation": 0.0,
+                                                                  "horizontal_flip": False})
     training = dataset.split_dataset(paths.processed, "train", size, 4, training=True, augment=no_augmentation,
                                      with_paths=True)
     for batch in training:
@@ -180,3 +181,22 @@ def test_a_processed_folder_of_the_old_per_split_layout_is_replaced(shrunk_confi
         paths.processed / "split.parquet")
     table = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     assert len(table) == 36 and not (paths.processed / "train-00000-of-00001.tfrecord").exists()
+
+
+def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_recorded(shrunk_config):
+    import pandas as pd
+
+    sides = pd.DataFrame({"width": [640, 800, 530, 8], "height": [480, 600, 400, 8]})
+    assert preprocess.choose_image_size(sides) == 160  # photos: the median short side 440, clamped to 160
+    assert preprocess.choose_image_size(pd.DataFrame({"width": [100, 90], "height": [100, 90]})) == 96
+    assert preprocess.choose_image_size(pd.DataFrame({"width": [8], "height": [8]})) == 32  # the digits
+
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    preprocess.run(config.preprocess.model_copy(update={"image_size": "auto"}), config.base.seed,
+                   config.ingest.max_pixels, paths)
+    report = json.loads((paths.processed / "preprocess.json").read_text())
+    assert report["image_size"] == 32  # the 20 px test images, clamped up
+    for batch in dataset.split_dataset(paths.processed, "train", 32, 4, training=False):
+        assert batch[0].shape[1:] == (32, 32, 3)
+        break

@@ -92,7 +92,7 @@ def test_good_dataset_passes_and_writes_the_report(good_run: tuple[Paths, valida
     assert outcome.report_dir == paths.validation
     result = json.loads((paths.validation / "result.json").read_text(encoding="utf-8"))
     assert result["success"] is True
-    assert set(result["great_expectations"]) == {"manifest", "class_counts", "dataset"}
+    assert set(result["great_expectations"]) == {"manifest", "labels", "class_counts", "dataset"}
     assert all(table["success"] for table in result["great_expectations"].values())
     index = (paths.validation / "data_docs" / "index.html").read_text(encoding="utf-8")
     assert "imgpipe_manifest" in index and "imgpipe_class_counts" in index
@@ -174,3 +174,16 @@ def test_class_imbalance_only_warns(tmp_path: Path) -> None:
 def test_missing_manifest_says_to_run_ingest(tmp_path: Path) -> None:
     with pytest.raises(validate.ValidationInputError, match="manifest not found; run the ingest stage first"):
         validate.run(PARAMS, Paths(PathsParams(), tmp_path))
+
+
+def test_near_duplicates_across_given_splits_are_a_leakage_warning_with_the_pairs(tmp_path: Path) -> None:
+    rows = manifest_rows({"cat": 12, "dog": 12})
+    for row in rows:
+        row["split"] = "test" if row["path"].endswith(("0010.png", "0011.png")) else "train"
+    rows[11]["group"] = rows[0]["group"]  # cat/0011.png (test) is a near-duplicate of cat/0000.png (train)
+    paths = write_inputs(tmp_path, rows, ingest_summary=False)
+    outcome = validate.run(PARAMS, paths)
+    assert outcome.success and outcome.failed == []  # reported, not moved, and not a failure
+    leak = next(warning for warning in outcome.warnings if "near-duplicate" in warning)
+    assert leak.startswith("1 near-duplicate pair(s) lie in different given splits")
+    assert "cat/0000.png (train)" in leak and "cat/0011.png (test)" in leak

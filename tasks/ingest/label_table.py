@@ -1,0 +1,72 @@
+"""Reads a label table (ingest.labels: a CSV or Parquet file of path, label[, split][, group]); writes nothing.
+
+`path` is relative to ingest.source; `label` holds one label, or several separated by ";" (multi-label); `split`
+(train, val or valid or validation, test; empty for none) and `group` (a subject kept in one split) are optional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ("path", "label")
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+LABEL_SEPARATOR = ";"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str  # canonical: several labels sorted and joined with ";"
+    split: str  # train, val, test, or "" for none given
+    subject: str  # "" for none
+
+
+def parse(value: str) -> Path:
+    """The table file of `ingest.labels` ("csv:FILE", "parquet:FILE" or a FILE ending .csv or .parquet)."""
+    kind, separator, rest = value.partition(":")
+    if separator and kind in ("csv", "parquet") and rest.strip():
+        return Path(rest.strip())
+    if Path(value).suffix.lower() in (".csv", ".parquet"):
+        return Path(value)
+    raise ValueError(f"ingest.labels must be csv:FILE, parquet:FILE or a .csv/.parquet file, got {value!r}")
+
+
+def canonical_labels(cell: str) -> str:
+    """"b; a;a" -> "a;b": the labels of a cell, unique, sorted, joined; "" for none."""
+    return LABEL_SEPARATOR.join(sorted({part.strip() for part in str(cell).split(LABEL_SEPARATOR) if part.strip()}))
+
+
+def read(file: Path) -> dict[str, Row]:
+    """Relative path (posix, no leading ./) -> its row; a missing column, a bad split or a path listed twice with
+    different labels is a ValueError naming the file and what to change."""
+    if not file.is_file():
+        raise ValueError(f"ingest.labels: {file} not found; give a CSV or Parquet file of path and label columns")
+    try:
+        if file.suffix.lower() == ".parquet":
+            table = pd.read_parquet(file)
+        else:
+            table = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except Exception as error:
+        raise ValueError(f"ingest.labels: {file} cannot be read as a table: {error}") from None
+    missing = [column for column in REQUIRED if column not in table.columns]
+    if missing:
+        raise ValueError(f"ingest.labels: {file} has no {missing[0]!r} column (columns: "
+                         f"{', '.join(map(str, table.columns))}); it needs path and label, optionally split and group")
+    table = table.fillna("").astype(str)
+    paths = table["path"].str.replace("\\", "/", regex=False).str.strip().str.removeprefix("./")
+    splits = table["split"].str.strip().str.lower() if "split" in table.columns else pd.Series("", index=table.index)
+    bad = splits[(splits != "") & ~splits.isin(SPLIT_NAMES)]
+    if not bad.empty:
+        raise ValueError(f"ingest.labels: {file}: split {bad.iloc[0]!r} of {paths[bad.index[0]]!r} is not one of "
+                         f"{', '.join(SPLIT_NAMES)} (or empty)")
+    subjects = table["group"].str.strip() if "group" in table.columns else pd.Series("", index=table.index)
+    rows: dict[str, Row] = {}
+    for path, label, split, subject in zip(paths, table["label"], splits, subjects):
+        row = Row(canonical_labels(label), SPLIT_NAMES.get(split, ""), subject)
+        if path in rows and rows[path] != row:
+            raise ValueError(f"ingest.labels: {file} lists {path!r} twice, differently ({rows[path].label!r} and "
+                             f"{row.label!r}); keep one row per file")
+        rows[path] = row
+    return rows
