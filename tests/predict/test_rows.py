@@ -18,15 +18,21 @@ from tests.predict.conftest import options, save_model
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax:UserWarning")
 
 
-def test_a_folder_of_links_gets_a_skipped_row_per_link_and_says_why(tmp_path, one_label_model, capsys, caplog):
-    from flows.cli import main
-
+def _tree_of_links(tmp_path: Path) -> tuple[Path, Path]:
+    """Class folders elsewhere, and a folder of links to each of their files plus one link to a folder."""
     elsewhere = write_class_folders(tmp_path / "elsewhere", per_class=3)
     source = tmp_path / "links"
     source.mkdir()
     for photo in sorted(elsewhere.rglob("*.*")):
         (source / photo.name).symlink_to(photo)
     (source / "folder_link").symlink_to(elsewhere)
+    return elsewhere, source
+
+
+def test_a_folder_of_links_gets_a_skipped_row_per_link_and_says_why(tmp_path, one_label_model, capsys, caplog):
+    from flows.cli import main
+
+    elsewhere, source = _tree_of_links(tmp_path)
     out = tmp_path / "out.csv"
     assert main(["predict", str(source), "--out", str(out), "--model", str(one_label_model("thing"))]) == 0
     table = pd.read_csv(out, keep_default_na=False)
@@ -42,12 +48,7 @@ def test_with_follow_file_links_a_tree_of_links_is_classified_and_folder_links_s
                                                                                              one_label_model, capsys):
     from flows.cli import main
 
-    elsewhere = write_class_folders(tmp_path / "elsewhere", per_class=3)
-    source = tmp_path / "links"
-    source.mkdir()
-    for photo in sorted(elsewhere.rglob("*.*")):
-        (source / photo.name).symlink_to(photo)
-    (source / "folder_link").symlink_to(elsewhere)
+    elsewhere, source = _tree_of_links(tmp_path)
     out = tmp_path / "out.csv"
     assert main(["predict", str(source), "--out", str(out), "--model", str(one_label_model("thing")),
                  "--follow-file-links"]) == 0
