@@ -61,10 +61,11 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
-    prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
     # serve takes Ctrl-C in one thread of its own (flows/deploy.py), so SIGINT must be blocked in every other: block
-    # it now, while this is the only thread; the imports below start more, which inherit the block
+    # it now, while this is the only thread; what starts the server and the imports below start more, which inherit
+    # the block (the server itself runs in a session of its own and is stopped with SIGTERM)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
     from flows.deploy import serve_retraining
 
     serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval)

@@ -89,6 +89,10 @@ async def _serve(deployment, schedule: str, poll_seconds: float | None) -> None:
     # (it leaves the run in flight shown as Running, and warns of a coroutine never awaited): ours replace it
     await asyncio.sleep(0)
     loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
+    # SIGINT is blocked in every thread this process started, and taken by the thread below; a thread some library
+    # started before the block could still receive it, and asyncio's own handler would then cancel this coroutine
+    # with a traceback: the same quiet stop, whichever thread it reaches
+    loop.add_signal_handler(signal.SIGINT, stop_requested.set)
     threading.Thread(target=_wait_for_ctrl_c, args=(loop, stop_requested), daemon=True).start()
     logger.info("serving the training flow of %s %s; Ctrl-C stops it", deployment.parameters["repo"], schedule)
     waiting = asyncio.create_task(stop_requested.wait())
