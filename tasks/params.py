@@ -181,6 +181,12 @@ class TrainParams(Section):
     deterministic: bool = False
     exports: tuple[ExportName, ...] = ("saved_model", "onnx")
     int8_calibration: int = Field(default=256, ge=0)  # training images that calibrate the int8 model; 0: none
+    # auto: multi_label when any image has several labels (a label cell "a;b"), else single_label
+    task: Literal["auto", "single_label", "multi_label"] = "auto"
+    # balanced: each class (label) weighs in the loss inversely to its share of the training images
+    class_weight: Literal["none", "balanced"] = "balanced"
+    # balanced: training batches drawn with every class equally likely (tf.data rejection resampling; single-label)
+    sampling: Literal["natural", "balanced"] = "natural"
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from tasks import atomic, dvc_outputs, images, pool, processed_store, raw_store, stored_images
+from tasks import atomic, dvc_outputs, images, label_sets, pool, processed_store, raw_store, stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
@@ -158,14 +158,18 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
         params = params.model_copy(update={"image_size": choose_image_size(manifest)})
         logger.info("preprocess.image_size auto: %d px (the median short side of %d images, clamped to %d..%d)",
                     params.image_size, len(manifest), *AUTO_SIZE_RANGE)
-    labels = sorted(manifest["label"].unique().tolist())
+    # the vocabulary is the individual labels: a multi-label image ("a;b") counts for a and for b
+    labels = label_sets.vocabulary(manifest["label"])
+    task = label_sets.MULTI_LABEL if label_sets.has_several(manifest["label"]) else label_sets.SINGLE_LABEL
     subjects = read_subjects(manifest, params.group_by, paths)
     if subjects is None and "subject" in manifest.columns and (manifest["subject"] != "").any():
         subjects = manifest["subject"].tolist()  # the label table's group column
     dvc_outputs.restore(paths.root, "preprocess", [paths.processed, paths.reports / "split.json"])
     earlier = _earlier(paths, params, seed)
     table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects, earlier.splits)
-    table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).astype("int64")
+    # a class index for an image with one label; -1 for one with several (readers build multi-hot rows from `label`)
+    table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).fillna(-1)
+    table["label_index"] = table["label_index"].astype("int64")
     placed, new_records = _decode_new(table, earlier, params, max_pixels, paths)
     table = table.assign(shard=table["sha256"].map(earlier.shards | placed))
     table, records = _compact(table, earlier.records | new_records, params, paths)
@@ -186,6 +190,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
         "splitting": _splitting(params, seed),
         "seed": seed,
         "labels": labels,
+        "task": task,  # as the data says: multi_label when an image has several labels (train.task may force it)
         "shards": sorted(table["shard"].unique().tolist()),
         "shard_records": {shard: records[shard] for shard in sorted(table["shard"].unique())},
         "counts": {split: int((table["split"] == split).sum()) for split in SPLITS},
@@ -197,7 +202,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
                       split_report(table, seed, params.val_fraction, params.test_fraction, params.group_by),
                       keep_if_same=True)
     logger.info("preprocess: images per split %s, %d x %d px, resize=%s; %d decoded now, %d reused; %.1f s",
-                {split: sum(counts[split].values()) for split in SPLITS}, params.image_size, params.image_size,
+                {split: int((table["split"] == split).sum()) for split in SPLITS}, params.image_size, params.image_size,
                 params.resize, len(placed), len(table) - len(placed), time.perf_counter() - started)
     return table
 

@@ -104,7 +104,7 @@ def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,
     runners += opened
     figures += failed
     batches = _batches(info, images, raw, max_pixels)
-    return engine_check.compare(keras_engine.KerasEngine(info), runners, batches)[1:] + figures
+    return engine_check.compare(keras_engine.KerasEngine(info), runners, batches, 0, info.thresholds)[1:] + figures
 
 
 def export_check(params: GateParams, folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int
@@ -121,8 +121,8 @@ def export_check(params: GateParams, folder: Path, images: list[stored_images.Jo
             failed.append(f"{item.engine}: largest probability difference {item.max_difference:.2e}, more than "
                           f"{params.max_export_difference} allowed (evaluate.gate.max_export_difference)")
         elif item.precision != "fp32" and not item.passed():
-            failed.append(f"{item.engine} {item.precision}: top-1 agreement {item.agreement:.4f}, under the "
-                          f"{engine.MIN_AGREEMENT} that --engine auto needs (engines.json says it had it)")
+            failed.append(f"{item.engine} {item.precision}: {item.agreement_of} agreement {item.agreement:.4f}, "
+                          f"under the {engine.MIN_AGREEMENT} that --engine auto needs (engines.json says it had it)")
     exports = [item for item in figures if item.precision == "fp32" and not item.error]
     largest = max((item.max_difference for item in exports), default=0.0)
     images = max((item.images for item in figures), default=0)
