@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, model_folder, pool, stored_images
+from tasks import atomic, label_sets, model_folder, pool, stored_images
 from tasks.evaluate import metrics as metric_functions
+from tasks.evaluate import multilabel
 from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.predict import engine, engine_check
@@ -139,12 +140,57 @@ def _check(name: str, passed: bool, value: float | None, threshold: float | None
     return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
 
 
+def compare_multi_label(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
+                        champion_dir: Path, probabilities: np.ndarray) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """compare_with_champion for a multi-label candidate: the headline metric over label sets (macro-F1 by default)
+    and each label's recall. The champion's label sets come from its own thresholds (a single-label champion: its
+    top-1 label); a label the champion does not know counts as never given by it."""
+    champion = model_folder.read_info(champion_dir)
+    if champion.multi_label:
+        champion_cells = label_sets.cells_from(label_sets.decide(probabilities, champion.thresholds), champion.labels)
+    else:
+        champion_cells = [champion.labels[index] for index in probabilities.argmax(axis=1)]
+    truth = label_sets.multi_hot(table["actual"], labels).astype(bool)
+    candidate = label_sets.multi_hot(table["predicted"], labels).astype(bool)
+    champion_sets = label_sets.multi_hot(champion_cells, labels, strict=False).astype(bool)
+    difference, interval = multilabel.paired_difference(truth, candidate, champion_sets, params.metric, seed)
+    checks = [_non_inferiority(params, difference, interval)]
+    for position, label in enumerate(labels):
+        actual = truth[:, position]
+        if actual.any():
+            checks.append(_recall_check(params, label, float(champion_sets[actual, position].mean()),
+                                        float(candidate[actual, position].mean())))
+    summary = {"version": champion.version,
+               "metrics": {metric: multilabel.score(truth, champion_sets, metric) for metric in multilabel.METRICS},
+               "difference": {"metric": params.metric, "value": difference, "interval": interval}}
+    return checks, summary
+
+
+def _non_inferiority(params: GateParams, difference: float, interval: list[float]) -> dict[str, Any]:
+    return _check(
+        f"{params.metric} not worse than production", interval[0] >= -params.tolerance, difference, -params.tolerance,
+        f"candidate minus production {params.metric}: {difference:+.4f}, 95% interval "
+        f"[{interval[0]:+.4f}, {interval[1]:+.4f}]; its lower end must stay above -{params.tolerance}",
+    )
+
+
+def _recall_check(params: GateParams, label: str, champion_recall: float, candidate_recall: float) -> dict[str, Any]:
+    drop = champion_recall - candidate_recall
+    return _check(
+        f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
+        f"recall {champion_recall:.3f} -> {candidate_recall:.3f} (drop {drop:+.3f}, at most "
+        f"{params.max_recall_drop} allowed)",
+    )
+
+
 def compare_with_champion(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
-                          champion_dir: Path, stored: list[stored_images.Job], raw: Path, max_pixels: int
-                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                          champion_dir: Path, stored: list[stored_images.Job], raw: Path, max_pixels: int,
+                          multi_label: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Non-inferiority of the headline metric (paired bootstrap) and per-class recall, on the same test images."""
     champion_labels = model_folder.read_labels(champion_dir)
     probabilities = predict_stored(champion_dir, stored, raw, max_pixels)
+    if multi_label:
+        return compare_multi_label(params, seed, labels, table, champion_dir, probabilities)
     index_of = {label: index for index, label in enumerate(labels)}
     # a class the champion never knew counts as a wrong answer for it
     champion_index = np.array([index_of.get(champion_labels[i], -1) for i in probabilities.argmax(axis=1)])
@@ -153,23 +199,13 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
     champion_scored = np.where(champion_index < 0, (true_index + 1) % max(len(labels), 2), champion_index)
     difference, interval = metric_functions.paired_difference(true_index, candidate_index, champion_scored,
                                                               len(labels), params.metric, seed)
-    checks = [_check(
-        f"{params.metric} not worse than production", interval[0] >= -params.tolerance, difference, -params.tolerance,
-        f"candidate minus production {params.metric}: {difference:+.4f}, 95% interval "
-        f"[{interval[0]:+.4f}, {interval[1]:+.4f}]; its lower end must stay above -{params.tolerance}",
-    )]
+    checks = [_non_inferiority(params, difference, interval)]
     for label in labels:
         actual = true_index == index_of[label]
         if not actual.any():
             continue
-        candidate_recall = float((candidate_index[actual] == index_of[label]).mean())
-        champion_recall = float((champion_scored[actual] == index_of[label]).mean())
-        drop = champion_recall - candidate_recall
-        checks.append(_check(
-            f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
-            f"recall {champion_recall:.3f} -> {candidate_recall:.3f} (drop {drop:+.3f}, at most "
-            f"{params.max_recall_drop} allowed)",
-        ))
+        checks.append(_recall_check(params, label, float((champion_scored[actual] == index_of[label]).mean()),
+                                    float((candidate_index[actual] == index_of[label]).mean())))
     champion_metrics = metric_functions.compute_metrics(true_index, np.eye(max(len(labels), 1))[champion_scored],
                                                         labels, len(labels), seed)
     summary = {"version": model_folder.version_of(champion_dir),
@@ -179,7 +215,9 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
 
 
 def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
+    """The minimum scores for a first model. A multi-label model's accuracy (every label of an image right) is no
+    measure of usefulness with many labels, so it meets the macro-F1 floor alone."""
+    checks = [
         _check("accuracy floor", metrics["accuracy"] >= params.min_accuracy, metrics["accuracy"], params.min_accuracy,
                f"test accuracy {metrics['accuracy']:.4f}, at least {params.min_accuracy} required "
                "(evaluate.gate.min_accuracy)"),
@@ -187,6 +225,7 @@ def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, 
                params.min_macro_f1, f"test macro-F1 {metrics['macro_f1']:.4f}, at least {params.min_macro_f1} "
                "required (evaluate.gate.min_macro_f1)"),
     ]
+    return checks[1:] if metrics.get("task") == label_sets.MULTI_LABEL else checks
 
 
 def split_notes(folder: Path, metrics: dict[str, Any], metric: str) -> list[str]:
@@ -220,6 +259,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     """Decide whether the candidate may replace production; write gate.json whatever the decision."""
     metrics = _read_json(paths.evaluation / "metrics.json")
     labels = model_folder.read_labels(paths.candidate)
+    multi_label = model_folder.read_info(paths.candidate).multi_label
     table = pd.read_csv(paths.evaluation / "test_predictions.csv", keep_default_na=False,
                         dtype={"actual": str, "predicted": str})
     stored = stored_images.jobs_for(paths.manifest, table["path"].tolist())  # the test images, from the raw store
@@ -228,7 +268,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     champion = None
     if model_folder.exists(paths.production):
         champion_checks, champion = compare_with_champion(params, seed, labels, table, paths.production, stored,
-                                                          paths.raw, max_pixels)
+                                                          paths.raw, max_pixels, multi_label)
         checks += champion_checks
     else:
         checks += floor_checks(params, metrics)
@@ -242,7 +282,8 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
         "tolerance": params.tolerance,
         "candidate": {"version": model_folder.version_of(paths.candidate),
                       "metrics": {key: metrics.get(key) for key in
-                                  ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "ece")}},
+                                  ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "ece",
+                                   "micro_f1", "mean_average_precision") if key in metrics}},
         "champion": champion,
         "checks": checks,
         "exports": exports,
