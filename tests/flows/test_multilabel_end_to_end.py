@@ -58,8 +58,8 @@ def test_multi_label_data_trains_gates_promotes_and_predicts(tmp_path, prefect_s
     assert len(rows) == 90 and (table["status"] != "ok").sum() == 1  # labels.csv is no image
     truth = dict(line.split(",") for line in (source / "labels.csv").read_text().splitlines()[1:])
     for row in rows.itertuples():
-        probabilities = {getattr(row, f"top_{rank}_label"): getattr(row, f"top_{rank}_probability")
-                         for rank in (1, 2, 3)}
+        probabilities = {getattr(row, f"top_{rank}_label"): float(getattr(row, f"top_{rank}_probability"))
+                         for rank in (1, 2, 3)}  # text in the CSV, since the non-image row has none
         assert set(probabilities) == set(labels)  # every label's probability
         given = sorted(label for label in labels if probabilities[label] >= thresholds[label] - 1e-6)
         assert row.label == ";".join(given)
