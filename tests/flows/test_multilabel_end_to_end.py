@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from sklearn.metrics import f1_score
 
+from tasks import label_sets
 from tests.conftest import write_multi_label_source
 from tests.flows.test_end_to_end import _copy_repository, _environment_for, _set_params
 
@@ -63,5 +65,8 @@ def test_multi_label_data_trains_gates_promotes_and_predicts(tmp_path, prefect_s
         assert set(probabilities) == set(labels)  # every label's probability
         given = sorted(label for label in labels if probabilities[label] >= thresholds[label] - 1e-6)
         assert row.label == ";".join(given)
-    agreement = sum(row.label == truth[row.path] for row in rows.itertuples()) / len(rows)
-    assert agreement >= 0.6, agreement
+    # the predicted sets are as good on all photos as the gate required of the test split (macro-F1 >= 0.5)
+    actual = label_sets.multi_hot([truth[path] for path in rows["path"]], labels)
+    given_sets = label_sets.multi_hot(rows["label"], labels)
+    score = f1_score(actual, given_sets, average="macro", zero_division=0)
+    assert score >= 0.5, score
