@@ -11,6 +11,16 @@ seed draws the split, the shuffling and the initial weights of both). Targets: i
 model that predicts one class for every test image, and their test macro-F1 beats the recipe's on every split.
 
     .venv/bin/python benchmarks/accuracy.py --pairs pants,shoes shirt,t-shirt --seeds 1 2 3
+
+Given split (--given-split, issue 14): the photos laid out as a user brings them, `train/` (the 341 photos of the
+published validation/ folder) and `test/` (its 372 test/ photos) with class folders inside, so that `ingest.layout:
+auto` keeps the given test split and carves the validation split out of train/ by hash. imgpipe's current defaults
+against imgpipe's old defaults (preprocess.image_size 32, horizontal_flip off, class_weight none) and against the
+keras-io recipe (at the image size the current defaults choose), on the same split, in one run: test accuracy,
+macro-F1, wall time and CPU seconds (this process and its children) of each. Targets: the current defaults' macro-F1
+at least 0.10 above the old defaults' and above the recipe's, in no more wall time than the recipe.
+
+    .venv/bin/python benchmarks/accuracy.py --given-split
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -57,10 +68,11 @@ def gather_source(target: Path, classes: list[str] | None = None) -> Path:
     return target
 
 
-def run_imgpipe(workspace: Path, source: Path, image_size: int, seed: int | None = None
-                ) -> tuple[dict, float, Paths]:
-    """ingest, preprocess, train and evaluate with params.yaml's defaults; the test metrics, wall seconds, paths."""
-    overrides = {"ingest.source": str(source), "preprocess.image_size": image_size}
+def run_imgpipe(workspace: Path, source: Path, image_size: int | str, seed: int | None = None,
+                extra: dict | None = None) -> tuple[dict, float, Paths]:
+    """ingest, preprocess, train and evaluate with params.yaml's defaults (and `extra` overrides); the test metrics,
+    wall seconds, paths."""
+    overrides = {"ingest.source": str(source), "preprocess.image_size": image_size, **(extra or {})}
     if seed is not None:
         overrides["base.seed"] = seed
     config, _ = load_config(PROJECT_ROOT / "params.yaml", overrides=overrides)
@@ -99,13 +111,15 @@ def recipe_model(image_size: int, num_classes: int) -> keras.Model:
     return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
 
 
-def run_recipe(workspace: Path, paths: Paths, image_size: int, epochs: int, seed: int) -> tuple[dict, float]:
-    """image_dataset_from_directory on the same split, flip and rotation, the recipe's network, Adam."""
+def run_recipe(workspace: Path, paths: Paths, image_size: int, epochs: int, seed: int,
+               source: Path | None = None) -> tuple[dict, float]:
+    """image_dataset_from_directory on the same split, flip and rotation, the recipe's network, Adam. The photos are
+    linked from `source` (the folder imgpipe ingested; the source paths.raw stood for before the raw store)."""
     split = pd.read_parquet(paths.processed / "split.parquet")
     for row in split.itertuples():
         target = workspace / row.split / row.label / Path(row.path).name
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(paths.raw / row.path, target)
+        os.link((source or paths.raw) / row.path, target)
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     options = dict(image_size=(image_size, image_size), batch_size=32, label_mode="int", seed=seed)
@@ -175,20 +189,85 @@ def small_data(pairs: list[str], seeds: list[int], image_size: int, recipe_epoch
     return 1 if failed else 0
 
 
+OLD_DEFAULTS = {"preprocess.image_size": 32, "preprocess.augment.horizontal_flip": False, "train.class_weight": "none"}
+
+
+def given_layout(target: Path) -> Path:
+    """train/<class>/ from the published validation/ photos, test/<class>/ from its test/ photos."""
+    for published, split in (("validation", "train"), ("test", "test")):
+        for path in DATASET.glob(f"{published}/*/*.jpg"):
+            (target / split / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target / split / path.parent.name / path.name)
+    return target
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (preprocess's decoding workers, export processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def given_split(recipe_epochs: int) -> int:
+    """imgpipe's current defaults, its old defaults and the recipe on a given train/ + test/ layout, in one run."""
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_path = Path(scratch)
+        source = given_layout(scratch_path / "source")
+        splits = []
+        for name, extra in (("imgpipe old defaults", OLD_DEFAULTS), ("imgpipe defaults", {})):
+            cpu = cpu_seconds()
+            metrics, seconds, paths = run_imgpipe(scratch_path / name.replace(" ", "_"), source,
+                                                  extra.get("preprocess.image_size", "auto"), extra=extra)
+            cpu = cpu_seconds() - cpu
+            summary = json.loads((paths.processed / "preprocess.json").read_text())
+            card = json.loads((paths.candidate / "model_card.json").read_text())
+            splits.append(pd.read_parquet(paths.processed / "split.parquet")[["sha256", "split"]]
+                          .sort_values("sha256").reset_index(drop=True))
+            rows.append((name, metrics["accuracy"], metrics["macro_f1"], seconds, cpu,
+                         f"{summary['image_size']} px, kept epoch {card['validation']['epoch']} of "
+                         f"{card['epochs_run']}, split {summary['counts']}"))
+            print(rows[-1], flush=True)
+        if not splits[0].equals(splits[1]):
+            raise RuntimeError("the two imgpipe runs did not get the same split")
+        image_size = int(summary["image_size"])
+        cpu = cpu_seconds()
+        recipe, seconds = run_recipe(scratch_path / "recipe", paths, image_size, recipe_epochs, load_config(
+            PROJECT_ROOT / "params.yaml")[0].base.seed, source)
+        rows.append(("keras-io recipe", recipe["accuracy"], recipe["macro_f1"], seconds, cpu_seconds() - cpu,
+                     f"{image_size} px, {recipe_epochs} epochs"))
+        print(rows[-1], flush=True)
+    print(f"\ngiven split (train/ = published validation/, test/ = published test/), {os.cpu_count()} CPU cores "
+          f"({machine.cpu_model()}), load average {os.getloadavg()[0]:.1f}")
+    print("| run | test accuracy | test macro-F1 | wall s | CPU s | notes |\n|---|---|---|---|---|---|")
+    for name, accuracy, f1, seconds, cpu, notes in rows:
+        print(f"| {name} | {accuracy:.3f} | {f1:.3f} | {seconds:.0f} | {cpu:.0f} | {notes} |")
+    (_, _, old_f1, _, _, _), (_, _, new_f1, new_wall, new_cpu, _), (_, _, recipe_f1, recipe_wall, recipe_cpu, _) = rows
+    met = new_f1 >= old_f1 + 0.10 and new_f1 > recipe_f1 and new_wall <= recipe_wall
+    print(f"\nmacro-F1 defaults - old defaults {new_f1 - old_f1:+.3f} (target >= +0.10), defaults - recipe "
+          f"{new_f1 - recipe_f1:+.3f} (target > 0); wall defaults / recipe {new_wall / recipe_wall:.2f}, CPU "
+          f"{new_cpu / recipe_cpu:.2f} (target <= 1): target {'met' if met else 'MISSED'}")
+    return 0 if met else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     config, _ = load_config(PROJECT_ROOT / "params.yaml")
-    parser.add_argument("--image-size", type=int, default=config.preprocess.image_size)
+    parser.add_argument("--image-size", type=lambda value: value if value == "auto" else int(value),
+                        default=config.preprocess.image_size)
     parser.add_argument("--recipe-epochs", type=int, default=25, help="the recipe's own number of epochs")
     parser.add_argument("--margin", type=float, default=0.03, help="'clearly higher' accuracy, in points")
     parser.add_argument("--pairs", nargs="*", metavar="CLASS,CLASS",
                         help="small data instead: 2-class subsets, e.g. pants,shoes shirt,t-shirt")
     parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3], help="with --pairs: the seeds to run")
+    parser.add_argument("--given-split", action="store_true",
+                        help="train/ + test/ layout: current defaults vs old defaults vs the recipe (issue 14)")
     arguments = parser.parse_args()
     if not DATASET.is_dir():
         print(f"skipped: {DATASET} not found (the clothing photos are not part of a clone)")
         return 0
     logging.basicConfig(level=logging.WARNING)
+    if arguments.given_split:
+        return given_split(arguments.recipe_epochs)
     if arguments.pairs:
         return small_data(arguments.pairs, arguments.seeds, arguments.image_size, arguments.recipe_epochs)
     with tempfile.TemporaryDirectory() as scratch:

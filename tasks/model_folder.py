@@ -3,7 +3,7 @@ and engines.json.
 
 The one owner of the folder that train writes (data/models/candidate/) and that promotion copies into the
 registry and production. A model's version id is the first 12 hex digits of a hash of its weights file and its
-label list; it is written into the model card and is the name of the model in the registry, in history.jsonl and
+label list (and, for a multi-label model, its per-label thresholds); it is written into the model card and is the name of the model in the registry, in history.jsonl and
 in every prediction row. Keras is imported only where a model is saved or loaded, so that commands which only
 move folders start fast.
 """
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
 CARD_FILE = "model_card.json"
+# multi-label models only: {label: threshold}, a label is given when its sigmoid probability >= its threshold
+THRESHOLDS_FILE = "thresholds.json"
+SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
 HISTORY_FILE = "history.csv"
 SAVED_MODEL_FOLDER = "saved_model"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, CARD_FILE)
@@ -49,6 +52,12 @@ class ModelInfo:
     image_size: int
     resize: str
     version: str
+    task: str = SINGLE_LABEL  # multi_label: sigmoid outputs, one threshold per label
+    thresholds: tuple[float, ...] | None = None  # multi-label only, in the order of labels
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == MULTI_LABEL
 
 
 def exists(folder: Path) -> bool:
@@ -57,20 +66,27 @@ def exists(folder: Path) -> bool:
 
 
 def compute_version(folder: Path) -> str:
-    """The version id of the model saved in `folder`: a hash of the weights file and the label list."""
-    combined = "".join(file_sha256(folder / name) for name in (MODEL_FILE, LABELS_FILE))
+    """The version id of the model saved in `folder`: a hash of the weights file, the label list and (multi-label)
+    the thresholds, so that new thresholds make a new version."""
+    names = (MODEL_FILE, LABELS_FILE) + ((THRESHOLDS_FILE,) if (folder / THRESHOLDS_FILE).is_file() else ())
+    combined = "".join(file_sha256(folder / name) for name in names)
     return hashlib.sha256(combined.encode()).hexdigest()[:12]
 
 
 def write(folder: Path, network: keras.Model, labels: list[str], card: dict[str, Any],
-          history: pd.DataFrame) -> str:
-    """Save a trained model, its labels, training history and card (with the version id added) into `folder`.
+          history: pd.DataFrame, thresholds: list[float] | None = None) -> str:
+    """Save a trained model, its labels, (multi-label) thresholds, training history and card (with the version id
+    added) into `folder`.
 
     `folder` is a new, empty folder (train builds it under a temporary name and renames it into place).
     Returns the version id.
     """
     network.save(folder / MODEL_FILE)
     atomic.write_json(folder / LABELS_FILE, labels)
+    if thresholds is not None:
+        if len(thresholds) != len(labels):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(labels)} labels")
+        atomic.write_json(folder / THRESHOLDS_FILE, {label: float(value) for label, value in zip(labels, thresholds)})
     history.to_csv(folder / HISTORY_FILE, index=False)
     version = compute_version(folder)
     atomic.write_json(folder / CARD_FILE, {**card, "labels": labels, "version": version})
@@ -119,6 +135,17 @@ def read_labels(folder: Path) -> list[str]:
     return labels
 
 
+def read_thresholds(folder: Path, labels: list[str]) -> tuple[float, ...] | None:
+    """A multi-label model's threshold per label, in the order of `labels`; None for a single-label model."""
+    if not (folder / THRESHOLDS_FILE).is_file():
+        return None
+    record = _read_json(folder / THRESHOLDS_FILE)
+    if not isinstance(record, dict) or set(record) != set(labels) or not all(
+            isinstance(value, (int, float)) and 0 <= value <= 1 for value in record.values()):
+        raise ValueError(f"{folder / THRESHOLDS_FILE}: must map each label of {LABELS_FILE} to a threshold in 0..1")
+    return tuple(float(record[label]) for label in labels)
+
+
 def read_history(folder: Path) -> pd.DataFrame:
     import pandas as pd
 
@@ -144,7 +171,12 @@ def read_info(folder: Path) -> ModelInfo:
         raise ValueError(f"{folder / CARD_FILE}: image_size must be a positive integer, got {image_size!r}")
     if resize not in RESIZE_MODES:
         raise ValueError(f"{folder / CARD_FILE}: resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-    return ModelInfo(folder, tuple(labels), image_size, resize, version_of(folder))
+    thresholds = read_thresholds(folder, labels)
+    task = card.get("task", SINGLE_LABEL)
+    if (task == MULTI_LABEL) != (thresholds is not None):
+        raise ValueError(f"{folder}: {CARD_FILE} says task {task}, but {THRESHOLDS_FILE} is "
+                         f"{'present' if thresholds is not None else 'missing'}; train writes both together")
+    return ModelInfo(folder, tuple(labels), image_size, resize, version_of(folder), task, thresholds)
 
 
 ARCHIVE_MEMBERS = ("config.json", "model.weights.h5")  # what every .keras zip archive holds

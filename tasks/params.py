@@ -128,9 +128,12 @@ class GroupBy(Section):
 
 
 class PreprocessParams(Section):
-    # pixels per side after resizing, or auto: the median short side of the images, clamped to 32..160 and
-    # rounded to a multiple of 16 (chosen by preprocess, recorded in data/processed/preprocess.json)
+    # pixels per side after resizing, or auto: the median short side of the images, clamped to 32..auto_max_size
+    # and rounded to a multiple of 16 (chosen by preprocess, recorded in data/processed/preprocess.json)
     image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = "auto"
+    # the largest size auto picks: 64 suits simple_cnn trained from scratch on a CPU (at 160 px it learnt nothing
+    # from 284 photos); 128-224 suits a pretrained backbone
+    auto_max_size: int = Field(default=64, ge=32, le=1024)
     resize: ResizeMode = "stretch"
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
@@ -181,6 +184,12 @@ class TrainParams(Section):
     deterministic: bool = False
     exports: tuple[ExportName, ...] = ("saved_model", "onnx")
     int8_calibration: int = Field(default=256, ge=0)  # training images that calibrate the int8 model; 0: none
+    # auto: multi_label when any image has several labels (a label cell "a;b"), else single_label
+    task: Literal["auto", "single_label", "multi_label"] = "auto"
+    # balanced: each class (label) weighs in the loss inversely to its share of the training images
+    class_weight: Literal["none", "balanced"] = "balanced"
+    # balanced: training batches drawn with every class equally likely (tf.data rejection resampling; single-label)
+    sampling: Literal["natural", "balanced"] = "natural"
 
     @field_validator("batch_size", mode="before")
     @classmethod

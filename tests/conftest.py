@@ -42,6 +42,24 @@ def write_class_folders(root: Path, per_class: int = 12, size: int = 20) -> Path
     return root
 
 
+def write_multi_label_source(root: Path, count: int = 60, size: int = 16, seed: int = 0) -> Path:
+    """`count` images whose labels are the colour channels lifted in them (red, green, blue: each present with
+    probability one half, at least one), and labels.csv (path, label) with several labels as "a;b"."""
+    names = list(CLASS_COLOURS)  # red, green, blue: channels 0, 1, 2
+    generator = np.random.default_rng(seed)
+    rows = ["path,label"]
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        present = [name for name in names if generator.random() < 0.5] or [names[index % 3]]
+        pixels = generator.normal(80, 20, (size, size, 3))
+        for name in present:
+            pixels[..., names.index(name)] += 120
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"image_{index:03d}.png")
+        rows.append(f"image_{index:03d}.png,{';'.join(present)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 def save(image: Image.Image, path: Path, **options: Any) -> Path:
     """Save `image` at `path`, making its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)

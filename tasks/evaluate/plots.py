@@ -1,4 +1,5 @@
-"""Draws the evaluation pictures: takes arrays and tables, writes PNGs (confusion matrix, curves, bars, gallery)."""
+"""Draws the evaluation pictures: takes arrays and tables, writes PNGs (confusion matrix or per-label outcomes, curves,
+bars, gallery)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,45 @@ def confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, normalis
                           color="white" if value > 0.55 * top else "black")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04,
                     label="share of actual class" if normalised else "images")
+    _save(figure, path)
+
+
+OUTCOMES = (("true_positives", "true positives"), ("false_negatives", "false negatives"),
+            ("false_positives", "false positives"), ("true_negatives", "true negatives"))
+
+
+def label_outcomes(outcomes: pd.DataFrame, path: Path, normalised: bool) -> None:
+    """Save a multi-label model's per-label outcomes (its stand-in for a confusion matrix) as a PNG: one row per
+    label, columns true positives, false negatives, false positives, true negatives.
+
+    `outcomes` has a `label` column and one column per outcome (multilabel.outcome_counts). `normalised` shows
+    true positives and false negatives as shares of the images that have the label (recall, miss rate), false
+    positives and true negatives as shares of those that have not (false positive rate, specificity).
+    """
+    labels = outcomes["label"].astype(str).tolist()
+    counts = outcomes[[name for name, _ in OUTCOMES]].to_numpy(dtype=float)
+    positives = counts[:, :2].sum(axis=1, keepdims=True)
+    negatives = counts[:, 2:].sum(axis=1, keepdims=True)
+    totals = np.hstack([positives, positives, negatives, negatives])
+    values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0) if normalised else counts
+    top = 1.0 if normalised else max(1.0, float(counts.max(initial=0)))
+    figure = Figure(figsize=(7.5, max(2.5, 0.45 * len(labels) + 1.5)))
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap="Blues", vmin=0, vmax=top, interpolation="nearest", aspect="auto")
+    axes.set_xticks(range(len(OUTCOMES)), [title for _, title in OUTCOMES], rotation=20, ha="right", fontsize=9)
+    if len(labels) <= MAX_TICK_LABELLED_CLASSES:
+        axes.set_yticks(range(len(labels)), [_literal(label) for label in labels], fontsize=9 if len(labels) <= 30 else 6)
+    if len(labels) <= MAX_ANNOTATED_CLASSES:
+        for row in range(len(labels)):
+            for column in range(len(OUTCOMES)):
+                value = values[row, column]
+                axes.text(column, row, f"{value:.2f}" if normalised else str(int(value)), ha="center", va="center",
+                          fontsize=8, color="white" if value > 0.55 * top else "black")
+    kind = "shares of the images with (without) the label" if normalised else "image counts"
+    axes.set_title(f"Per-label outcomes, {kind} (test split)")
+    axes.set_ylabel("label")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share" if normalised else "images")
+    figure.tight_layout()
     _save(figure, path)
 
 

@@ -14,7 +14,7 @@ from sklearn import metrics as sk_metrics
 from tasks import atomic, images, model_folder, stored_images
 from tasks.config import load_config
 from tasks.evaluate import metrics as metric_functions
-from tasks.evaluate import plots
+from tasks.evaluate import multilabel_report, plots
 from tasks.params import EvaluateParams
 from tasks.paths import Paths
 from tasks.train import dataset
@@ -22,14 +22,18 @@ from tasks.train import dataset
 logger = logging.getLogger(__name__)
 
 
-def predict_split(model: keras.Model, processed_dir: Path, split: str, image_size: int) -> pd.DataFrame:
-    """Run the model over one split in shard order; one row per image with its true label and probabilities."""
+def predict_split(model: keras.Model, processed_dir: Path, split: str, image_size: int,
+                  multi_label: bool = False) -> pd.DataFrame:
+    """Run the model over one split in shard order; one row per image with its true label (`label_index`, or for a
+    multi-label model the multi-hot row `labels`) and probabilities."""
     rows: list[pd.DataFrame] = []
-    for batch in dataset.split_dataset(processed_dir, split, image_size, 256, training=False, with_paths=True):
+    for batch in dataset.split_dataset(processed_dir, split, image_size, 256, training=False, with_paths=True,
+                                       multi_label=multi_label):
         probabilities = model.predict_on_batch(batch["image"].numpy())
+        truth = batch["label"].numpy()
         rows.append(pd.DataFrame({
             "path": [path.decode("utf-8") for path in batch["path"].numpy()],
-            "label_index": batch["label"].numpy(),
+            "labels" if multi_label else "label_index": list(truth) if multi_label else truth,
             "probabilities": list(np.asarray(probabilities, dtype=np.float64)),
         }))
     return pd.concat(rows, ignore_index=True)
@@ -55,8 +59,13 @@ def stored_thumbnails(paths: Paths, max_pixels: int) -> plots.Thumbnails:
 def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dict[str, Any]:
     """Score the candidate on the test split; write metrics.json, the predictions, per-class table and pictures."""
     model = model_folder.load(paths.candidate)
-    labels = model_folder.read_labels(paths.candidate)
+    info = model_folder.read_info(paths.candidate)
+    labels = list(info.labels)
     image_size = int(model.input_shape[1])
+    if info.multi_label:
+        predictions = predict_split(model, paths.processed, "test", image_size, multi_label=True)
+        return multilabel_report.write(predictions, info, model_folder.read_history(paths.candidate), seed,
+                                       stored_thumbnails(paths, max_pixels), paths.evaluation)
     predictions = predict_split(model, paths.processed, "test", image_size)
     probabilities = np.stack(predictions["probabilities"].to_numpy())
     true_index = predictions["label_index"].to_numpy()

@@ -26,7 +26,7 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from tasks import images, model_folder, pool
+from tasks import images, label_sets, model_folder, pool
 from tasks.config import ArgumentError
 from tasks.paths import Paths
 from tasks.predict import decode, engine, entries, machine, store
@@ -154,6 +154,10 @@ def prepare(source: Path, out: Path, model: Path, options: PredictOptions) -> Pr
     info = model_folder.read_info(model)
     chosen_engine, chosen_precision = engine.choose(info.folder, options.engine, options.precision)
     options = replace(options, engine=chosen_engine, precision=chosen_precision)
+    if info.multi_label and options.top_k != len(info.labels):
+        logger.info("multi-label model: the table gives every one of its %d labels' probability (top_k %d ignored)",
+                    len(info.labels), options.top_k)
+        options = replace(options, top_k=len(info.labels))
     if options.top_k > len(info.labels):
         logger.info("top_k %d is more than the model's %d labels; using %d", options.top_k, len(info.labels),
                     len(info.labels))
@@ -218,8 +222,11 @@ def _batches(plan: PredictPlan, chunk_indices: list[int]) -> Iterator[tuple[tupl
 def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
           probabilities: np.ndarray) -> list[dict[str, Any]]:
     """The table rows of one batch: predictions for decoded files, earlier rows for reused ones, errors, skipped."""
-    labels, top_k = plan.model.labels, plan.options.top_k
+    labels, top_k, thresholds = plan.model.labels, plan.options.top_k, plan.model.thresholds
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    if thresholds is not None:  # multi-label: the set of labels at or above their thresholds
+        label_cells = label_sets.cells_from(label_sets.decide(probabilities, thresholds), labels)
+        confidences = label_sets.decision_confidence(probabilities, thresholds)
     rows, decoded = [], 0
     for planned, file in zip(batch, result.files):
         row: dict[str, Any] = {"path": planned["path"], "status": "ok", "reason": "", "detail": "",
@@ -232,7 +239,10 @@ def _rows(plan: PredictPlan, batch: list[dict], result: decode.BatchResult,
             for rank, label_index in enumerate(best, start=1):
                 row[f"top_{rank}_label"] = labels[label_index]
                 row[f"top_{rank}_probability"] = float(probabilities[decoded, label_index])
-            row["label"], row["confidence"] = row["top_1_label"], row["top_1_probability"]
+            if thresholds is None:
+                row["label"], row["confidence"] = row["top_1_label"], row["top_1_probability"]
+            else:
+                row["label"], row["confidence"] = label_cells[decoded], float(confidences[decoded])
             decoded += 1
         elif file.status == "reused":
             row |= {name: planned[f"previous_{name}"] for name in store.prediction_columns(top_k)}

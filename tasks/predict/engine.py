@@ -3,7 +3,8 @@
 Engines: `keras` (model.keras through Keras/TensorFlow), `onnxruntime` (model.onnx, or model.int8.onnx) and
 `openvino` (openvino/model.xml or model.onnx at fp32 or bf16, model.int8.onnx at int8). `auto` takes the fastest
 engine and precision that train measured on the test split (engines.json in the model folder) and that passed
-parity there: fp32 within MAX_FP32_DIFFERENCE of Keras's probabilities, bf16 and int8 agreeing on the top-1 label
+parity there: fp32 within MAX_FP32_DIFFERENCE of Keras's probabilities (softmax, or a multi-label model's
+sigmoids), bf16 and int8 agreeing on the top-1 label (a multi-label model: on the label set at its thresholds)
 of at least MIN_AGREEMENT of the images. Nothing is assumed: a folder without engines.json runs on Keras.
 The heavy libraries are imported only by the engine that is opened.
 """

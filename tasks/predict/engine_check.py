@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import model_folder
+from tasks import label_sets, model_folder
 from tasks.predict import engine as engines
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class Figures:
     cpu_seconds: float = 0.0
     timed_images: int = 0
     error: str = ""
+    agreement_of: str = "top-1"  # or "label-set": a multi-label model's labels at its thresholds
 
     @property
     def agreement(self) -> float:
@@ -55,7 +56,8 @@ class Figures:
         if self.error:
             return f"{self.engine} {self.precision} failed: {self.error}"
         speed = f", {self.ms_per_image:.3f} ms of CPU per image" if self.ms_per_image is not None else ""
-        return (f"{self.engine} {self.precision}: top-1 agreement {self.agreement:.4f} on {self.images} images, "
+        return (f"{self.engine} {self.precision}: {self.agreement_of} agreement {self.agreement:.4f} on {self.images} "
+                f"images, "
                 f"largest probability difference {self.max_difference:.2e}{speed}")
 
     def as_record(self) -> dict[str, Any]:
@@ -66,8 +68,10 @@ class Figures:
 
 
 def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[np.ndarray],
-            timing_rounds: int = 0) -> list[Figures]:
+            timing_rounds: int = 0, thresholds: tuple[float, ...] | None = None) -> list[Figures]:
     """Run the reference and each candidate on every batch; the reference's figures come first.
+
+    Agreement is on the top-1 label, or with `thresholds` (a multi-label model) on the whole label set.
 
     An engine that raises is recorded as failed and not run again. With `timing_rounds`, each engine then runs
     that many times on one batch of TIMING_BATCH images (the first images, repeated as needed), the engines taking
@@ -75,7 +79,8 @@ def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[
     thread of this process, which is what an engine costs the machine.
     """
     runners = [reference, *candidates]
-    figures = [Figures(runner.name, runner.precision) for runner in runners]
+    agreement_of = "top-1" if thresholds is None else "label-set"
+    figures = [Figures(runner.name, runner.precision, agreement_of=agreement_of) for runner in runners]
     first = None
     for pixels in batches:
         if len(pixels) == 0:
@@ -93,7 +98,7 @@ def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[
             if expected is None:
                 expected = probabilities
             record.images += len(pixels)
-            record.agreeing += int((probabilities.argmax(axis=1) == expected.argmax(axis=1)).sum())
+            record.agreeing += _agreeing(probabilities, expected, thresholds)
             record.max_difference = max(record.max_difference, float(np.abs(probabilities - expected).max()))
     if first is not None and timing_rounds:
         timing = np.resize(first, (TIMING_BATCH, *first.shape[1:]))
@@ -107,6 +112,14 @@ def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[
                 record.cpu_seconds += time.process_time() - started
                 record.timed_images += len(timing)
     return figures
+
+
+def _agreeing(probabilities: np.ndarray, expected: np.ndarray, thresholds: tuple[float, ...] | None) -> int:
+    """Images on which two engines give the same answer: the top-1 label, or every label's yes-or-no."""
+    if thresholds is None:
+        return int((probabilities.argmax(axis=1) == expected.argmax(axis=1)).sum())
+    return int((label_sets.decide(probabilities, thresholds) == label_sets.decide(expected, thresholds))
+               .all(axis=1).sum())
 
 
 def open_candidates(folder: Path, pairs: list[tuple[str, str]]) -> tuple[list[Any], list[Figures]]:
@@ -129,7 +142,7 @@ def measure_engines(folder: Path, batches: Iterable[np.ndarray]) -> dict[str, An
     pairs = [(name, precision) for name in engines.ENGINES if name != "keras" for precision in engines.FILES[name]
              if engines.unusable_reason(folder, name, precision) is None]
     candidates, failed = open_candidates(folder, pairs)
-    figures = compare(keras_engine.KerasEngine(info), candidates, batches, TIMING_ROUNDS) + failed
+    figures = compare(keras_engine.KerasEngine(info), candidates, batches, TIMING_ROUNDS, info.thresholds) + failed
     for record in figures:
         logger.info("engine check: %s%s", record.detail(), "" if record.passed() else " (not used by auto)")
     return {"min_agreement": engines.MIN_AGREEMENT, "max_fp32_difference": engines.MAX_FP32_DIFFERENCE,

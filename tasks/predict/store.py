@@ -5,6 +5,13 @@ row group per chunk) and part-NNNNNN.parquet (one chunk's finished rows, each wr
 is a run of consecutive entries in sorted path order, so the parts concatenated in chunk order are the table.
 A row's `path` is readable text (a byte that is not UTF-8 shows as \\xNN); `path_bytes_hex` is the exact name, the
 key by which a row is found again. `settings_id` identifies everything a row's pixels and probabilities depend on.
+
+Columns: `label` is the predicted class, and `confidence` its probability; top_N_label and top_N_probability the
+N-th likeliest labels. For a multi-label model the columns are the same, so readers of single-label tables read
+them: `label` is the label set (the labels whose probability reaches the model's threshold for it, sorted and
+";"-joined, empty for none), `confidence` how sure the least sure yes-or-no of that set is (min over labels of p
+for a label given, 1 - p for one not given), and the top_N columns hold every label with its own (sigmoid)
+probability, likeliest first.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks import label_sets
 from tasks.params import GroupBy
 from tasks.union_find import UnionFind
 
@@ -139,8 +140,9 @@ def assign_splits(manifest: pd.DataFrame, seed: int, val_fraction: float, test_f
 
 
 def split_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Images per class in each split, for the split report."""
-    counts = table.groupby(["split", "label"]).size()
+    """Images per class in each split, for the split report (a multi-label image counts for each of its labels)."""
+    exploded = table.assign(label=table["label"].map(label_sets.split)).explode("label")
+    counts = exploded.groupby(["split", "label"]).size()
     present = set(counts.index.get_level_values(0))
     return {split: {label: int(count) for label, count in counts[split].items()} if split in present else {}
             for split in SPLITS}
@@ -150,7 +152,7 @@ def split_report(table: pd.DataFrame, seed: int, val_fraction: float, test_fract
                  group_by: GroupBy | None) -> dict[str, Any]:
     """Split sizes, shares and per-class counts, and how many units (kept-together groups) each split holds."""
     counts = split_counts(table)
-    labels = sorted(table["label"].unique().tolist())
+    labels = label_sets.vocabulary(table["label"])
     total = len(table)
     sizes = {split: int((table["split"] == split).sum()) for split in SPLITS}
     unit_sizes = table.groupby("unit").size()

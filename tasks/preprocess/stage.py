@@ -13,13 +13,14 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
 from tasks import manifest as manifest_file
-from tasks import atomic, dvc_outputs, images, pool, processed_store, raw_store, stored_images
+from tasks import atomic, dvc_outputs, images, label_sets, pool, processed_store, raw_store, stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
@@ -51,17 +52,30 @@ def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths
     return subjects_for(manifest, group_by, csv_table)
 
 
-AUTO_SIZE_RANGE = (32, 160)
+AUTO_MIN_SIZE = 32
 AUTO_SIZE_STEP = 16
 
 
-def choose_image_size(manifest: pd.DataFrame) -> int:
-    """preprocess.image_size: auto: the median short side of the images, clamped and rounded to a multiple of 16
-    (photos of 400x530 get 160 px, the 8 px demo digits 32 px)."""
+def choose_image_size(manifest: pd.DataFrame, most: int = 160) -> int:
+    """preprocess.image_size: auto: the median short side of the images, clamped to 32..`most` and rounded to a
+    multiple of 16 (photos of 400x530 get `most`, the 8 px demo digits 32 px)."""
     short_sides = manifest[["width", "height"]].min(axis=1)
-    median = float(short_sides.median()) if len(short_sides) else AUTO_SIZE_RANGE[0]
-    low, high = AUTO_SIZE_RANGE
-    return int(min(high, max(low, round(median / AUTO_SIZE_STEP) * AUTO_SIZE_STEP)))
+    median = float(short_sides.median()) if len(short_sides) else AUTO_MIN_SIZE
+    return int(min(most, max(AUTO_MIN_SIZE, round(median / AUTO_SIZE_STEP) * AUTO_SIZE_STEP)))
+
+
+def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path) -> int:
+    """The size `auto` stands for: the one an earlier auto run chose under the same auto_max_size (new images must
+    not move the median across a step and have every image decoded again), else choose_image_size()."""
+    summary_file = folder / processed_store.SUMMARY_FILE
+    earlier = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    if earlier.get("auto_max_size") == params.auto_max_size and isinstance(earlier.get("image_size"), int):
+        logger.info("preprocess.image_size auto: %d px, as chosen by an earlier run", earlier["image_size"])
+        return int(earlier["image_size"])
+    size = choose_image_size(manifest, params.auto_max_size)
+    logger.info("preprocess.image_size auto: %d px (the median short side of %d images, clamped to %d..%d, "
+                "preprocess.auto_max_size)", size, len(manifest), AUTO_MIN_SIZE, params.auto_max_size)
+    return size
 
 
 def normalisation(params: PreprocessParams) -> str:
@@ -150,23 +164,26 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
     """Split the manifest, decode the images not decoded before, and write the split table and reports."""
     started = time.perf_counter()
     manifest = manifest_file.read(paths.manifest)
+    chosen_automatically = params.image_size == "auto"
     if manifest.empty:
         raise ValueError(f"{paths.manifest}: the manifest lists no images; run ingest on a folder of class folders")
     if "shard" not in manifest.columns:
         raise ValueError(f"{paths.manifest}: written by an older ingest, without the raw store; run the ingest "
                          "stage again (dvc repro ingest) and then this one")
     if params.image_size == "auto":
-        params = params.model_copy(update={"image_size": choose_image_size(manifest)})
-        logger.info("preprocess.image_size auto: %d px (the median short side of %d images, clamped to %d..%d)",
-                    params.image_size, len(manifest), *AUTO_SIZE_RANGE)
-    labels = sorted(manifest["label"].unique().tolist())
+        params = params.model_copy(update={"image_size": _auto_size(manifest, params, paths.processed)})
+    # the vocabulary is the individual labels: a multi-label image ("a;b") counts for a and for b
+    labels = label_sets.vocabulary(manifest["label"])
+    task = label_sets.MULTI_LABEL if label_sets.has_several(manifest["label"]) else label_sets.SINGLE_LABEL
     subjects = read_subjects(manifest, params.group_by, paths)
     if subjects is None and "subject" in manifest.columns and (manifest["subject"] != "").any():
         subjects = manifest["subject"].tolist()  # the label table's group column
     dvc_outputs.restore(paths.root, "preprocess", [paths.processed, paths.reports / "split.json"])
     earlier = _earlier(paths, params, seed)
     table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects, earlier.splits)
-    table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).astype("int64")
+    # a class index for an image with one label; -1 for one with several (readers build multi-hot rows from `label`)
+    table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).fillna(-1)
+    table["label_index"] = table["label_index"].astype("int64")
     placed, new_records = _decode_new(table, earlier, params, max_pixels, paths)
     table = table.assign(shard=table["sha256"].map(earlier.shards | placed))
     table, records = _compact(table, earlier.records | new_records, params, paths)
@@ -182,11 +199,13 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
     atomic.write_json(folder / processed_store.LABELS_FILE, labels, keep_if_same=True)
     atomic.write_json(folder / processed_store.SUMMARY_FILE, {
         "image_size": params.image_size,
+        "auto_max_size": params.auto_max_size if chosen_automatically else None,  # image_size chosen by auto
         "resize": params.resize,
         "normalisation": normalisation(params),
         "splitting": _splitting(params, seed),
         "seed": seed,
         "labels": labels,
+        "task": task,  # as the data says: multi_label when an image has several labels (train.task may force it)
         "shards": sorted(table["shard"].unique().tolist()),
         "shard_records": {shard: records[shard] for shard in sorted(table["shard"].unique())},
         "counts": {split: int((table["split"] == split).sum()) for split in SPLITS},
@@ -198,7 +217,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
                       split_report(table, seed, params.val_fraction, params.test_fraction, params.group_by),
                       keep_if_same=True)
     logger.info("preprocess: images per split %s, %d x %d px, resize=%s; %d decoded now, %d reused; %.1f s",
-                {split: sum(counts[split].values()) for split in SPLITS}, params.image_size, params.image_size,
+                {split: int((table["split"] == split).sum()) for split in SPLITS}, params.image_size, params.image_size,
                 params.resize, len(placed), len(table) - len(placed), time.perf_counter() - started)
     return table
 

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, model_folder, pool, stored_images
+from tasks import atomic, label_sets, model_folder, pool, stored_images
 from tasks.evaluate import metrics as metric_functions
+from tasks.evaluate import multilabel
 from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.predict import engine, engine_check
@@ -104,7 +105,7 @@ def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,
     runners += opened
     figures += failed
     batches = _batches(info, images, raw, max_pixels)
-    return engine_check.compare(keras_engine.KerasEngine(info), runners, batches)[1:] + figures
+    return engine_check.compare(keras_engine.KerasEngine(info), runners, batches, 0, info.thresholds)[1:] + figures
 
 
 def export_check(params: GateParams, folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int
@@ -121,8 +122,8 @@ def export_check(params: GateParams, folder: Path, images: list[stored_images.Jo
             failed.append(f"{item.engine}: largest probability difference {item.max_difference:.2e}, more than "
                           f"{params.max_export_difference} allowed (evaluate.gate.max_export_difference)")
         elif item.precision != "fp32" and not item.passed():
-            failed.append(f"{item.engine} {item.precision}: top-1 agreement {item.agreement:.4f}, under the "
-                          f"{engine.MIN_AGREEMENT} that --engine auto needs (engines.json says it had it)")
+            failed.append(f"{item.engine} {item.precision}: {item.agreement_of} agreement {item.agreement:.4f}, "
+                          f"under the {engine.MIN_AGREEMENT} that --engine auto needs (engines.json says it had it)")
     exports = [item for item in figures if item.precision == "fp32" and not item.error]
     largest = max((item.max_difference for item in exports), default=0.0)
     images = max((item.images for item in figures), default=0)
@@ -152,17 +153,60 @@ def _label_names(labels: list[str], most: int = 12) -> str:
     return shown + (f" and {len(labels) - most} more" if len(labels) > most else "")
 
 
-def label_set_check(label_sets: dict[str, Any]) -> dict[str, Any]:
-    changes = [f"{what} {_label_names(label_sets[key])}" for key, what in (("added", "adds"), ("removed", "drops"))
-               if label_sets[key]]
-    detail = (f"production knows {len(label_sets['production'])} labels, the candidate "
-              f"{len(label_sets['candidate'])}" + (f"; the candidate {' and '.join(changes)}" if changes else ""))
-    return _check("same label set as production", label_sets["same"], None, None, detail)
+def label_set_check(compared: dict[str, Any]) -> dict[str, Any]:
+    changes = [f"{what} {_label_names(compared[key])}" for key, what in (("added", "adds"), ("removed", "drops"))
+               if compared[key]]
+    detail = (f"production knows {len(compared['production'])} labels, the candidate "
+              f"{len(compared['candidate'])}" + (f"; the candidate {' and '.join(changes)}" if changes else ""))
+    return _check("same label set as production", compared["same"], None, None, detail)
+
+
+def compare_multi_label(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
+                        champion_dir: Path, probabilities: np.ndarray) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """compare_with_champion for a multi-label candidate: the headline metric over label sets (macro-F1 by default)
+    and each label's recall. The champion's label sets come from its own thresholds (a single-label champion: its
+    top-1 label); a label the champion does not know counts as never given by it."""
+    champion = model_folder.read_info(champion_dir)
+    if champion.multi_label:
+        champion_cells = label_sets.cells_from(label_sets.decide(probabilities, champion.thresholds), champion.labels)
+    else:
+        champion_cells = [champion.labels[index] for index in probabilities.argmax(axis=1)]
+    truth = label_sets.multi_hot(table["actual"], labels).astype(bool)
+    candidate = label_sets.multi_hot(table["predicted"], labels).astype(bool)
+    champion_sets = label_sets.multi_hot(champion_cells, labels, strict=False).astype(bool)
+    difference, interval = multilabel.paired_difference(truth, candidate, champion_sets, params.metric, seed)
+    checks = [_non_inferiority(params, difference, interval)]
+    for position, label in enumerate(labels):
+        actual = truth[:, position]
+        if actual.any():
+            checks.append(_recall_check(params, label, float(champion_sets[actual, position].mean()),
+                                        float(candidate[actual, position].mean())))
+    summary = {"version": champion.version,
+               "metrics": {metric: multilabel.score(truth, champion_sets, metric) for metric in multilabel.METRICS},
+               "difference": {"metric": params.metric, "value": difference, "interval": interval}}
+    return checks, summary
+
+
+def _non_inferiority(params: GateParams, difference: float, interval: list[float]) -> dict[str, Any]:
+    return _check(
+        f"{params.metric} not worse than production", interval[0] >= -params.tolerance, difference, -params.tolerance,
+        f"candidate minus production {params.metric}: {difference:+.4f}, 95% interval "
+        f"[{interval[0]:+.4f}, {interval[1]:+.4f}]; its lower end must stay above -{params.tolerance}",
+    )
+
+
+def _recall_check(params: GateParams, label: str, champion_recall: float, candidate_recall: float) -> dict[str, Any]:
+    drop = champion_recall - candidate_recall
+    return _check(
+        f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
+        f"recall {champion_recall:.3f} -> {candidate_recall:.3f} (drop {drop:+.3f}, at most "
+        f"{params.max_recall_drop} allowed)",
+    )
 
 
 def compare_with_champion(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
-                          champion_dir: Path, stored: list[stored_images.Job], raw: Path, max_pixels: int
-                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                          champion_dir: Path, stored: list[stored_images.Job], raw: Path, max_pixels: int,
+                          multi_label: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Non-inferiority of the headline metric (paired bootstrap) and per-class recall, on the same test images.
 
     Only for a champion with the candidate's label set (in any order): scores of different tasks do not compare.
@@ -171,29 +215,21 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
     if set(champion_labels) != set(labels):
         raise ValueError(f"{champion_dir}: its label set differs from the candidate's; compare label sets first")
     probabilities = predict_stored(champion_dir, stored, raw, max_pixels)
+    if multi_label:
+        return compare_multi_label(params, seed, labels, table, champion_dir, probabilities)
     index_of = {label: index for index, label in enumerate(labels)}
     champion_index = np.array([index_of[champion_labels[i]] for i in probabilities.argmax(axis=1)], dtype=int)
     true_index = table["actual"].map(index_of).to_numpy()
     candidate_index = table["predicted"].map(index_of).to_numpy()
     difference, interval = metric_functions.paired_difference(true_index, candidate_index, champion_index,
                                                               len(labels), params.metric, seed)
-    checks = [_check(
-        f"{params.metric} not worse than production", interval[0] >= -params.tolerance, difference, -params.tolerance,
-        f"candidate minus production {params.metric}: {difference:+.4f}, 95% interval "
-        f"[{interval[0]:+.4f}, {interval[1]:+.4f}]; its lower end must stay above -{params.tolerance}",
-    )]
+    checks = [_non_inferiority(params, difference, interval)]
     for label in labels:
         actual = true_index == index_of[label]
         if not actual.any():
             continue
-        candidate_recall = float((candidate_index[actual] == index_of[label]).mean())
-        champion_recall = float((champion_index[actual] == index_of[label]).mean())
-        drop = champion_recall - candidate_recall
-        checks.append(_check(
-            f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
-            f"recall {champion_recall:.3f} -> {candidate_recall:.3f} (drop {drop:+.3f}, at most "
-            f"{params.max_recall_drop} allowed)",
-        ))
+        checks.append(_recall_check(params, label, float((champion_index[actual] == index_of[label]).mean()),
+                                    float((candidate_index[actual] == index_of[label]).mean())))
     champion_metrics = metric_functions.compute_metrics(true_index, np.eye(max(len(labels), 1))[champion_index],
                                                         labels, len(labels), seed)
     summary = {"version": model_folder.version_of(champion_dir),
@@ -203,7 +239,9 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
 
 
 def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
+    """The minimum scores for a first model. A multi-label model's accuracy (every label of an image right) is no
+    measure of usefulness with many labels, so it meets the macro-F1 floor alone."""
+    checks = [
         _check("accuracy floor", metrics["accuracy"] >= params.min_accuracy, metrics["accuracy"], params.min_accuracy,
                f"test accuracy {metrics['accuracy']:.4f}, at least {params.min_accuracy} required "
                "(evaluate.gate.min_accuracy)"),
@@ -211,6 +249,7 @@ def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, 
                params.min_macro_f1, f"test macro-F1 {metrics['macro_f1']:.4f}, at least {params.min_macro_f1} "
                "required (evaluate.gate.min_macro_f1)"),
     ]
+    return checks[1:] if metrics.get("task") == label_sets.MULTI_LABEL else checks
 
 
 def split_notes(folder: Path, metrics: dict[str, Any], metric: str) -> list[str]:
@@ -231,18 +270,18 @@ def split_notes(folder: Path, metrics: dict[str, Any], metric: str) -> list[str]
 
 
 def _sentence(passed: bool, champion: dict[str, Any] | None, checks: list[dict[str, Any]],
-              label_sets: dict[str, Any] | None) -> str:
+              compared: dict[str, Any] | None) -> str:
     failed = [check for check in checks if not check["passed"]]
     against = "the minimum scores and the production model" if champion else \
         "the minimum scores (no production model yet)"
     if passed:
         return f"The candidate passed all {len(checks)} checks against {against} and may be promoted."
-    if label_sets is not None and not label_sets["same"]:
+    if compared is not None and not compared["same"]:
         others = [check for check in failed if check["name"] != "same label set as production"]
         also = f" It also failed: {'; '.join(check['name'] + ': ' + check['detail'] for check in others)}." \
             if others else ""
         return (f"The candidate was refused: its label set differs from the production model's "
-                f"({label_set_check(label_sets)['detail']}), so the two models do different tasks and their scores "
+                f"({label_set_check(compared)['detail']}), so the two models do different tasks and their scores "
                 f"cannot be compared.{also} Production is unchanged. If the new label set is intended, accept it "
                 f"with `imgpipe promote --force --reason \"...\"`.")
     reasons = "; ".join(f"{check['name']}: {check['detail']}" for check in failed[:3])
@@ -259,19 +298,20 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     """
     metrics = _read_json(paths.evaluation / "metrics.json")
     labels = model_folder.read_labels(paths.candidate)
+    multi_label = model_folder.read_info(paths.candidate).multi_label
     table = pd.read_csv(paths.evaluation / "test_predictions.csv", keep_default_na=False,
                         dtype={"actual": str, "predicted": str})
     stored = stored_images.jobs_for(paths.manifest, table["path"].tolist())  # the test images, from the raw store
     parity, exports = export_check(params, paths.candidate, stored, paths.raw, max_pixels)
     checks = [parity]
     checks += floor_checks(params, metrics)
-    champion, label_sets = None, None
+    champion, compared = None, None
     if model_folder.exists(paths.production):
-        label_sets = compare_label_sets(labels, model_folder.read_labels(paths.production))
-        checks.append(label_set_check(label_sets))
-        if label_sets["same"]:
+        compared = compare_label_sets(labels, model_folder.read_labels(paths.production))
+        checks.append(label_set_check(compared))
+        if compared["same"]:
             champion_checks, champion = compare_with_champion(params, seed, labels, table, paths.production, stored,
-                                                              paths.raw, max_pixels)
+                                                              paths.raw, max_pixels, multi_label)
             checks += champion_checks
         else:  # no scores: the production model cannot be scored on classes it never knew
             champion = {"version": model_folder.version_of(paths.production), "metrics": None, "difference": None}
@@ -279,15 +319,16 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     notes = split_notes(paths.candidate, metrics, params.metric)
     gate = {
         "decision": "pass" if passed else "fail",
-        "sentence": _sentence(passed, champion, checks, label_sets) + "".join(f" Note: {note}." for note in notes),
+        "sentence": _sentence(passed, champion, checks, compared) + "".join(f" Note: {note}." for note in notes),
         "notes": notes,
         "headline_metric": params.metric,
         "tolerance": params.tolerance,
         "candidate": {"version": model_folder.version_of(paths.candidate),
                       "metrics": {key: metrics.get(key) for key in
-                                  ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "ece")}},
+                                  ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "ece",
+                                   "micro_f1", "mean_average_precision") if key in metrics}},
         "champion": champion,
-        "label_sets": label_sets,
+        "label_sets": compared,
         "checks": checks,
         "exports": exports,
         "promoted": False,

@@ -23,6 +23,15 @@ FIGURES = (  # (file in paths.evaluation, caption), in the order the report show
     ("per_class.png", "Per-class precision, recall and F1"),
     ("mistakes.png", "Most confident mistakes"),
 )
+# a multi-label evaluation draws per-label outcomes under the confusion matrix's file names
+MULTI_LABEL_CAPTIONS = {
+    "confusion_matrix.png": "Per-label outcomes (counts of true and false positives and negatives)",
+    "confusion_matrix_normalised.png": "Per-label outcomes (shares of the images with, and without, each label)",
+    "per_class.png": "Per-label precision, recall and F1",
+    "mistakes.png": "Most confident mistakes (label set not exactly right)",
+}
+PER_CLASS_COLUMNS = ("precision", "recall", "f1", "support")
+PER_LABEL_COLUMNS = ("precision", "recall", "f1", "support", "average_precision", "threshold")
 LINEAGE_TITLES = {
     "git_revision": "git revision",
     "data_sha256": "training data sha256 (split table)",
@@ -192,15 +201,18 @@ def _metrics_section(metrics: dict[str, Any] | None) -> str:
     body = _table(["metric", "value", "interval (low – high)"], rows)
     per_class: dict[str, dict[str, Any]] = metrics.get("per_class") or {}
     if per_class:
-        class_rows = [[label, *(_number(values.get(name)) for name in ("precision", "recall", "f1", "support"))]
-                      for label, values in per_class.items()]
-        body += "<h3>Per class</h3>" + _table(["class", "precision", "recall", "F1", "support"], class_rows)
+        multi_label = metrics.get("task") == "multi_label"
+        columns = PER_LABEL_COLUMNS if multi_label else PER_CLASS_COLUMNS
+        class_rows = [[label, *(_number(values.get(name)) for name in columns)] for label, values in per_class.items()]
+        header = ["label" if multi_label else "class", *(name.replace("_", " ").replace("f1", "F1") for name in columns)]
+        body += f"<h3>Per {'label' if multi_label else 'class'}</h3>" + _table(header, class_rows)
     return f"<section id=\"metrics\"><h2>Test metrics</h2>{body}</section>"
 
 
-def _figures_section(paths: Paths) -> str:
+def _figures_section(paths: Paths, multi_label: bool = False) -> str:
     parts = []
     for name, caption in FIGURES:
+        caption = MULTI_LABEL_CAPTIONS.get(name, caption) if multi_label else caption
         file = paths.evaluation / name
         if file.is_file():
             data = base64.b64encode(file.read_bytes()).decode("ascii")
@@ -253,9 +265,11 @@ def _gate_section(gate: dict[str, Any] | None) -> str:
 def render(paths: Paths, lineage: dict[str, str]) -> str:
     """The whole page as one string: inline CSS, images as data URIs, no scripts and no external references."""
     gate = _read_json(paths.evaluation / "gate.json")
+    metrics = _read_json(paths.evaluation / "metrics.json")
+    multi_label = (metrics or {}).get("task") == "multi_label"
     sections = [_header(gate, lineage), _lineage_section(lineage), _validation_section(paths),
                 _splits_section(_read_json(paths.processed / "preprocess.json")),
-                _metrics_section(_read_json(paths.evaluation / "metrics.json")), _figures_section(paths),
+                _metrics_section(metrics), _figures_section(paths, multi_label),
                 _gate_section(gate)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -292,9 +306,11 @@ def markdown_summary(paths: Paths) -> str:
     lines += [f"| {key} | {_number(metrics[key])} | {_interval(metrics, key)} |" for key in headline_metrics(metrics)]
     per_class: dict[str, dict[str, Any]] = metrics.get("per_class") or {}
     if per_class:
-        lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {_markdown_cell(label)} | " + " | ".join(_number(values.get(name)) for name in
-                                                              ("precision", "recall", "f1", "support")) + " |"
+        multi_label = metrics.get("task") == "multi_label"
+        columns = PER_LABEL_COLUMNS if multi_label else PER_CLASS_COLUMNS
+        header = ["label" if multi_label else "class", *(name.replace("_", " ").replace("f1", "F1") for name in columns)]
+        lines += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"| {_markdown_cell(label)} | " + " | ".join(_number(values.get(name)) for name in columns) + " |"
                   for label, values in per_class.items()]
     return "\n".join(lines) + "\n"
 

@@ -194,8 +194,8 @@ def augmenter(params: AugmentParams, num_classes: int) -> Augmenter:
     @tf.function
     def augment(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         images, weight, partner = transform(images, seed, mixing_weights(params, seed, tf.shape(images)[0]))
-        if params.mixing:
-            one_hot = tf.one_hot(labels, num_classes)
+        if params.mixing:  # multi-label rows arrive multi-hot (float) already
+            one_hot = labels if labels.dtype.is_floating else tf.one_hot(labels, num_classes)
             labels = one_hot * weight[:, None] + tf.gather(one_hot, partner) * (1.0 - weight[:, None])
         return images, labels
 

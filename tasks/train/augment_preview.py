@@ -58,7 +58,7 @@ def run(params: AugmentParams, seed: int, paths: Paths, image_count: int = 8, dr
     summary = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
     image_size = int(summary["image_size"])
     first = next(iter(dataset.split_dataset(paths.processed, "train", image_size, image_count, training=False,
-                                            with_paths=True)))
+                                            with_paths=True, multi_label=summary.get("task") == "multi_label")))
     images, labels = first["image"].numpy(), first["label"].numpy()
     if not augment.is_active(params):
         logger.info("augmentation is off (every preprocess.augment strength is 0): the draws equal the originals")

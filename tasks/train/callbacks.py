@@ -115,6 +115,57 @@ class MacroF1(keras.metrics.Metric):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
+@keras.saving.register_keras_serializable(package="imgpipe")
+class MultiLabelMacroF1(keras.metrics.Metric):
+    """Macro-averaged F1 over labels of a sigmoid head at probability `threshold` (per-label thresholds are chosen
+    after training, on the validation split); a label never present nor predicted counts as 0, as in evaluation.
+
+    Accumulates true positives, false positives and false negatives per label over the whole split. keras.ops only.
+    """
+
+    def __init__(self, num_labels: int, threshold: float = 0.5, name: str = "macro_f1", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_labels = num_labels
+        self.threshold = threshold
+        self.counts = self.add_variable(shape=(3, num_labels), initializer="zeros", name="counts")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        actual = ops.cast(ops.convert_to_tensor(y_true) >= 0.5, self.dtype)  # mixed (soft) labels: the main ones
+        predicted = ops.cast(ops.convert_to_tensor(y_pred) >= self.threshold, self.dtype)
+        self.counts.assign_add(ops.stack([ops.sum(actual * predicted, axis=0),
+                                          ops.sum((1 - actual) * predicted, axis=0),
+                                          ops.sum(actual * (1 - predicted), axis=0)]))
+
+    def result(self) -> Any:
+        true_positives, false_positives, false_negatives = self.counts[0], self.counts[1], self.counts[2]
+        denominator = 2 * true_positives + false_positives + false_negatives
+        f1 = ops.where(denominator > 0, 2 * true_positives / ops.maximum(denominator, 1e-12), 0.0)
+        return ops.mean(f1)
+
+    def reset_state(self) -> None:
+        self.counts.assign(ops.zeros((3, self.num_labels), dtype=self.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_labels": self.num_labels, "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="imgpipe")
+class SubsetAccuracy(keras.metrics.MeanMetricWrapper):
+    """Multi-label accuracy: the share of images whose whole label set is right at probability 0.5."""
+
+    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+        super().__init__(fn=subset_accuracy, name=name, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def subset_accuracy(y_true: Any, y_pred: Any) -> Any:
+    actual = ops.convert_to_tensor(y_true) >= 0.5
+    predicted = ops.convert_to_tensor(y_pred) >= 0.5
+    return ops.cast(ops.all(ops.equal(actual, predicted), axis=-1), "float32")
+
+
 def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any) -> list[keras.callbacks.Callback]:
     """Best-epoch checkpoint with early stopping, per-epoch history, backup-and-restore and logging for one phase."""
     callbacks: list[keras.callbacks.Callback] = [

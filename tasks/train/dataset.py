@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
-from tasks import processed_store
+from tasks import label_sets, processed_store
 from tasks.params import AugmentParams
 from tasks.train import augment as augmentation
+from tasks.train import balance
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000  # images: 30 MB at 32 px and 500 MB at 128 px at most
@@ -68,34 +69,85 @@ def _records(processed_dir: Path, rows: pd.DataFrame, image_size: int, training:
     return dataset.unbatch()
 
 
+def _multi_hot_lookup(cells: tf.Tensor, labels: list[str]):
+    """A function of row positions -> their float32 multi-hot rows, built in tf.data from the label cells ("a;b")."""
+    vocabulary = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(labels), tf.range(len(labels), dtype=tf.int64)),
+        default_value=-1)
+
+    def multi_hot(row: tf.Tensor) -> tf.Tensor:
+        parts = tf.strings.split(tf.gather(cells, row), label_sets.SEPARATOR)
+        hot = tf.ragged.map_flat_values(lambda ids: tf.one_hot(ids, len(labels)), vocabulary.lookup(parts))
+        return tf.minimum(tf.reduce_sum(hot, axis=1), 1.0)
+
+    return multi_hot
+
+
+def _balanced_sampling(dataset: tf.data.Dataset, classes: tf.Tensor, counts: list[int], seed: int,
+                       images: int) -> tf.data.Dataset:
+    """Draw elements so that every class present is equally likely (tf.data rejection resampling over the
+    repeated, reshuffled split), `images` per epoch as without it, so an epoch keeps its number of steps."""
+    total = float(sum(counts))
+    present = sum(1 for count in counts if count > 0)
+    initial = [count / total for count in counts]
+    target = [1.0 / present if count > 0 else 0.0 for count in counts]
+    dataset = dataset.repeat().rejection_resample(
+        lambda example: tf.gather(classes, example["row"]), target_dist=target, initial_dist=initial, seed=seed)
+    return dataset.map(lambda _, example: example, num_parallel_calls=AUTOTUNE).take(images)
+
+
 def split_dataset(
     processed_dir: Path, split: str, image_size: int, batch_size: int, *, training: bool,
     augment: AugmentParams | None = None, seed: int = 0, with_paths: bool = False, one_hot: bool = False,
+    multi_label: bool = False, class_weight: str = "none", sampling: str = "natural",
 ) -> tf.data.Dataset:
     """Batches of (uint8 images, labels) from one split; `training` shuffles and augments, else order is kept.
 
     Labels are int32 class indices, or float32 one-hot rows with `one_hot` and always when `augment` mixes
-    images (mixup, cutmix), since mixed labels are soft. Shuffling and augmentation follow from `seed` (and
+    images (mixup, cutmix), since mixed labels are soft; with `multi_label` float32 multi-hot rows over the
+    vocabulary (labels.json), built from each image's label cell. Shuffling and augmentation follow from `seed` (and
     TensorFlow's global seed, which the train stage sets), the epoch and the batch's position, so a run is
     reproducible and each epoch draws afresh. With `with_paths`, batches are dictionaries holding `image`,
     `label` and `path` (for reports).
+
+    `class_weight: balanced` adds each image's loss weight (tasks/train/balance.py) as a third element (or `weight`),
+    which Keras applies to the loss as a sample weight. `sampling: balanced` (single-label, training) draws every
+    class equally often.
     """
     rows = split_rows(processed_dir, split)
+    vocabulary = json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8"))
+    if not multi_label and (rows["label_index"] < 0).any():
+        raise ValueError(f"{processed_dir}: some {split} images have several labels; read them with multi_label")
     labels = tf.constant(rows["label_index"].to_numpy(), dtype=tf.int32)
+    cells = tf.constant(rows["label"].astype(str).tolist())
     paths = tf.constant(rows["path"].tolist())
+    weights = (tf.constant(balance.image_weights(rows["label"].astype(str).tolist(), vocabulary))
+               if class_weight == "balanced" else None)
+    multi_hot = _multi_hot_lookup(cells, vocabulary) if multi_label else None
     dataset = _records(processed_dir, rows, image_size, training, seed)
     if fits_in_memory(len(rows) * (image_size * image_size * 3 + 64)):
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if training and sampling == "balanced":
+        if multi_label:
+            raise ValueError("train.sampling: balanced draws one class per image, so it applies to single-label data; "
+                             "for multi-label data use train.class_weight: balanced and sampling: natural")
+        counts = rows["label_index"].value_counts().reindex(range(len(vocabulary)), fill_value=0).tolist()
+        dataset = _balanced_sampling(dataset, labels, counts, seed, len(rows))
     dataset = dataset.batch(batch_size, drop_remainder=False)
-    dataset = dataset.map(lambda example: {"image": example["image"], "label": tf.gather(labels, example["row"]),
-                                           "path": tf.gather(paths, example["row"])},
-                          num_parallel_calls=AUTOTUNE)
+
+    def label_batch(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        row = example["row"]
+        batch = {"image": example["image"], "label": multi_hot(row) if multi_hot else tf.gather(labels, row),
+                 "path": tf.gather(paths, row)}
+        return batch | ({"weight": tf.gather(weights, row)} if weights is not None else {})
+
+    dataset = dataset.map(label_batch, num_parallel_calls=AUTOTUNE)
 
     mixing = training and augment is not None and augment.mixing
     if training and augment is not None and augmentation.is_active(augment):
-        classes = num_classes(processed_dir) if mixing else 0
+        classes = len(vocabulary) if mixing else 0
         augment_batch = augmentation.augmenter(augment, classes)
 
         def apply(example: dict[str, tf.Tensor], batch_seed: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -107,10 +159,14 @@ def split_dataset(
         batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip(dataset, batch_seeds)
         dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if one_hot and not mixing:
-        classes = num_classes(processed_dir)
+    if one_hot and not mixing and not multi_label:
+        classes = len(vocabulary)
         dataset = dataset.map(lambda example: {**example, "label": tf.one_hot(example["label"], classes)},
                               num_parallel_calls=AUTOTUNE)
     if not with_paths:
-        dataset = dataset.map(lambda example: (example["image"], example["label"]), num_parallel_calls=AUTOTUNE)
+        if weights is not None:
+            dataset = dataset.map(lambda example: (example["image"], example["label"], example["weight"]),
+                                  num_parallel_calls=AUTOTUNE)
+        else:
+            dataset = dataset.map(lambda example: (example["image"], example["label"]), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

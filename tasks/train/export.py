@@ -104,7 +104,7 @@ def export_openvino(network: Any, folder: Path) -> None:
 
 def write_int8(folder: Path, calibration: np.ndarray) -> None:
     """model.int8.onnx: ONNX Runtime's static QDQ quantization of model.onnx (int8 weights per channel, uint8
-    activations, min-max ranges from `calibration`), the softmax left in fp32. Used only if it passes parity."""
+    activations, min-max ranges from `calibration`), the softmax (or a multi-label model's sigmoid) left in fp32. Used only if it passes parity."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -130,10 +130,10 @@ def write_int8(folder: Path, calibration: np.ndarray) -> None:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared)).graph
-        softmax = [node.name for node in graph.node if node.op_type == "Softmax"]
+        heads = [node.name for node in graph.node if node.op_type in ("Softmax", "Sigmoid")]
         quantize_static(str(prepared), str(model_folder.export_path(folder, "int8")), Reader(graph.input[0].name),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=softmax)
+                        weight_type=QuantType.QInt8, nodes_to_exclude=heads)
 
 
 def write_exports(folder: Path, formats: list[str], calibration: np.ndarray | None) -> None:
@@ -165,12 +165,14 @@ def write_exports(folder: Path, formats: list[str], calibration: np.ndarray | No
                     len(calibration))
 
 
-def _images(processed: Path, split: str, image_size: int, limit: int | None, seed: int) -> Iterator[np.ndarray]:
+def _images(processed: Path, split: str, image_size: int, limit: int | None, seed: int,
+            multi_label: bool) -> Iterator[np.ndarray]:
     """Batches of uint8 images of a split: the test split in order, or up to `limit` shuffled training images."""
     from tasks.train import dataset
 
     training = split == "train"
-    batches = dataset.split_dataset(processed, split, image_size, 64, training=training, seed=seed)
+    batches = dataset.split_dataset(processed, split, image_size, 64, training=training, seed=seed,
+                                    multi_label=multi_label)
     taken = 0
     for images, _ in batches:
         pixels = images.numpy()
@@ -187,12 +189,14 @@ def run(folder: Path, formats: list[str], processed: Path, calibration_images: i
     test split."""
     from tasks.predict import engine_check
 
-    image_size = model_folder.read_info(folder).image_size
+    info = model_folder.read_info(folder)
+    image_size, multi_label = info.image_size, info.multi_label
     calibration = None
     if calibration_images and "onnx" in formats:
-        calibration = np.concatenate(list(_images(processed, "train", image_size, calibration_images, seed)))
+        calibration = np.concatenate(list(_images(processed, "train", image_size, calibration_images, seed,
+                                                  multi_label)))
     write_exports(folder, formats, calibration)
-    record = engine_check.measure_engines(folder, _images(processed, "test", image_size, None, seed))
+    record = engine_check.measure_engines(folder, _images(processed, "test", image_size, None, seed, multi_label))
     model_folder.write_engines(folder, record)
 
 

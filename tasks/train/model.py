@@ -34,8 +34,15 @@ class CaffeNormalization(layers.Layer):
         return values - ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
 
 
-def simple_cnn(image_size: int, num_classes: int, depth: int, width: int, dropout: float) -> keras.Model:
-    """Blocks of two 3x3 convolutions with batch-norm and ReLU, then max-pooling; global pooling; softmax head.
+def head_activation(multi_label: bool) -> str:
+    """softmax: one class per image; sigmoid: an independent probability per label (multi-label)."""
+    return "sigmoid" if multi_label else "softmax"
+
+
+def simple_cnn(image_size: int, num_classes: int, depth: int, width: int, dropout: float,
+               multi_label: bool = False) -> keras.Model:
+    """Blocks of two 3x3 convolutions with batch-norm and ReLU, then max-pooling; global pooling; softmax head
+    (sigmoid with `multi_label`).
 
     Takes uint8 images and rescales them itself, so a saved model carries its own preprocessing.
     """
@@ -51,7 +58,8 @@ def simple_cnn(image_size: int, num_classes: int, depth: int, width: int, dropou
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation=head_activation(multi_label), dtype="float32",
+                           name="probabilities")(x)
     return keras.Model(inputs, outputs, name=SIMPLE_CNN)
 
 
@@ -97,8 +105,9 @@ def backbone(name: str, image_size: int | None, weights: Path | str | None) -> k
 
 
 def backbone_model(name: str, image_size: int, num_classes: int, dropout: float,
-                   weights: Path | str | None) -> keras.Model:
-    """A keras.applications backbone with global pooling and a new softmax head; uint8 input, scaled inside."""
+                   weights: Path | str | None, multi_label: bool = False) -> keras.Model:
+    """A keras.applications backbone with global pooling and a new softmax (or, `multi_label`, sigmoid) head; uint8
+    input, scaled inside."""
     if name not in BACKBONES:
         raise ValueError(f"train.model {name!r} is unknown; use one of {', '.join(MODEL_NAMES)}")
     if image_size < 32:
@@ -112,7 +121,8 @@ def backbone_model(name: str, image_size: int, num_classes: int, dropout: float,
     # from random weights they must learn.
     x = pretrained(x, training=False if weights is not None else None)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation=head_activation(multi_label), dtype="float32",
+                           name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -134,13 +144,14 @@ def fetch_weights(name: str, out: Path) -> Path:
     return out
 
 
-def build(params: TrainParams, image_size: int, num_classes: int) -> keras.Model:
-    """The model that `train.model` names."""
+def build(params: TrainParams, image_size: int, num_classes: int, multi_label: bool = False) -> keras.Model:
+    """The model that `train.model` names, with a sigmoid head for a multi-label task."""
     if params.model == SIMPLE_CNN:
         if params.weights is not None:
             raise ValueError("train.weights applies to backbones only; set it to null for simple_cnn")
-        return simple_cnn(image_size, num_classes, params.depth, params.width, params.dropout)
-    return backbone_model(params.model, image_size, num_classes, params.dropout, check_weights_file(params.weights))
+        return simple_cnn(image_size, num_classes, params.depth, params.width, params.dropout, multi_label)
+    return backbone_model(params.model, image_size, num_classes, params.dropout, check_weights_file(params.weights),
+                          multi_label)
 
 
 def find_backbone(network: keras.Model) -> keras.Model | None:

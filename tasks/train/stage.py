@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from dvclive import Live
 
-from tasks import atomic, model_folder, processed_store
+from tasks import atomic, label_sets, model_folder, processed_store
 from tasks.config import load_config
 from tasks.evaluate import metrics as metric_functions
+from tasks.evaluate import multilabel
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
@@ -43,19 +44,20 @@ def git_revision(root: Path) -> str:
     return revision + ("+dirty" if dirty else "")
 
 
-def _compile(network: keras.Model, rate: Any, jit_compile: bool, soft_labels: bool) -> None:
-    network.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=rate),
-        # mixup and cutmix blend labels, so they arrive one-hot (and soft) instead of as class indices
-        loss="categorical_crossentropy" if soft_labels else "sparse_categorical_crossentropy",
-        metrics=["accuracy", callbacks.MacroF1(int(network.output_shape[-1]))],
-        jit_compile=jit_compile,
-    )
+def _compile(network: keras.Model, rate: Any, jit_compile: bool, soft_labels: bool, multi_label: bool) -> None:
+    classes = int(network.output_shape[-1])
+    if multi_label:  # an independent yes-or-no per label: sigmoid outputs, binary cross-entropy
+        loss, metrics = "binary_crossentropy", [callbacks.SubsetAccuracy(), callbacks.MultiLabelMacroF1(classes)]
+    else:  # mixup and cutmix blend labels, so they arrive one-hot (and soft) instead of as class indices
+        loss = "categorical_crossentropy" if soft_labels else "sparse_categorical_crossentropy"
+        metrics = ["accuracy", callbacks.MacroF1(classes)]
+    network.compile(optimizer=keras.optimizers.Adam(learning_rate=rate), loss=loss, metrics=metrics,
+                    jit_compile=jit_compile)
 
 
 def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: int, rate: float,
                data: tuple[Any, Any], steps: int, run_dir: Path, live: Live, jit_compile: bool,
-               soft_labels: bool) -> pd.DataFrame:
+               soft_labels: bool, multi_label: bool) -> pd.DataFrame:
     """Train one phase to early stopping, resuming an interrupted attempt; leave the best weights in the model."""
     done_marker = run_dir / f"{phase}.done"
     best_weights = callbacks.best_weights_path(run_dir, phase)
@@ -63,7 +65,7 @@ def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: in
         if (run_dir / f"{phase}.backup").exists():
             logger.info("%s: resuming an interrupted run from %s", phase, run_dir / f"{phase}.backup")
         _compile(network, callbacks.learning_rate(rate, params.schedule, params.warmup_epochs, epochs, steps),
-                 jit_compile, soft_labels)
+                 jit_compile, soft_labels, multi_label)
         network.fit(data[0], validation_data=data[1], epochs=epochs, shuffle=False, verbose=0,
                     callbacks=callbacks.phase_callbacks(params, run_dir, phase, live))
         done_marker.touch()
@@ -73,19 +75,32 @@ def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: in
 
 
 def _validation_figures(network: keras.Model, processed: Path, image_size: int, batch_size: int,
-                        labels: list[str], metric: str, seed: int) -> dict[str, Any]:
-    """The kept model's validation score with its 95% bootstrap interval, and a note when that is too wide to decide."""
-    true_index, predicted_index = [], []
-    for images, classes in dataset.split_dataset(processed, "val", image_size, batch_size, training=False):
-        true_index.append(classes.numpy())
-        predicted_index.append(np.asarray(network.predict_on_batch(images.numpy())).argmax(axis=1))
-    true_index, predicted_index = np.concatenate(true_index), np.concatenate(predicted_index)
-    scores = metric_functions.bootstrap(true_index, [predicted_index], len(labels), metric, seed)[:, 0]
+                        labels: list[str], metric: str, seed: int, multi_label: bool) -> dict[str, Any]:
+    """The kept model's validation score with its 95% bootstrap interval, and a note when that is too wide to decide.
+
+    Multi-label: first each label's threshold, chosen for the best F1 on the validation split (never on test), and
+    the score at those thresholds.
+    """
+    truth, probabilities = [], []
+    for images, classes in dataset.split_dataset(processed, "val", image_size, batch_size, training=False,
+                                                 multi_label=multi_label):
+        truth.append(classes.numpy())
+        probabilities.append(np.asarray(network.predict_on_batch(images.numpy()), dtype=np.float64))
+    truth, probabilities = np.concatenate(truth), np.concatenate(probabilities)
+    figures: dict[str, Any] = {}
+    if multi_label:
+        thresholds = multilabel.choose_thresholds(truth, probabilities)
+        predicted = probabilities >= thresholds[None, :]
+        scores = multilabel.bootstrap(truth, [predicted], metric, seed)[:, 0]
+        figures = {"thresholds": [float(value) for value in thresholds],
+                   f"{metric}_at_thresholds": multilabel.score(truth, predicted, metric)}
+    else:
+        scores = metric_functions.bootstrap(truth, [probabilities.argmax(axis=1)], len(labels), metric, seed)[:, 0]
     interval = metric_functions.interval(scores)
-    note = selection.interval_note("validation", metric, interval, len(true_index))
+    note = selection.interval_note("validation", metric, interval, len(truth))
     if note:
         logger.warning("train: %s", note)
-    return {"interval_metric": metric, "interval": interval, "images": int(len(true_index)), "note": note}
+    return {"interval_metric": metric, "interval": interval, "images": int(len(truth)), "note": note, **figures}
 
 
 def _keep_best_phase(network: keras.Model, history: pd.DataFrame, run_dir: Path, select_on: str) -> pd.Series:
@@ -110,22 +125,29 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
     labels: list[str] = preprocessing["labels"]
     image_size = int(preprocessing["image_size"])
     train_images = int(preprocessing["counts"]["train"])
+    task = label_sets.decide_task(params.task, preprocessing.get("task") == label_sets.MULTI_LABEL)
+    multi_label = task == label_sets.MULTI_LABEL
 
     training_plan = accelerator.plan(params.precision, params.jit_compile)
     distribution = accelerator.apply(training_plan)
     with distribution.scope():
-        network = model.build(params, image_size, len(labels))
+        network = model.build(params, image_size, len(labels), multi_label)
     batch_size = selection.batch_size(params.batch_size, train_images, distribution.replicas) * distribution.replicas
     train_data = dataset.split_dataset(paths.processed, "train", image_size, batch_size, training=True,
-                                       augment=augment, seed=seed)
+                                       augment=augment, seed=seed, multi_label=multi_label,
+                                       class_weight=params.class_weight, sampling=params.sampling)
     val_data = dataset.split_dataset(paths.processed, "val", image_size, batch_size, training=False,
-                                     one_hot=augment.mixing)
+                                     one_hot=augment.mixing, multi_label=multi_label)
+    if params.class_weight == "balanced" and params.sampling == "balanced":
+        logger.warning("train: class_weight balanced and sampling balanced both correct the imbalance, so minority "
+                       "classes end up over-weighted; usually one of them is enough")
     steps = callbacks.steps_per_epoch(train_images, batch_size)
-    logger.info("train: %d training images, batch size %d (%s), %d steps per epoch; keeping the epoch with the best "
-                "validation %s", train_images, batch_size,
+    logger.info("train: %s, %d labels, %d training images, batch size %d (%s), %d steps per epoch; keeping the epoch "
+                "with the best validation %s", task, len(labels), train_images, batch_size,
                 "auto" if params.batch_size == "auto" else "train.batch_size", steps, params.select_on)
 
-    key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "plan": str(training_plan)},
+    key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "plan": str(training_plan),
+                                     "task": task},
                             [paths.processed / "preprocess.json", paths.processed / "split.parquet"])
     run_dir = paths.models / ".runs" / key
     resuming = run_dir.exists()
@@ -140,20 +162,23 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
             model.set_backbone_trainable(network, 0 if pretrained else None)
             histories = [_fit_phase(network, "train", params, params.epochs, params.learning_rate,
                                     (train_data, val_data), steps, run_dir, live, training_plan.jit_compile,
-                                    augment.mixing)]
+                                    augment.mixing, multi_label)]
             if pretrained and params.fine_tune.epochs:
                 model.set_backbone_trainable(network, params.fine_tune.unfreeze_layers)
                 histories.append(_fit_phase(network, "fine_tune", params, params.fine_tune.epochs,
                                             params.fine_tune.learning_rate, (train_data, val_data), steps, run_dir,
-                                            live, training_plan.jit_compile, augment.mixing))
+                                            live, training_plan.jit_compile, augment.mixing, multi_label))
     seconds = time.perf_counter() - started
     history = pd.concat(histories, ignore_index=True)
     best = _keep_best_phase(network, history, run_dir, params.select_on)
     interval_metric = "accuracy" if params.select_on == "accuracy" else "macro_f1"
-    validation = _validation_figures(network, paths.processed, image_size, batch_size, labels, interval_metric, seed)
+    validation = _validation_figures(network, paths.processed, image_size, batch_size, labels, interval_metric, seed,
+                                     multi_label)
+    thresholds = validation.pop("thresholds", None)
 
     card = {
         "model": params.model,
+        "task": task,  # multi_label: sigmoid outputs, a label given when its probability >= its threshold
         "image_size": image_size,
         "resize": preprocessing["resize"],
         "input": "uint8 RGB images of image_size x image_size, values 0-255; rescaled inside the model",
@@ -175,7 +200,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         "exports": list(params.exports),
     }
     with atomic.atomic_directory(paths.candidate) as building:
-        version = model_folder.write(building, _for_saving(network), labels, card, history)
+        version = model_folder.write(building, _for_saving(network), labels, card, history, thresholds)
         write = export.run_in_fresh_process if network.count_params() > export.FRESH_PROCESS_PARAMETERS else export.run
         write(building, list(params.exports), paths.processed, params.int8_calibration, seed)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -25,7 +25,7 @@ class Facts:
     images_used: int
     quarantined: int
     bad_fraction: float
-    class_imbalance: float | None  # largest class / smallest class
+    class_imbalance: float | None  # largest class / smallest class, in the given train split when there is one
     side_ranges: dict[str, tuple[int, int]]  # width and height: smallest, largest
     ingest_summary: dict[str, Any]
     # near-duplicate pairs whose members the source put in different splits: [path, split, path, split]
@@ -56,8 +56,17 @@ def leaks(manifest: pd.DataFrame) -> list[list[str]]:
     return pairs
 
 
+def train_class_counts(manifest: pd.DataFrame) -> dict[str, int]:
+    """Images per class that training will see: those of a given train split, else all (the hashed split is
+    stratified, so its train split has the same proportions in expectation); largest first."""
+    if "split" in manifest.columns and (manifest["split"] == "train").any():
+        manifest = manifest[manifest["split"].isin(["train", ""])]
+    return _value_counts(labels_of(manifest))
+
+
 def compute_facts(manifest: pd.DataFrame, quarantine: pd.DataFrame, ingest_summary: dict[str, Any]) -> Facts:
     per_class = _value_counts(labels_of(manifest))
+    train_counts = train_class_counts(manifest)
     images_used, quarantined = len(manifest), len(quarantine)
     for key, counted in (("images_used", images_used), ("quarantined", quarantined)):
         if ingest_summary.get(key, counted) != counted:
@@ -69,7 +78,7 @@ def compute_facts(manifest: pd.DataFrame, quarantine: pd.DataFrame, ingest_summa
         images_used=images_used,
         quarantined=quarantined,
         bad_fraction=quarantined / (images_used + quarantined) if images_used + quarantined else 0.0,
-        class_imbalance=max(per_class.values()) / min(per_class.values()) if per_class else None,
+        class_imbalance=max(train_counts.values()) / min(train_counts.values()) if train_counts else None,
         side_ranges={side: (int(manifest[side].min()), int(manifest[side].max()))
                      for side in ("width", "height") if manifest[side].notna().any()},
         ingest_summary={key: ingest_summary[key] for key in INGEST_KEYS if key in ingest_summary},

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.params import ValidateParams
-from tasks.validate.facts import Facts, labels_of
+from tasks.validate.facts import Facts, labels_of, train_class_counts
 
 
 def _quoted(values: Any, limit: int = 8) -> str:
@@ -67,10 +67,13 @@ def describe_failure(name: str, result: dict[str, Any], manifest: pd.DataFrame, 
         return (f"{len(facts.leaks)} near-duplicate pair(s) lie in different given splits, so the evaluation sees "
                 f"images close to training ones: {shown}{more}; move or remove one of each pair in the source")
     if name == "class_imbalance":
-        classes = list(facts.images_per_class.items())
+        classes = list(train_class_counts(manifest).items())
         (largest, most), (smallest, fewest) = classes[0], classes[-1]
-        return (f"classes are imbalanced: {largest!r} has {most} images, {smallest!r} {fewest} ({most / fewest:.1f}x), "
-                f"over validate.warn_max_class_imbalance={params.warn_max_class_imbalance:g}")
+        return (f"classes are imbalanced in the training images: {largest!r} has {most}, {smallest!r} {fewest} "
+                f"(ratio {most / fewest:.1f}, over validate.warn_max_class_imbalance="
+                f"{params.warn_max_class_imbalance:g}); set train.class_weight: balanced (the default) or "
+                f"train.sampling: balanced so that the small classes are not ignored, and judge the model by "
+                f"macro-F1 and per-class recall rather than accuracy")
     return f"check {name} failed: {result}"
 
 

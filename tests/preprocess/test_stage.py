@@ -183,11 +183,12 @@ def test_a_processed_folder_of_the_old_per_split_layout_is_replaced(shrunk_confi
     assert len(table) == 36 and not (paths.processed / "train-00000-of-00001.tfrecord").exists()
 
 
-def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_recorded(shrunk_config):
+def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_recorded(shrunk_config, monkeypatch):
     import pandas as pd
 
     sides = pd.DataFrame({"width": [640, 800, 530, 8], "height": [480, 600, 400, 8]})
-    assert preprocess.choose_image_size(sides) == 160  # photos: the median short side 440, clamped to 160
+    assert preprocess.choose_image_size(sides, 160) == 160  # photos: the median short side 440, clamped to 160
+    assert preprocess.choose_image_size(sides, 64) == 64  # preprocess.auto_max_size, 64 by default
     assert preprocess.choose_image_size(pd.DataFrame({"width": [100, 90], "height": [100, 90]})) == 96
     assert preprocess.choose_image_size(pd.DataFrame({"width": [8], "height": [8]})) == 32  # the digits
 
@@ -196,7 +197,17 @@ def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_rec
     preprocess.run(config.preprocess.model_copy(update={"image_size": "auto"}), config.base.seed,
                    config.ingest.max_pixels, paths)
     report = json.loads((paths.processed / "preprocess.json").read_text())
-    assert report["image_size"] == 32  # the 20 px test images, clamped up
+    assert report["image_size"] == 32 and report["auto_max_size"] == 64  # the 20 px test images, clamped up
+    # later images that would move the median keep the size chosen: nothing is decoded again
+    for index in range(40):
+        make_image((90, 90, 90), seed=500 + index, size=120).save(paths.resolve(config.ingest.source) / "red" /
+                                                                   f"big_{index}.png")
+    ingest.run(config.ingest, paths)
+    decoded = _count_decodes(monkeypatch)
+    preprocess.run(config.preprocess.model_copy(update={"image_size": "auto"}), config.base.seed,
+                   config.ingest.max_pixels, paths)
+    assert json.loads((paths.processed / "preprocess.json").read_text())["image_size"] == 32
+    assert len(decoded) == 40
     for batch in dataset.split_dataset(paths.processed, "train", 32, 4, training=False):
         assert batch[0].shape[1:] == (32, 32, 3)
         break

@@ -165,10 +165,23 @@ def test_class_imbalance_only_warns(tmp_path: Path) -> None:
     outcome = validate.run(PARAMS, paths)  # no quarantine.csv and no ingest_summary.json: both are optional
     assert outcome.success and outcome.failed == []
     assert outcome.warnings == [
-        "classes are imbalanced: 'dog' has 120 images, 'cat' 10 (12.0x), over validate.warn_max_class_imbalance=10"
+        "classes are imbalanced in the training images: 'dog' has 120, 'cat' 10 (ratio 12.0, over "
+        "validate.warn_max_class_imbalance=10); set train.class_weight: balanced (the default) or train.sampling: "
+        "balanced so that the small classes are not ignored, and judge the model by macro-F1 and per-class recall "
+        "rather than accuracy"
     ]
     assert "WARN  largest / smallest class <= 10" in outcome.summary_text
     assert "Quarantined: 0 " in outcome.summary_text and "Files seen: n/a" in outcome.summary_text
+
+
+def test_class_imbalance_is_measured_in_the_given_train_split(tmp_path: Path) -> None:
+    rows = manifest_rows({"cat": 10, "dog": 40})
+    for index, row in enumerate(rows):  # cat: 5 train, 5 test; dog: 35 train, 5 test -> 7.0 in train (4.0 overall)
+        row["split"] = "test" if (row["label"] == "cat" and index < 5) or (row["label"] == "dog" and index >= 45) \
+            else "train"
+    paths = write_inputs(tmp_path, rows, ingest_summary=False)
+    outcome = validate.run(PARAMS.model_copy(update={"warn_max_class_imbalance": 5.0}), paths)
+    assert len(outcome.warnings) == 1 and "'dog' has 35, 'cat' 5 (ratio 7.0" in outcome.warnings[0]
 
 
 def test_missing_manifest_says_to_run_ingest(tmp_path: Path) -> None:
