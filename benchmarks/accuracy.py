@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,7 @@ import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 from keras import layers  # noqa: E402
 from sklearn import metrics as sk_metrics  # noqa: E402
 
@@ -201,25 +203,35 @@ def given_layout(target: Path) -> Path:
     return target
 
 
+def _parse_setting(text: str) -> tuple[str, Any]:
+    """"train.patience=10" -> ("train.patience", 10): the value read as YAML, as `dvc exp run -S` reads it."""
+    key, _, value = text.partition("=")
+    return key.strip(), yaml.safe_load(value)
+
+
 def cpu_seconds() -> float:
     """CPU seconds of this process and of its finished children (preprocess's decoding workers, export processes)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def given_split(recipe_epochs: int) -> int:
+def given_split(recipe_epochs: int, variants: list[dict[str, Any]] | None = None) -> int:
     """imgpipe's current defaults, its old defaults and the recipe on a given train/ + test/ layout, in one run."""
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         source = given_layout(scratch_path / "source")
-        splits = []
-        for name, extra in (("imgpipe old defaults", OLD_DEFAULTS), ("imgpipe defaults", {})):
+        splits, sizes = [], []
+        runs = [("imgpipe old defaults", OLD_DEFAULTS), ("imgpipe defaults", {})]
+        runs += [(f"imgpipe defaults, {', '.join(f'{key}={value}' for key, value in variant.items())}", variant)
+                 for variant in variants or []]
+        for name, extra in runs:
             cpu = cpu_seconds()
             metrics, seconds, paths = run_imgpipe(scratch_path / name.replace(" ", "_"), source,
                                                   extra.get("preprocess.image_size", "auto"), extra=extra)
             cpu = cpu_seconds() - cpu
             summary = json.loads((paths.processed / "preprocess.json").read_text())
+            sizes.append(int(summary["image_size"]))
             card = json.loads((paths.candidate / "model_card.json").read_text())
             splits.append(pd.read_parquet(paths.processed / "split.parquet")[["sha256", "split"]]
                           .sort_values("sha256").reset_index(drop=True))
@@ -229,7 +241,7 @@ def given_split(recipe_epochs: int) -> int:
             print(rows[-1], flush=True)
         if not splits[0].equals(splits[1]):
             raise RuntimeError("the two imgpipe runs did not get the same split")
-        image_size = int(summary["image_size"])
+        image_size = sizes[1]  # the recipe at the size the current defaults chose
         cpu = cpu_seconds()
         recipe, seconds = run_recipe(scratch_path / "recipe", paths, image_size, recipe_epochs, load_config(
             PROJECT_ROOT / "params.yaml")[0].base.seed, source)
@@ -261,13 +273,16 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3], help="with --pairs: the seeds to run")
     parser.add_argument("--given-split", action="store_true",
                         help="train/ + test/ layout: current defaults vs old defaults vs the recipe (issue 14)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="with --given-split: one more imgpipe run with these params changed (repeatable)")
     arguments = parser.parse_args()
     if not DATASET.is_dir():
         print(f"skipped: {DATASET} not found (the clothing photos are not part of a clone)")
         return 0
     logging.basicConfig(level=logging.WARNING)
     if arguments.given_split:
-        return given_split(arguments.recipe_epochs)
+        variants = [dict(_parse_setting(item) for item in variant.split(",")) for variant in arguments.variant]
+        return given_split(arguments.recipe_epochs, variants)
     if arguments.pairs:
         return small_data(arguments.pairs, arguments.seeds, arguments.image_size, arguments.recipe_epochs)
     with tempfile.TemporaryDirectory() as scratch:

@@ -187,7 +187,7 @@ class TrainParams(Section):
     # auto: multi_label when any image has several labels (a label cell "a;b"), else single_label
     task: Literal["auto", "single_label", "multi_label"] = "auto"
     # balanced: each class (label) weighs in the loss inversely to its share of the training images
-    class_weight: Literal["none", "balanced"] = "balanced"
+    class_weight: Literal["none", "balanced"] = "none"
     # balanced: training batches drawn with every class equally likely (tf.data rejection resampling; single-label)
     sampling: Literal["natural", "balanced"] = "natural"
 

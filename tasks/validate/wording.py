@@ -71,7 +71,7 @@ def describe_failure(name: str, result: dict[str, Any], manifest: pd.DataFrame, 
         (largest, most), (smallest, fewest) = classes[0], classes[-1]
         return (f"classes are imbalanced in the training images: {largest!r} has {most}, {smallest!r} {fewest} "
                 f"(ratio {most / fewest:.1f}, over validate.warn_max_class_imbalance="
-                f"{params.warn_max_class_imbalance:g}); set train.class_weight: balanced (the default) or "
+                f"{params.warn_max_class_imbalance:g}); set train.class_weight: balanced or "
                 f"train.sampling: balanced so that the small classes are not ignored, and judge the model by "
                 f"macro-F1 and per-class recall rather than accuracy")
     return f"check {name} failed: {result}"

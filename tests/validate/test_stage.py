@@ -166,7 +166,7 @@ def test_class_imbalance_only_warns(tmp_path: Path) -> None:
     assert outcome.success and outcome.failed == []
     assert outcome.warnings == [
         "classes are imbalanced in the training images: 'dog' has 120, 'cat' 10 (ratio 12.0, over "
-        "validate.warn_max_class_imbalance=10); set train.class_weight: balanced (the default) or train.sampling: "
+        "validate.warn_max_class_imbalance=10); set train.class_weight: balanced or train.sampling: "
         "balanced so that the small classes are not ignored, and judge the model by macro-F1 and per-class recall "
         "rather than accuracy"
     ]
