@@ -69,7 +69,8 @@ def test_predict_on_a_dask_cluster_keeps_prefect_in_the_project(tmp_path):
                        {"image_size": 16, "resize": "stretch"}, pd.DataFrame({"epoch": [0], "loss": [1.0]}))
     environment = _no_prefect_environment(tmp_path / "home")
     result = subprocess.run([str(Path(sys.executable).parent / "imgpipe"), "predict", str(source), "--model",
-                             str(folder), "--workers", "2", "--out", str(project / "predictions.parquet")],
+                             str(folder), "--workers", "2", "--min-files-per-worker", "0", "--out",
+                             str(project / "predictions.parquet")],
                             cwd=project, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (project / ".dvc/tmp/prefect/prefect.db").is_file()  # the run history is the project's
