@@ -21,6 +21,8 @@ from tasks.train import dataset
 
 logger = logging.getLogger(__name__)
 
+DETAILS_FILE = "per_class.json"  # in paths.evaluation: the per-class scores that metrics.json leaves out
+
 
 def predict_split(model: keras.Model, processed_dir: Path, split: str, image_size: int) -> pd.DataFrame:
     """Run the model over one split in shard order; one row per image with its true label and probabilities."""
@@ -82,7 +84,11 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
     plots.training_curves(model_folder.read_history(paths.candidate), output / "training_curves.png")
     plots.mistakes_gallery(table, stored_thumbnails(paths, max_pixels), output / "mistakes.png")
-    atomic.write_json(output / "metrics.json", metrics)
+    # metrics.json (DVC's metrics, a column each in `dvc exp show`) holds the headline figures; the tables per class
+    # go beside it, into a file DVC does not read as metrics
+    atomic.write_json(output / DETAILS_FILE, {key: value for key, value in metrics.items() if isinstance(value, dict)})
+    atomic.write_json(output / "metrics.json", {key: value for key, value in metrics.items()
+                                                if not isinstance(value, dict)})
     logger.info("evaluate: accuracy %.4f, macro-F1 %.4f on %d test images; wrote %s",
                 metrics["accuracy"], metrics["macro_f1"], metrics["test_images"], output)
     return metrics
