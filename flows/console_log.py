@@ -1,0 +1,40 @@
+"""How the `imgpipe` command's log lines look: one short prefix per line (time, the stage or step, the level when it
+is not INFO); Prefect's routine "Finished in state Completed()" lines are left out. Writes to stderr."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_ROUTINE = ("Finished in state Completed()",)
+FORMAT_WIDTH = 10  # the stage names (preprocess is the longest) line up
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`12:03:05 train      | train epoch 3/30 (4.1 s; ...): ...`, `12:03:05 gate       | WARNING ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        where = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        if where is None:
+            where = record.name.removeprefix("tasks.").removeprefix("flows.").split(".")[0]
+        level = "" if record.levelno == logging.INFO else f"{record.levelname} "
+        time = self.formatTime(record, "%H:%M:%S")
+        text = f"{time} {str(where)[:24]:<{FORMAT_WIDTH}} | {level}{record.getMessage()}"
+        if record.exc_info and record.levelno >= logging.ERROR:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _not_routine(record: logging.LogRecord) -> bool:
+    return record.getMessage() not in _ROUTINE
+
+
+def configure(level: int = logging.INFO) -> None:
+    """One handler on the root logger for everything, Prefect's loggers included (they propagate to it here)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ConsoleFormatter())
+    handler.addFilter(_not_routine)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
