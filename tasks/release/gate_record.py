@@ -30,4 +30,5 @@ def is_current(paths: Paths) -> bool:
     champion_then = (gate.get("champion") or {}).get("version")
     if gate.get("promoted"):  # the candidate itself became production after that decision
         champion_then = gate["candidate"]["version"]
-    return gate["candidate"].get("version") == model_folder.version_of(paths.candidate) and champion_then == champion_now
+    same_candidate = gate["candidate"].get("version") == model_folder.version_of(paths.candidate)
+    return same_candidate and champion_then == champion_now

@@ -60,10 +60,9 @@ def list_models(paths: Paths) -> tuple[list[ModelEntry], dict[str, Any] | None]:
         version = model_folder.version_of(paths.candidate)
         if version not in entries:
             gate = gate_record.read(paths.gate) if gate_record.is_current(paths) else None
+            gate = gate or {}
             candidate = {"version": version, "trained": _trained(paths.candidate),
-                         "gate": (gate or {}).get("decision", "not judged"), "sentence": (gate or {}).get("sentence", ""),
-                         "metrics": {key: value for key, value in ((gate or {}).get("candidate") or {}).get(
-                             "metrics", {}).items() if key in HEADLINE}}
+                         "gate": gate.get("decision", "not judged"), "sentence": gate.get("sentence", "")}
     return list(entries.values()), candidate
 
 

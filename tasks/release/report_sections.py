@@ -44,7 +44,8 @@ def training_params_section(paths: Paths) -> str:
     if not params:
         return ("<section id=\"training-params\"><h2>Training params</h2>"
                 f"{report._missing('No model card with params (train writes one).')}</section>")
-    chosen = [("batch size used", str(card.get("batch_size", "—"))), ("epochs run", str(card.get("epochs_run", "—"))),
+    chosen = [("batch size used", str(card.get("batch_size", "—"))),
+              ("epochs run", str(card.get("epochs_run", "—"))),
               ("epoch kept", str((card.get("validation") or {}).get("epoch", "—"))),
               ("precision", str(card.get("precision", "—"))), ("image size", str(card.get("image_size", "—"))),
               ("resize", str(card.get("resize", "—")))]

@@ -56,7 +56,7 @@ def _files_of(repo: Path, revision: str) -> list[str]:
 def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     first = _imgpipe(project, "run", "--commit", "--no-push")
     assert first.returncode == 0, first.stderr[-3000:]
-    message = _git(project, "log", "-1", "--format=%s")
+    message = _git(project, "log", "-1", "--format=%s").strip()
     assert message.startswith("imgpipe run: Promoted ") and "(macro-F1 " in message, message
     assert "git commit:" in first.stdout and message in first.stdout
     assert all(name.endswith(DVC_FILES) for name in _files_of(project, "HEAD")), _files_of(project, "HEAD")
@@ -107,6 +107,33 @@ def test_models_lists_the_registry_quickly(project):
     starred = [line for line in listing.stdout.splitlines() if line.startswith("  * ")]
     assert len(starred) == 1 and version in starred[0] and "pass" in starred[0], listing.stdout
     assert f"production: {version}" in listing.stdout
+
+
+def _imported_by(repo: Path, *arguments: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run an imgpipe command under `python -X importtime`; the top-level packages it imported."""
+    code = "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *arguments, "--repo", str(repo)],
+                            env=_environment_for(repo) | GIT_IDENTITY, capture_output=True, text=True, timeout=300)
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    return result, imported
+
+
+HEAVY = {"tensorflow", "keras", "sklearn", "pandas", "prefect", "dvc", "onnxruntime", "openvino"}
+
+
+def test_models_promote_and_rollback_import_nothing_heavy_and_rollback_rewrites_the_report(project):
+    listing, imported = _imported_by(project, "models")
+    assert listing.returncode == 0 and not imported & HEAVY, imported & HEAVY
+    rolled, imported = _imported_by(project, "rollback", "--reason", "worse on live traffic")
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    assert not imported & HEAVY, imported & HEAVY  # `dvc add` runs as its own process
+    page = (project / "data/reports/index.html").read_text()
+    restored = json.loads((project / "data/models/production/version.json").read_text())["version"]
+    assert f"<th>in production now</th><td>{restored}</td>" in page and "worse on live traffic" in page
+    forced, imported = _imported_by(project, "promote", "--force", "--reason", "the newer one after all")
+    assert forced.returncode == 0 and not imported & HEAVY, forced.stderr[-3000:]
+    assert "promote (forced over the gate)" in (project / "data/reports/index.html").read_text()
 
 
 def test_the_log_is_quiet_and_a_bad_param_is_one_line(project):

@@ -44,8 +44,8 @@ def test_the_report_shows_training_params_preview_and_per_class(tmp_path):
 
 def test_the_report_says_which_model_is_in_production_after_a_rollback(tmp_path):
     paths = _project(tmp_path)
-    history = [{"action": "promote", "version": "a" * 12, "at": "2026-01-01T00:00:00+00:00", "reason": "passed the gate",
-                "requested_by": "flow", "forced": False},
+    history = [{"action": "promote", "version": "a" * 12, "at": "2026-01-01T00:00:00+00:00",
+                "reason": "passed the gate", "requested_by": "flow", "forced": False},
                {"action": "promote", "version": "b" * 12, "at": "2026-01-02T00:00:00+00:00", "reason": "demo",
                 "requested_by": "alice", "forced": True},
                {"action": "rollback", "version": "b" * 12, "restored": "a" * 12, "at": "2026-01-03T00:00:00+00:00",
