@@ -76,7 +76,7 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     assert _git(project, "diff", "--cached", "--name-only").split() == ["NOTES.md"]
 
     # DVC's comparisons between the two revisions
-    metrics = json.loads(_dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    metrics = json.loads(_dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json").stdout)
     headline = metrics["data/reports/evaluation/metrics.json"]
     assert "accuracy" in headline and "macro_f1" in headline
     assert not any(key.startswith("per_class") for key in headline)  # headline only; per-class beside it
