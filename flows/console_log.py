@@ -1,5 +1,6 @@
 """How the `imgpipe` command's log lines look: one short prefix per line (time, the stage or step, the level when it
-is not INFO); Prefect's routine "Finished in state Completed()" lines are left out. Writes to stderr."""
+is not INFO); Prefect's routine "Finished in state Completed()" lines, and tracebacks of errors whose message says
+it all, are left out. Writes to stderr."""
 
 from __future__ import annotations
 
@@ -20,9 +21,15 @@ class ConsoleFormatter(logging.Formatter):
         level = "" if record.levelno == logging.INFO else f"{record.levelname} "
         time = self.formatTime(record, "%H:%M:%S")
         text = f"{time} {str(where)[:24]:<{FORMAT_WIDTH}} | {level}{record.getMessage()}"
-        if record.exc_info and record.levelno >= logging.ERROR:
+        if record.exc_info and record.levelno >= logging.ERROR and not _explained(record.exc_info[1]):
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+def _explained(error: BaseException | None) -> bool:
+    """An error whose message says it all (a bad param, a failed stage with its own last words): the command ends
+    with that message, so a traceback through Prefect's engine would only bury it."""
+    return isinstance(error, ValueError) or type(error).__module__.startswith(("flows.", "tasks."))
 
 
 def _not_routine(record: logging.LogRecord) -> bool:
