@@ -81,8 +81,10 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     assert "accuracy" in headline and "macro_f1" in headline
     assert not any(key.startswith("per_class") for key in headline)  # headline only; per-class beside it
     shown = json.loads(_dvc(project, "exp", "show", "--json").stdout)
-    columns = json.dumps(shown)
-    assert "per_class" not in columns and "macro_f1" in columns
+    metric_columns = {f"{file}:{key}" for row in shown for file, found in ((row.get("data") or {}).get("metrics")
+                                                                         or {}).items() for key in found["data"]}
+    assert "data/reports/evaluation/metrics.json:macro_f1" in metric_columns
+    assert not any("per_class" in column for column in metric_columns), metric_columns
     live = json.loads((project / "data/reports/training/live/metrics.json").read_text())
     card = json.loads((project / "data/models/candidate/model_card.json").read_text())
     assert live["val"]["accuracy"] == card["validation"]["val_accuracy"]  # the epoch kept
