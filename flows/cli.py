@@ -484,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    if arguments.command in ("run", "serve", "predict", "tune", "lr-find"):  # commands that may start TensorFlow here
+        console_log.filter_native_noise()
     console_log.configure()
     try:
         return arguments.handler(arguments)

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import yaml
 
+from flows import console_log
 from tasks.release import kill_point
 
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
 _RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
-# TensorFlow's start-up chatter from absl, which TF_CPP_MIN_LOG_LEVEL cannot silence: kept out of the run's log
-# (and its CUDA probes, which print errors on a machine without a GPU)
-_TENSORFLOW_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl|"
-                               r"E\d{4} .*(?:cuInit|cuda|cuDNN|cuFFT|cuBLAS|CUDA))")
+# TensorFlow's start-up chatter and CUDA probes in the stages' output: kept out of the run's log
+_TENSORFLOW_NOISE = console_log.NATIVE_NOISE
 # DVC's advice after each stage, which imgpipe follows itself (`imgpipe run --commit`, the push at the end)
 _DVC_HINTS = ("To track the changes with git, run:", "git add ", "To enable auto staging, run:",
               "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage.")
