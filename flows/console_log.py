@@ -23,7 +23,7 @@ class ConsoleFormatter(logging.Formatter):
     """`12:03:05 train      | train epoch 3/30 (4.1 s; ...): ...`, `12:03:05 gate       | WARNING ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        where = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        where = getattr(record, "task_name", None) or getattr(record, "flow_name", None)
         if where is None:
             where = record.name.removeprefix("tasks.").removeprefix("flows.").split(".")[0]
         level = "" if record.levelno == logging.INFO else f"{record.levelname} "

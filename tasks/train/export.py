@@ -187,6 +187,10 @@ def run(folder: Path, formats: list[str], processed: Path, calibration_images: i
     test split."""
     from tasks.predict import engine_check
 
+    # the converters' own chatter (TensorFlow's "Assets written to", tf2onnx's opset and optimizer lines); their
+    # warnings and errors still show
+    for name in ("tensorflow", "tf2onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR if name == "tensorflow" else logging.WARNING)
     image_size = model_folder.read_info(folder).image_size
     calibration = None
     if calibration_images and "onnx" in formats:

@@ -16,10 +16,10 @@ def _record(message: str, level: int = logging.INFO, exc_info=None, **extra) -> 
 
 def test_one_prefix_per_line_naming_the_stage():
     formatter = console_log.ConsoleFormatter()
-    line = formatter.format(_record("train epoch 3/30 (4.1 s): loss=0.3", task_run_name="train"))
+    line = formatter.format(_record("train epoch 3/30 (4.1 s): loss=0.3", task_name="train"))
     assert line.endswith(" train      | train epoch 3/30 (4.1 s): loss=0.3") and line.count("INFO") == 0
     assert "| WARNING the validation split is small" in formatter.format(
-        _record("the validation split is small", logging.WARNING, task_run_name="train"))
+        _record("the validation split is small", logging.WARNING, task_name="train"))
     assert " ingest " in formatter.format(logging.LogRecord("tasks.ingest.stage", logging.INFO, "", 1, "x", None, None))
 
 

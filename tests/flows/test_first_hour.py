@@ -101,7 +101,7 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     assert "dvc_plots" not in _git(project, "status", "--porcelain", "--untracked-files=all")
 
 
-def test_models_lists_the_registry_quickly(project):
+def test_models_lists_the_registry_quickly(project, prefect_server):
     listing = _imgpipe(project, "models")
     assert listing.returncode == 0, listing.stderr
     production = (project / "data/models/production/version.json").read_text()
@@ -124,7 +124,7 @@ def _imported_by(repo: Path, *arguments: str) -> tuple[subprocess.CompletedProce
 HEAVY = {"tensorflow", "keras", "sklearn", "pandas", "prefect", "dvc", "onnxruntime", "openvino"}
 
 
-def test_models_promote_and_rollback_import_nothing_heavy_and_rollback_rewrites_the_report(project):
+def test_models_promote_and_rollback_import_nothing_heavy_and_rollback_rewrites_the_report(project, prefect_server):
     listing, imported = _imported_by(project, "models")
     assert listing.returncode == 0 and not imported & HEAVY, imported & HEAVY
     rolled, imported = _imported_by(project, "rollback", "--reason", "worse on live traffic")
@@ -138,18 +138,19 @@ def test_models_promote_and_rollback_import_nothing_heavy_and_rollback_rewrites_
     assert "promote (forced over the gate)" in (project / "data/reports/index.html").read_text()
 
 
-def test_the_log_is_quiet_and_a_bad_param_is_one_line(project):
-    run = _imgpipe(project, "run", "--no-push", "-S", "train.epochs=2")
+def test_the_log_is_quiet_and_a_bad_param_is_one_line(project, prefect_server):
+    run = _imgpipe(project, "run", "--no-push", "-S", "train.epochs=4")  # not trained before: no run-cache restore
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stderr
+    (project.parent / "quiet-run.log").write_text(log)
     for noise in ("git add", "autostage", "Use `dvc push`", "cuInit", "Finished in state Completed()",
                   "INFO prefect", "INFO tasks."):
         assert noise not in log, f"{noise!r} in the log:\n{log[-4000:]}"
-    assert "train epoch 1/2 (" in log
+    assert "train epoch 1/4 (" in log and "| train: " in log  # the epoch count; a stage's line, one prefix
     bad = _imgpipe(project, "run", "-S", "train.epochs=-1")
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "train.epochs must be >= 1, got -1" in bad.stderr, bad.stderr
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 2  # nothing written
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 4  # nothing written
 
 
 def test_dvc_commands_work_from_a_shell_without_the_venv_activated(project):
