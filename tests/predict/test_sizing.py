@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks import model_folder
 from tasks.predict import sizing
-from tasks.train import model
 from tests.conftest import write_class_folders
+from tests.flows.test_prefect_setup import untrained_model_folder
 
 
 def test_a_folder_too_small_for_a_cluster_stays_in_one_process():
@@ -41,10 +40,7 @@ def test_the_command_with_workers_on_a_small_folder_starts_no_cluster(tmp_path):
     project = tmp_path / "project"
     (project / ".dvc").mkdir(parents=True)
     source = write_class_folders(tmp_path / "inbox", per_class=2)
-    folder = tmp_path / "model"
-    folder.mkdir()
-    model_folder.write(folder, model.simple_cnn(16, 3, depth=1, width=4, dropout=0.0), ["blue", "green", "red"],
-                       {"image_size": 16, "resize": "stretch"}, pd.DataFrame({"epoch": [0], "loss": [1.0]}))
+    folder = untrained_model_folder(tmp_path / "model")
     result = subprocess.run([str(Path(sys.executable).parent / "imgpipe"), "predict", str(source), "--model",
                              str(folder), "--workers", "2", "--out", str(project / "predictions.parquet")],
                             cwd=project, capture_output=True, text=True, timeout=600)
