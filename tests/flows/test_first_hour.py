@@ -15,12 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_class_folders
-from tests.flows.test_end_to_end import (
-    _copy_repository,
-    _environment_for,
-    _git,
-    _set_params,
-)
+from tests.flows.test_end_to_end import _copy_repository, _environment_for, _git, _set_params
 
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
                 "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
