@@ -19,7 +19,9 @@ $(INSTALLED): pyproject.toml
 	@echo "  pyproject.toml changes. Nothing is installed outside $(VENV)/."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@# setuptools warns that an editable install may be shadowed by same-named folders: here that is the point
+	@PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-e ".[test]"
 	@touch $(INSTALLED)
 	@echo "imgpipe setup: done ($$($(BIN)/imgpipe --version)); commands are in $(BIN)/ (imgpipe, dvc, prefect)"
 
