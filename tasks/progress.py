@@ -42,7 +42,7 @@ class LoggedProgress:
                  logger: logging.Logger | None = None, interval: float | None = None) -> None:
         self.total, self.unit, self.description = total, unit, description
         self.count = self.initial = initial
-        self.logger = logger or logging.getLogger(f"tasks.progress.{description}")
+        self.logger = logger or logging.getLogger(f"tasks.{description}.progress")
         self.interval = interval_seconds() if interval is None else interval
         self.started = self.last_line = time.monotonic()
 
