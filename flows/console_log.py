@@ -8,6 +8,7 @@ import atexit
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -46,19 +47,23 @@ def _not_routine(record: logging.LogRecord) -> bool:
 
 def configure(level: int = logging.INFO) -> None:
     """One handler on the root logger for everything, Prefect's loggers included (they propagate to it here)."""
+    root = logging.getLogger()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    if root.handlers:  # configured already (a test's log capture, an embedding program): leave it, as basicConfig
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ConsoleFormatter())
     handler.addFilter(_not_routine)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
 
 
 def filter_native_noise() -> None:
     """Route file descriptor 2 through a filter that drops NATIVE_NOISE lines (TensorFlow writes them from C++,
     below Python's sys.stderr); Python's own output (logging, tracebacks) goes to the real stderr directly."""
     if os.name != "posix" or getattr(filter_native_noise, "original", None) is not None:
+        return
+    if sys.stderr is not sys.__stderr__:  # captured (a test) or redirected by an embedding program: leave it
         return
     sys.stderr.flush()
     original = os.dup(2)
@@ -75,7 +80,13 @@ def filter_native_noise() -> None:
                     os.write(original, line)
 
     forwarding = threading.Thread(target=pump, name="native-stderr-filter", daemon=True)
-    forwarding.start()
+    # started with SIGINT and SIGTERM blocked, which it inherits: it must never be the thread that takes them
+    # (serve takes Ctrl-C in a thread of its own; flows/deploy.py)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        forwarding.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def restore() -> None:  # at exit: give fd 2 back, and let the filter pass on what it still holds
         os.dup2(original, 2)

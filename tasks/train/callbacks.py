@@ -82,17 +82,16 @@ class EpochLogger(keras.callbacks.Callback):
         position = f"{done}/{self.steps}" if self.steps else f"{done}"
         left = f", about {progress.duration(elapsed / done * (self.steps - done))} left in this epoch" \
             if self.steps and done < self.steps else ""
-        logger.info("%s epoch %d%s: batch %s, %.1f batches/s%s", self.phase, self.epoch + 1,
-                    f"/{self.epochs}" if self.epochs else "", position, done / elapsed, left)
+        logger.info("%s epoch %d, batch %s (%s epochs), %.1f batches/s%s", self.phase, self.epoch + 1, position,
+                    self.epochs or "?", done / elapsed, left)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         summary = " ".join(f"{name}={float(value):.4g}" for name, value in (logs or {}).items())
         seconds = time.monotonic() - self.epoch_started
-        timing = f" ({seconds:.1f} s"
+        timing = f"epoch {epoch + 1} of {self.epochs}, {seconds:.1f} s" if self.epochs else f"{seconds:.1f} s"
         if self.epochs and epoch + 1 < self.epochs:
             timing += f"; at most {progress.duration(seconds * (self.epochs - epoch - 1))} left, less if it stops early"
-        logger.info("%s epoch %d%s%s): %s", self.phase, epoch + 1, f"/{self.epochs}" if self.epochs else "",
-                    timing, summary)
+        logger.info("%s epoch %d: %s (%s)", self.phase, epoch + 1, summary, timing)
 
 
 def learning_rate(params_rate: float, schedule: str, warmup_epochs: int, epochs: int, steps_per_epoch: int) -> Any:

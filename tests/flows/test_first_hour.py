@@ -146,7 +146,7 @@ def test_the_log_is_quiet_and_a_bad_param_is_one_line(project, prefect_server):
     for noise in ("git add", "autostage", "Use `dvc push`", "cuInit", "Finished in state Completed()",
                   "INFO prefect", "INFO tasks."):
         assert noise not in log, f"{noise!r} in the log:\n{log[-4000:]}"
-    assert "train epoch 1/4 (" in log and "| train: " in log  # the epoch count; a stage's line, one prefix
+    assert "train epoch 1: " in log and "(epoch 1 of 4, " in log and "| train: " in log  # a stage's line, one prefix
     bad = _imgpipe(project, "run", "-S", "train.epochs=-1")
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "train.epochs must be >= 1, got -1" in bad.stderr, bad.stderr
