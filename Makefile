@@ -14,10 +14,16 @@ setup: $(INSTALLED)
 # re-installs whenever pyproject.toml changes
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "imgpipe needs Python 3.11 or newer")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	touch $(INSTALLED)
+	@echo "imgpipe setup: installing imgpipe and its dependencies (TensorFlow, Keras, Prefect, DVC, Great Expectations,"
+	@echo "  ONNX Runtime, OpenVINO, pytest; about 3 GB) into $(VENV)/; a few minutes the first time, then only when"
+	@echo "  pyproject.toml changes. Nothing is installed outside $(VENV)/."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@# setuptools warns that an editable install may be shadowed by same-named folders: here that is the point
+	@PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-e ".[test]"
+	@touch $(INSTALLED)
+	@echo "imgpipe setup: done ($$($(BIN)/imgpipe --version)); commands are in $(BIN)/ (imgpipe, dvc, prefect)"
 
 run: setup
 	$(BIN)/imgpipe run
@@ -25,12 +31,15 @@ run: setup
 test: setup chromium
 	$(BIN)/python -m pytest
 
-# Debian's chromium, for the test that opens the run report in a headless browser; when it cannot be installed
-# (not root, no apt-get, no network) that test skips and the others run
+# Debian's chromium, for the one test that opens the run report in a headless browser (that it renders, with no
+# external reference); when it cannot be installed (not root, no apt-get, no network) that test skips and the
+# others run. `make test IMGPIPE_NO_CHROMIUM=1` never installs it.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium (apt-get) for the report's browser test"; \
+	if [ -n "$(IMGPIPE_NO_CHROMIUM)" ]; then echo "no chromium (IMGPIPE_NO_CHROMIUM set): the report's browser test will skip"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "make test: installing Debian's chromium and fonts-liberation system-wide (apt-get, as root) for the one test"; \
+		echo "  that opens the run report in a headless browser; skip this with: make test IMGPIPE_NO_CHROMIUM=1"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			chromium fonts-liberation >/dev/null) || echo "could not install chromium; the report's browser test will skip"; \
 	else echo "no chromium, and installing it needs root and apt-get; the report's browser test will skip"; fi

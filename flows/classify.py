@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from tqdm import tqdm
 
 from tasks.config import load_config
-from tasks.predict import classify, store
+from tasks.predict import classify, sizing, store
 from tasks.predict import copy_into as copying
 
-SHARDS_PER_WORKER = 4  # a slow shard holds a worker up less when there are several per worker
+SHARDS_PER_WORKER = sizing.SHARDS_PER_WORKER
 
 
 def shard(chunks: list[int], shards: int) -> list[list[int]]:
@@ -110,11 +111,13 @@ def classify_directory(
     engine: str = "auto",
     precision: str = "auto",
     follow_file_links: bool = False,
+    min_files_per_worker: int = sizing.MIN_FILES_PER_WORKER,
 ) -> dict[str, Any]:
     """Classify every file under `source` into the table `out` (.parquet or .csv), resuming an interrupted run.
 
     workers 1 (and no address): this process, decoding over all cores. workers N > 1: a local Dask cluster of N
-    processes. address: an existing Dask scheduler, whose workers must see `source`, `out` and the model folder.
+    processes, when there are at least `min_files_per_worker` files per worker (else this process). address: an
+    existing Dask scheduler, whose workers must see `source`, `out` and the model folder.
     """
     from prefect_dask import DaskTaskRunner  # only needed here: the single-process path never starts Dask
 
@@ -124,11 +127,16 @@ def classify_directory(
     source_path, out_path = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
     model_folder = Path(model).expanduser() if model else classify.default_model(load_config()[1])
     options = classify.PredictOptions(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size, max_pixels=max_pixels,
-                                      engine=engine, precision=precision, follow_file_links=follow_file_links)
+                                      engine=engine, precision=precision,
+                                      follow_file_links=follow_file_links)
+    # chunks enough for every worker; one process for a folder too small to repay a cluster's start
+    use_cluster, sized = sizing.choose(source_path, out_path, workers, chunk_size, cluster_running=bool(address),
+                                       min_files_per_worker=min_files_per_worker)
+    options = replace(options, chunk_size=sized)
     with store.locked(store.state_folder(out_path)):
         plan = plan_files(source_path, out_path, model_folder, options)
         shards = shard(list(plan.pending), SHARDS_PER_WORKER * workers)
-        if shards and (address or workers > 1):
+        if shards and use_cluster:
             runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
                 cluster_class="distributed.LocalCluster",
                 cluster_kwargs={"n_workers": min(workers, len(shards)), "processes": True, "threads_per_worker": 1,

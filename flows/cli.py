@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows import prefect_setup
+from flows import console_log, prefect_setup
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, and none wanted
@@ -40,17 +40,36 @@ def format_summary(summary: dict[str, Any]) -> str:
         shown = path.relative_to(root) if path.is_relative_to(root) else path
         lines.append(f"  {name + ':':<20}{shown}")
     lines.append(f"  {'pushed to remote:':<20}{'yes' if summary.get('pushed') else 'no'}")
+    for change in summary.get("params_changed") or []:
+        lines.append(f"  {'params.yaml:':<20}{change}  (kept; `git checkout params.yaml` undoes it)")
+    if summary.get("committed"):
+        lines.append(f"  {'git commit:':<20}{summary['committed']}")
     return "\n".join(lines) + "\n"
 
 
+def _check_params(repo: str, assignments: list[str] | None = None) -> dict[str, Any]:
+    """params.yaml, with the `-S key=value` changes, checked before any flow starts: a bad key is one line."""
+    from tasks import params_file
+    from tasks.config import load_config
+
+    params = Path(repo).resolve() / "params.yaml"
+    load_config(params)
+    overrides = params_file.parse_assignments(assignments or [])
+    if overrides:
+        params_file.check(params, overrides)
+    return overrides
+
+
 def _run(arguments: argparse.Namespace) -> int:
+    overrides = _check_params(arguments.repo, arguments.set_param)
     prefect_setup.use_project(Path(arguments.repo).resolve())
     from prefect.exceptions import FailedRun
 
     from flows.training import training
 
     try:
-        summary = training(repo=arguments.repo, push=not arguments.no_push, lock_timeout=arguments.lock_timeout)
+        summary = training(repo=arguments.repo, push=not arguments.no_push, lock_timeout=arguments.lock_timeout,
+                           commit=arguments.commit, set_params=overrides or None)
     except FailedRun as failed:  # a named failed state, e.g. Invalid data
         raise RuntimeError(str(failed)) from None
     if summary.get("outcome") == "Skipped":
@@ -61,6 +80,7 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
+    _check_params(arguments.repo)
     # serve takes Ctrl-C in one thread of its own (flows/deploy.py), so SIGINT must be blocked in every other: block
     # it now, while this is the only thread; what starts the server and the imports below start more, which inherit
     # the block (the server itself runs in a session of its own and is stopped with SIGTERM)
@@ -68,7 +88,8 @@ def _serve(arguments: argparse.Namespace) -> int:
     prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
     from flows.deploy import serve_retraining
 
-    serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval)
+    serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval,
+                     commit=False if arguments.no_commit else None)
     return 0
 
 
@@ -113,6 +134,9 @@ def _change_production(repo: str, lock_timeout: float, change: Callable[[Any], d
             raise
         stage_runner.track(paths.root, [paths.production, paths.registry], logging.getLogger("dvc").info)
         journal.done(paths.root, "track")
+        from tasks.release import report  # the run report says which model is in production now
+
+        report.run(paths, lineage={"prefect_flow_run_id": f"none: rewritten by imgpipe {event['action']}"})
     return event
 
 
@@ -133,6 +157,16 @@ def _rollback(arguments: argparse.Namespace) -> int:
     event = _change_production(arguments.repo, arguments.lock_timeout,
                                lambda paths: promote.rollback(paths, reason=arguments.reason))
     sys.stdout.write(f"production is {event['restored']} again (withdrew {event['version']})\n")
+    return 0
+
+
+def _models(arguments: argparse.Namespace) -> int:
+    from tasks.config import load_config
+    from tasks.release import models
+
+    _, paths = load_config(Path(arguments.repo) / "params.yaml")
+    entries, candidate = models.list_models(paths)
+    sys.stdout.write(models.format_models(entries, candidate, paths))
     return 0
 
 
@@ -185,8 +219,20 @@ def format_predict_summary(summary: dict[str, Any]) -> str:
 
 
 def _predict(arguments: argparse.Namespace) -> int:
+    repo = Path(arguments.repo).resolve()
+    if arguments.model is None:  # the project's production model; --repo names the project
+        from tasks.config import load_config
+        from tasks.predict.classify import default_model
+
+        arguments.model = str(default_model(load_config(repo / "params.yaml")[1]))
+    if arguments.workers > 1 and not arguments.scheduler:  # no Prefect server, no cluster, for a small folder
+        from tasks.predict import sizing
+
+        if not sizing.choose(arguments.source, arguments.out, arguments.workers, arguments.chunk_size,
+                             min_files_per_worker=arguments.min_files_per_worker)[0]:
+            arguments.workers = 1
     if arguments.workers > 1 or arguments.scheduler:  # Prefect's Dask task runner shards the files
-        prefect_setup.use_project(prefect_setup.find_project(Path.cwd()))
+        prefect_setup.use_project(prefect_setup.find_project(repo))
         from flows.classify import classify_directory
 
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a line per worker event otherwise
@@ -195,17 +241,16 @@ def _predict(arguments: argparse.Namespace) -> int:
             source=str(arguments.source), out=str(arguments.out), model=arguments.model, top_k=arguments.top_k,
             batch_size=arguments.batch_size, workers=arguments.workers, address=arguments.scheduler,
             copy_into=copy_into, link=arguments.link, chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels,
-            engine=arguments.engine, precision=arguments.precision, follow_file_links=arguments.follow_file_links)
+            engine=arguments.engine, precision=arguments.precision, follow_file_links=arguments.follow_file_links,
+            min_files_per_worker=arguments.min_files_per_worker)
     else:  # one process, decoding on every core: no Prefect server or Dask cluster to start
-        from tasks.config import load_config
         from tasks.predict import classify, copy_into
 
         options = classify.PredictOptions(top_k=arguments.top_k, batch_size=arguments.batch_size,
                                           chunk_size=arguments.chunk_size, max_pixels=arguments.max_pixels,
                                           engine=arguments.engine, precision=arguments.precision,
                                           follow_file_links=arguments.follow_file_links)
-        model = Path(arguments.model) if arguments.model else classify.default_model(load_config()[1])
-        summary = classify.run(arguments.source, arguments.out, model, options).as_dict()
+        summary = classify.run(arguments.source, arguments.out, Path(arguments.model), options).as_dict()
         if arguments.copy_into:
             summary["copy_into"] = copy_into.copy_into(arguments.out, arguments.source, arguments.copy_into,
                                                        arguments.link).as_dict()
@@ -283,17 +328,34 @@ def _lr_find(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("imgpipe")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed; `make setup` installs it)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe",
         description="Train CNN image classifiers from folders of labelled images, reproducibly (Prefect + DVC).",
     )
+    parser.add_argument("--version", action="version", version=f"imgpipe {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the training flow: every dvc.yaml stage that is out of date")
     run.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     run.add_argument("--no-push", action="store_true", help="do not push outputs to the DVC remote at the end")
     run.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
                      help="wait this long for another run on the same repository to finish (default: do not wait)")
+    run.add_argument("-S", "--set-param", action="append", metavar="KEY=VALUE",
+                     help="set a params.yaml value for this run and keep it there, as `dvc exp run -S` does (checked "
+                          "first; repeatable), e.g. -S train.epochs=5 -S ingest.source=/data/pets")
+    run.add_argument("--commit", action="store_true",
+                     help="after a run that changed outputs, commit dvc.lock and the .dvc files to git (only those "
+                          "files) with a message naming the outcome, so `dvc metrics diff` and `dvc plots diff` "
+                          "compare revisions")
     run.set_defaults(handler=_run)
 
     serve = commands.add_parser("serve", help="retrain on a schedule (Prefect serve) until interrupted")
@@ -301,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     when = serve.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help="a cron schedule, e.g. '0 3 * * *' (03:00 UTC every day)")
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every this many seconds")
+    serve.add_argument("--no-commit", action="store_true",
+                       help="do not commit dvc.lock and the .dvc files after each run that changed them (by default "
+                            "they are committed, alone, when the git index holds nothing staged)")
     serve.set_defaults(handler=_serve)
 
     server = commands.add_parser("server", help="the project's own Prefect server, which serve starts: "
@@ -324,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="wait this long for a run on the same repository to finish (default: do not wait)")
     rollback.set_defaults(handler=_rollback)
 
+    listing = commands.add_parser(
+        "models", help="list the model registry: versions, dates, test metrics, gate outcome, which is in production")
+    listing.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    listing.set_defaults(handler=_models)
+
     collect = commands.add_parser(
         "gc", help="compact the raw store (shards mostly holding removed images) and prune DVC's cache",
         description="Rewrite the raw store's shards whose images were mostly removed from the source, then drop "
@@ -344,12 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the table to write, .parquet or .csv (default: predictions.parquet); its resume "
                               "state is kept in OUT.parts/ until the run ends")
     predict.add_argument("--model", help="a model folder (model.keras, labels.json, model_card.json); default: "
-                                         "data/models/production (a candidate only when named here)")
+                                         "the production model of --repo (a candidate only when named here)")
+    predict.add_argument("--repo", default=".", help="the imgpipe project whose production model classifies, when "
+                                                     "--model is not given (default: the current folder)")
     predict.add_argument("--top-k", type=int, default=3, help="how many best labels to list per file (default: 3)")
     predict.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
     predict.add_argument("--workers", type=int, default=1,
                          help="1 (default): this process, decoding on every core; N > 1: a local Dask cluster of N "
                               "worker processes (through Prefect); with --scheduler, shards for N workers")
+    predict.add_argument("--min-files-per-worker", type=int, default=1000, metavar="N",
+                         help="with --workers N > 1: start the cluster only for at least N files per worker; a smaller "
+                              "folder is classified in this process, which is faster (default: 1000; 0: always)")
     predict.add_argument("--scheduler", metavar="ADDRESS",
                          help="an existing Dask scheduler (tcp://host:8786); its workers must see SOURCE, OUT and "
                               "the model folder")
@@ -416,8 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    if arguments.command in ("run", "serve", "predict", "tune", "lr-find"):  # commands that may start TensorFlow here
+        console_log.filter_native_noise()
+    console_log.configure()
     try:
         return arguments.handler(arguments)
     except (ValueError, RuntimeError) as error:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def retrain_deployment(repo: Path, cron: str | None = None, interval_seconds: float | None = None,
-                       name: str = DEPLOYMENT_NAME):
+                       name: str = DEPLOYMENT_NAME, commit: bool | None = None):
     """The training flow as a deployment for this repository; an overlapping run is cancelled, not queued."""
     if (cron is None) == (interval_seconds is None):
         raise ValueError("give exactly one of --cron (e.g. '0 3 * * *') or --interval SECONDS")
@@ -49,7 +49,7 @@ def retrain_deployment(repo: Path, cron: str | None = None, interval_seconds: fl
         name=name,
         cron=cron,
         interval=interval,
-        parameters={"repo": str(repo.resolve()), "push": True, "lock_timeout": 0},
+        parameters={"repo": str(repo.resolve()), "push": True, "lock_timeout": 0, "commit": commit},
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         description="Retrain when data, code or params changed; gate, promote or refuse, report, push.",
         tags=["imgpipe"],
@@ -112,9 +112,13 @@ async def _serve(deployment, schedule: str, poll_seconds: float | None) -> None:
         logger.info("marked as cancelled: %s", ", ".join(cancelled))
 
 
-def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: float | None = None) -> None:
-    """Serve the scheduled retrain until interrupted (Ctrl-C or SIGTERM); runs happen in child processes."""
-    deployment = retrain_deployment(repo, cron, interval_seconds)
+def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: float | None = None,
+                     commit: bool | None = None) -> None:
+    """Serve the scheduled retrain until interrupted (Ctrl-C or SIGTERM); runs happen in child processes.
+
+    commit None: each run commits dvc.lock and the .dvc files when the git index holds nothing staged.
+    """
+    deployment = retrain_deployment(repo, cron, interval_seconds, commit=commit)
     schedule = f"on the cron schedule {cron!r}" if cron else f"every {interval_seconds:g} s"
     # Prefect looks for due runs every 10 s (PREFECT_RUNNER_POLL_FREQUENCY): often enough, unless runs come faster
     poll_seconds = None

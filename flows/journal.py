@@ -1,9 +1,10 @@
 """What a run still owes after its stages: reads and writes .dvc/tmp/imgpipe-journal.json.
 
 The steps, in the order they are done: `promote` (gate the candidate, promote it when it passes), `track`
-(`dvc add` of the production model and the registry), `push` (to the DVC remote). Each is written here, in one
-atomic rename, before any of its work starts, and struck off once it is done; a run killed in between (even
-with kill -9) leaves it here, and the next `imgpipe run` does it, although no stage changed.
+(`dvc add` of the production model and the registry), `push` (to the DVC remote), `commit` (dvc.lock and the
+.dvc files to git, when asked). Each is written here, in one atomic rename, before any of its work starts, and
+struck off once it is done; a run killed in between (even with kill -9) leaves it here, and the next
+`imgpipe run` does it, although no stage changed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from tasks import atomic
 
-STEPS = ("promote", "track", "push")
+STEPS = ("promote", "track", "push", "commit")
 
 logger = logging.getLogger(__name__)
 

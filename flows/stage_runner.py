@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import signal
@@ -15,13 +16,19 @@ from pathlib import Path
 
 import yaml
 
+from flows import console_log
 from tasks.release import kill_point
 
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
 _RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
-# TensorFlow's start-up chatter from absl, which TF_CPP_MIN_LOG_LEVEL cannot silence: kept out of the run's log
-_TENSORFLOW_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages before absl|E\d{4} .*cuInit)")
+# TensorFlow's start-up chatter and CUDA probes in the stages' output: kept out of the run's log
+_TENSORFLOW_NOISE = console_log.NATIVE_NOISE
+# DVC's advice after each stage, which imgpipe follows itself (`imgpipe run --commit`, the push at the end)
+_DVC_HINTS = ("To track the changes with git, run:", "git add ", "To enable auto staging, run:",
+              "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage.")
+# a stage's own log line, `INFO tasks.train.stage: message`: relayed at its level without a second prefix
+_STAGE_LOG_LINE = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: (?P<message>.*)$")
 STOP_GRACE_SECONDS = 10  # an interrupted stage gets this long to stop after SIGTERM
 _DVC_NOISE = ("ERROR: failed to reproduce", "Having any troubles?", "ERROR: failed to run", "Traceback (most recent")
 
@@ -77,6 +84,7 @@ def _environment() -> dict[str, str]:
     environment = dict(os.environ)
     # the stage commands say `python`: make it this interpreter, whatever PATH the caller had
     environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    environment["IMGPIPE_PYTHON"] = sys.executable  # what bin/python, the stages' interpreter, runs
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     environment["PYTHONUNBUFFERED"] = "1"
     return environment
@@ -96,7 +104,8 @@ def _dvc(root: Path, arguments: list[str], log: Callable[[str], None], keep: int
             line = line.rstrip()
             if line and not _TENSORFLOW_NOISE.match(line):
                 last_lines.append(line)
-                log(line)
+                if not line.strip().startswith(_DVC_HINTS):
+                    log(line)
         process.wait()
     except BaseException:  # Ctrl-C, a cancelled run, a stop signal: leave no stage running on its own
         _stop_group(process)
@@ -104,6 +113,19 @@ def _dvc(root: Path, arguments: list[str], log: Callable[[str], None], keep: int
     finally:
         process.stdout.close()
     return process.returncode, list(last_lines)
+
+
+def relay(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[str], None]:
+    """A `log` for the lines of DVC and its stages: a stage's own log line at its level, its prefix taken off (the
+    logger adds its own), anything else (DVC's lines, a traceback) at INFO."""
+    def log(line: str) -> None:
+        match = _STAGE_LOG_LINE.match(line)
+        if match:
+            logger.log(getattr(logging, match["level"]), "%s", match["message"])
+        else:
+            logger.info("%s", line)
+
+    return log
 
 
 def _stop_group(process: subprocess.Popen) -> None:

@@ -12,8 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows import journal, notify, run_lock, stage_runner
-from tasks import model_folder
+from flows import git_commit, journal, notify, run_lock, stage_runner
+from tasks import model_folder, params_file
 from tasks.config import load_config
 from tasks.release import gate, kill_point, leftovers, promote, report
 
@@ -28,6 +28,8 @@ class TrainingSummary:
     outputs: dict[str, str] = field(default_factory=dict)
     pushed: bool = False
     recovered: list[str] = field(default_factory=list)  # what a killed run had left, cleared or finished
+    params_changed: list[str] = field(default_factory=list)  # `imgpipe run -S key=value`, written to params.yaml
+    committed: str = ""  # the git commit of dvc.lock and the .dvc files, or why none was made ("": not asked)
 
 
 @task(retries=0)
@@ -36,7 +38,7 @@ def run_stage(root: Path, name: str, pipeline_unchanged: bool = False) -> stage_
     if pipeline_unchanged:  # `dvc status` found nothing to do: no need to ask DVC stage by stage
         logger.info("stage %s skipped: dvc status finds every stage up to date", name)
         return stage_runner.StageResult(name, "skipped", 0.0)
-    result = stage_runner.repro_stage(root, name, logger.info)
+    result = stage_runner.repro_stage(root, name, stage_runner.relay(logger))
     logger.info("stage %s %s in %.1f s", name, result.status, result.seconds)
     return result
 
@@ -138,7 +140,41 @@ def _release(root: Path, summary: TrainingSummary, already_judged: bool, interru
     return "Promoted"
 
 
-def _retrain(root: Path, push: bool) -> TrainingSummary:
+def _commit_message(summary: TrainingSummary) -> str:
+    """`imgpipe run: Promoted 3f2a1b2c3d4e (macro-F1 0.9100)`: the outcome, the candidate and its headline score."""
+    candidate = summary.gate.get("candidate") or {}
+    metric = summary.gate.get("headline_metric", "macro_f1")
+    score = (candidate.get("metrics") or {}).get(metric, summary.metrics.get(metric))
+    named = {"macro_f1": "macro-F1"}.get(metric, metric)
+    details = f" ({named} {score:.4f})" if isinstance(score, float) else ""
+    return f"imgpipe run: {summary.outcome} {candidate.get('version', '')}".rstrip() + details
+
+
+@task(name="commit")
+def commit_to_git(root: Path, message: str, wanted: bool | None) -> str:
+    """Commit dvc.lock and the .dvc files (only those) with `message`; what was done, for the summary.
+
+    wanted None (scheduled runs): commit when the folder is a git repository whose index is clean, so that a
+    person's staged work is never mixed into a run's history.
+    """
+    logger = get_run_logger()
+    if not git_commit.is_repository(root):
+        if wanted:
+            logger.warning("%s is not the top of a git repository: dvc.lock and the .dvc files not committed", root)
+        return "not committed: not a git repository" if wanted else ""
+    if wanted is None and not git_commit.index_is_clean(root):
+        logger.info("not committing dvc.lock: the git index holds staged changes (`imgpipe run --commit` commits "
+                    "dvc.lock and the .dvc files alone)")
+        return "not committed: the git index holds staged changes"
+    result = git_commit.commit(root, message)
+    if result.committed:
+        logger.info("committed %s to git as %s: %s", ", ".join(result.files), result.revision, message)
+        return f"{result.revision} \"{message}\""
+    (logger.warning if result.files else logger.info)("%s", result.message)
+    return result.message
+
+
+def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSummary:
     """The stages through DVC, then gate, promotion, tracking, report and push: the body of the training flow.
 
     What follows the stages is recorded in the journal (flows/journal.py) before it starts, so that a run killed
@@ -152,7 +188,7 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
     for name in stage_runner.stage_names(root):
         result = run_stage.with_options(name=name)(root, name, pipeline_unchanged)
         summary.stages.append(asdict(result))
-    summary.metrics = json.loads((paths.evaluation / "metrics.json").read_text(encoding="utf-8"))
+    summary.metrics = report.read_metrics(paths) or {}
     summary.outputs = {
         "model": str(paths.candidate / model_folder.MODEL_FILE),
         "production model": str(paths.production),
@@ -164,8 +200,9 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
     }
     nothing_ran = all(stage["status"] in ("skipped", "unchanged") for stage in summary.stages)
     if not (nothing_ran and gate.is_current(paths)):  # something new to release: owe it before doing any of it
-        journal.owe(root, ["promote", *(["push"] if push else [])])
-    owed = [step for step in journal.owed(root) if push or step != "push"]
+        journal.owe(root, ["promote", *(["push"] if push else []), *(["commit"] if commit is not False else [])])
+    asked = {"push": push, "commit": commit is not False}
+    owed = [step for step in journal.owed(root) if asked.get(step, True)]
     summary.recovered += [f"the {step} step" for step in interrupted if step in owed]
     summary.gate, already_judged = judge_candidate(root)
     if not owed:  # no data, code or params changed, nothing left unfinished: leave every output as it is
@@ -184,6 +221,9 @@ def _retrain(root: Path, push: bool) -> TrainingSummary:
     if "push" in owed:
         summary.pushed = push_outputs(root)
         journal.done(root, "push")
+    if "commit" in owed:
+        summary.committed = commit_to_git(root, _commit_message(summary), commit)
+        journal.done(root, "commit")
     return summary
 
 
@@ -201,8 +241,14 @@ def _change_line(summary: TrainingSummary) -> str:
 
 
 @flow(name="training", log_prints=True)
-def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0) -> State:
+def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0, commit: bool | None = False,
+             set_params: dict[str, Any] | None = None) -> State:
     """Retrain when data, code or params changed: stages through DVC, gate against production, promote, report, push.
+
+    commit: True commits dvc.lock and the .dvc files to git after a run that changed them (only those files);
+    None does so when the folder is a git repository with nothing staged (the default of scheduled runs).
+    set_params: dotted params keys and values (`{"train.epochs": 5}`), checked and written into params.yaml
+    before the stages run, as `dvc exp run -S` does; they stay there.
 
     Ends in a named state: Promoted, Refused, Unchanged, Nothing to do, Skipped (another run holds the
     repository), or the failed state Invalid data. Nothing is retried except pushes to the DVC remote.
@@ -210,7 +256,11 @@ def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0) -> S
     root = Path(repo).resolve()
     try:
         with run_lock.workspace_lock(root, lock_timeout):
-            summary = _retrain(root, push)
+            changes = params_file.write(root / "params.yaml", set_params) if set_params else []
+            for key, old_value, new_value in changes:
+                get_run_logger().info("params.yaml: %s %r -> %r (kept in params.yaml)", key, old_value, new_value)
+            summary = _retrain(root, push, commit)
+            summary.params_changed = [f"{key}: {old_value!r} -> {new_value!r}" for key, old_value, new_value in changes]
     except run_lock.WorkspaceBusy as busy:
         get_run_logger().warning("%s", busy)
         return Completed(name="Skipped", message=str(busy), data={"repo": str(root), "outcome": "Skipped"})

@@ -29,7 +29,23 @@ def run(target: Path) -> int:
     return len(pixels)
 
 
+NOT_USED_FILE = "NOT_USED.txt"
+
+
+def stand_in(target: Path, source: Path) -> None:
+    """When ingest.source is the user's own data: no demo images, only a note (DVC wants the output to exist)."""
+    with atomic.atomic_directory(target) as building:
+        (building / NOT_USED_FILE).write_text(
+            f"No demo images: ingest.source is {source}, not this folder. Set ingest.source back to this folder's "
+            "path to have the demo written here.\n", encoding="utf-8")
+    logger.info("demo data not written: ingest.source is %s, not the demo folder %s", source, target)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _, paths = load_config()
-    run(paths.demo)
+    config, paths = load_config()
+    source = paths.resolve(config.ingest.source)
+    if source.resolve() == paths.demo.resolve():
+        run(paths.demo)
+    else:
+        stand_in(paths.demo, source)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tasks import atomic, label_sets, model_folder
-from tasks.evaluate import multilabel, plots
+from tasks.evaluate import metrics_file, multilabel, plots
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def write(predictions: pd.DataFrame, info: model_folder.ModelInfo, history: pd.D
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
     plots.training_curves(history, output / "training_curves.png")
     plots.mistakes_gallery(table, thumbnails, output / "mistakes.png")
-    atomic.write_json(output / "metrics.json", metrics)
+    metrics_file.write(output, metrics)  # the headline figures, and the per-label tables beside them
     logger.info("evaluate: multi-label, subset accuracy %.4f, macro-F1 %.4f, micro-F1 %.4f, mAP %s on %d test "
                 "images; wrote %s", metrics["accuracy"], metrics["macro_f1"], metrics["micro_f1"],
                 "n/a" if metrics["mean_average_precision"] is None else f"{metrics['mean_average_precision']:.4f}",

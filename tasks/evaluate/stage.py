@@ -14,12 +14,14 @@ from sklearn import metrics as sk_metrics
 from tasks import atomic, images, model_folder, stored_images
 from tasks.config import load_config
 from tasks.evaluate import metrics as metric_functions
-from tasks.evaluate import multilabel_report, plots
+from tasks.evaluate import metrics_file, multilabel_report, plots
 from tasks.params import EvaluateParams
 from tasks.paths import Paths
 from tasks.train import dataset
 
 logger = logging.getLogger(__name__)
+
+DETAILS_FILE = metrics_file.DETAILS_FILE  # in paths.evaluation: the per-class scores that metrics.json leaves out
 
 
 def predict_split(model: keras.Model, processed_dir: Path, split: str, image_size: int,
@@ -91,7 +93,9 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
     plots.training_curves(model_folder.read_history(paths.candidate), output / "training_curves.png")
     plots.mistakes_gallery(table, stored_thumbnails(paths, max_pixels), output / "mistakes.png")
-    atomic.write_json(output / "metrics.json", metrics)
+    # metrics.json (DVC's metrics, a column each in `dvc exp show`) holds the headline figures; the tables per class
+    # go beside it, into a file DVC does not read as metrics
+    metrics_file.write(output, metrics)
     logger.info("evaluate: accuracy %.4f, macro-F1 %.4f on %d test images; wrote %s",
                 metrics["accuracy"], metrics["macro_f1"], metrics["test_images"], output)
     return metrics

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from tasks import manifest as manifest_file
-from tasks import atomic, dvc_outputs, images, pool, raw_store
+from tasks import atomic, dvc_outputs, images, pool, progress, raw_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.ingest import label_table, layout, state
@@ -102,14 +101,14 @@ def _examine_and_store(jobs: list[FileJob], params: IngestParams, raw: Path,
     records = []
     examiner = Examiner(params.max_pixels, params.min_side)
     with raw_store.ShardWriter(raw, params.shard_megabytes * 2**20) as writer, \
-            tqdm(total=len(jobs), unit="file", desc="ingest", disable=None) as progress:
+            progress.bar(len(jobs), "file", "ingest") as shown:
         for examined in pool.ordered_map(examiner, jobs, params.workers, params.scheduler):
             record = examined.record
             if examined.data is not None and record["sha256"] not in locations:
                 extension = raw_store.extension_for(record["format"])
                 locations[record["sha256"]] = writer.add(record["sha256"], extension, examined.data)
             records.append(record)
-            progress.update()
+            shown.update()
     return pd.DataFrame(records, columns=["source_path", "sha256", "bytes", *VERDICT_FIELDS])
 
 

@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import PIL
-from tqdm import tqdm
 
-from tasks import images, label_sets, model_folder, pool
+from tasks import images, label_sets, model_folder, pool, progress
 from tasks.config import ArgumentError
 from tasks.paths import Paths
 from tasks.predict import decode, engine, entries, machine, store
@@ -324,7 +323,6 @@ def run(source: Path, out: Path, model: Path, options: PredictOptions = PredictO
     state = store.state_folder(out.resolve())
     with store.locked(state):
         plan = prepare(source, out, model, options)
-        with tqdm(total=plan.files, initial=plan.files - plan.pending_files, unit="file", desc="predict",
-                  disable=None, smoothing=0.05) as progress:
-            counts = classify_chunks(plan, list(plan.pending), decode_workers, on_progress=progress.update)
+        with progress.bar(plan.files, "file", "predict", initial=plan.files - plan.pending_files) as shown:
+            counts = classify_chunks(plan, list(plan.pending), decode_workers, on_progress=shown.update)
         return finish(plan, counts, time.perf_counter() - started)

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from tasks import manifest as manifest_file
-from tasks import atomic, dvc_outputs, images, label_sets, pool, processed_store, raw_store, stored_images
+from tasks import atomic, dvc_outputs, images, label_sets, pool, processed_store, progress, raw_store, stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
@@ -134,10 +133,10 @@ def _decode_new(table: pd.DataFrame, earlier: Earlier, params: PreprocessParams,
     jobs = [(row.path, raw_store.location_of(row)) for row in new.itertuples(index=False)]
     placed: dict[str, str] = {}
     with processed_store.ShardWriter(paths.processed, params.shard_megabytes * 2**20) as writer, \
-            tqdm(total=len(jobs), unit="image", desc="preprocess", disable=None) as progress:
+            progress.bar(len(jobs), "image", "preprocess") as shown:
         for sha256, pixels in zip(new["sha256"], pool.ordered_map(decoder, jobs, params.workers, params.scheduler)):
             placed[sha256] = writer.add(sha256, pixels)
-            progress.update()
+            shown.update()
     return placed, writer.counts
 
 

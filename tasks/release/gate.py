@@ -18,6 +18,7 @@ from tasks.evaluate import multilabel
 from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.predict import engine, engine_check
+from tasks.release.gate_record import is_current  # noqa: F401  (callers ask the gate whether it is current)
 from tasks.train import selection
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def _recall_check(params: GateParams, label: str, champion_recall: float, candid
     drop = champion_recall - candidate_recall
     return _check(
         f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
-        f"recall {champion_recall:.3f} -> {candidate_recall:.3f} (drop {drop:+.3f}, at most "
+        f"recall {champion_recall:.3f} -> {candidate_recall:.3f} ({_change_words(drop)}, a drop of at most "
         f"{params.max_recall_drop} allowed)",
     )
 
@@ -236,6 +237,13 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
                "metrics": {key: champion_metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1")},
                "difference": {"metric": params.metric, "value": difference, "interval": interval}}
     return checks, summary
+
+
+def _change_words(drop: float) -> str:
+    """`drop 0.154`, `rise 0.154` or `no change`: a fall in recall is a drop, never a negative rise (or vice versa)."""
+    if abs(drop) < 5e-4:
+        return "no change"
+    return f"{'drop' if drop > 0 else 'rise'} {abs(drop):.3f}"
 
 
 def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -337,15 +345,3 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     atomic.write_json(paths.gate, gate)
     logger.info("gate: %s", gate["sentence"])
     return gate
-
-
-def is_current(paths: Paths) -> bool:
-    """True when gate.json already judges this very candidate against this very production model."""
-    if not paths.gate.is_file() or not model_folder.exists(paths.candidate):
-        return False
-    gate = _read_json(paths.gate)
-    champion_now = model_folder.version_of(paths.production) if model_folder.exists(paths.production) else None
-    champion_then = (gate.get("champion") or {}).get("version")
-    if gate.get("promoted"):  # the candidate itself became production after that decision
-        champion_then = gate["candidate"]["version"]
-    return gate["candidate"].get("version") == model_folder.version_of(paths.candidate) and champion_then == champion_now

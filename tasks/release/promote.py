@@ -21,7 +21,7 @@ from tasks import atomic, model_folder
 from tasks.config import ArgumentError
 from tasks.paths import Paths
 from tasks.release import kill_point, leftovers
-from tasks.release.gate import is_current
+from tasks.release.gate_record import is_current
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from typing import Any
 from tasks import atomic, model_folder
 from tasks.paths import Paths
 from tasks.hashing import file_sha256
+from tasks.release import report_sections
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         logger.warning("report: cannot read %s (%s); leaving its section empty", path, error)
         return None
     return value if isinstance(value, dict) else None
+
+
+def read_metrics(paths: Paths) -> dict[str, Any] | None:
+    """The test metrics: metrics.json's headline figures with the per-class tables kept beside it (per_class.json)."""
+    headline = _read_json(paths.evaluation / "metrics.json")
+    if headline is None:
+        return None
+    return headline | (_read_json(paths.evaluation / "per_class.json") or {})
 
 
 def _sha256(path: Path) -> str | None:
@@ -269,8 +278,8 @@ def render(paths: Paths, lineage: dict[str, str]) -> str:
     multi_label = (metrics or {}).get("task") == "multi_label"
     sections = [_header(gate, lineage), _lineage_section(lineage), _validation_section(paths),
                 _splits_section(_read_json(paths.processed / "preprocess.json")),
-                _metrics_section(metrics), _figures_section(paths, multi_label),
-                _gate_section(gate)]
+                _metrics_section(read_metrics(paths)), _figures_section(paths, multi_label),
+                _gate_section(gate), *report_sections.sections(paths)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>imgpipe run report</title><style>{STYLE}</style></head>"
@@ -289,7 +298,7 @@ def run(paths: Paths, lineage: dict[str, str] | None = None) -> Path:
 def markdown_summary(paths: Paths) -> str:
     """A short markdown text for a Prefect artifact: the gate decision, headline metrics with intervals, per class."""
     gate = _read_json(paths.evaluation / "gate.json")
-    metrics = _read_json(paths.evaluation / "metrics.json")
+    metrics = read_metrics(paths)
     if gate is None:
         lines = ["## Gate: no decision yet", ""]
     else:

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import keras
 import pandas as pd
 from keras import ops
 
-from tasks import atomic
+from tasks import atomic, progress
 from tasks.params import TrainParams
 from tasks.train import selection
 
@@ -41,16 +42,56 @@ class DvcLiveLogger(keras.callbacks.Callback):
         self.live.next_step()
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """One log line per epoch, numbered as Keras numbers it (so a resumed run continues the count)."""
+def summarise_kept_epoch(live: Any, kept: dict[str, Any]) -> None:
+    """Make dvclive's metrics.json (what `dvc exp show` and `dvc metrics diff` read) describe the epoch kept, not
+    the last one trained: early stopping trains `patience` epochs past the best."""
+    for name, value in kept.items():
+        if name in ("epoch", "phase") or not isinstance(value, (int, float)):
+            continue
+        if name == "learning_rate":
+            live.summary["learning_rate"] = float(value)
+        elif name.startswith("val_"):
+            live.summary.setdefault("val", {})[name[4:]] = float(value)
+        else:
+            live.summary.setdefault("train", {})[name] = float(value)
+    live.summary["kept_epoch"] = int(kept["epoch"]) + 1
 
-    def __init__(self, phase: str) -> None:
+
+class EpochLogger(keras.callbacks.Callback):
+    """One log line per epoch, numbered as Keras numbers it (so a resumed run continues the count), with the time
+    the remaining epochs would take; inside a long epoch, a line every few seconds (tasks/progress.py)."""
+
+    def __init__(self, phase: str, epochs: int | None = None, steps: int | None = None) -> None:
         super().__init__()
-        self.phase = phase
+        self.phase, self.epochs, self.steps = phase, epochs, steps
+        self.interval = progress.interval_seconds()
+        self.epoch_started = self.last_line = time.monotonic()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch = epoch
+        self.epoch_started = self.last_line = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        if now - self.last_line < self.interval:
+            return
+        self.last_line = now
+        elapsed = now - self.epoch_started
+        done = batch + 1
+        position = f"{done}/{self.steps}" if self.steps else f"{done}"
+        left = f", about {progress.duration(elapsed / done * (self.steps - done))} left in this epoch" \
+            if self.steps and done < self.steps else ""
+        logger.info("%s epoch %d, batch %s (%s epochs), %.1f batches/s%s", self.phase, self.epoch + 1, position,
+                    self.epochs or "?", done / elapsed, left)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         summary = " ".join(f"{name}={float(value):.4g}" for name, value in (logs or {}).items())
-        logger.info("%s epoch %d: %s", self.phase, epoch + 1, summary)
+        seconds = time.monotonic() - self.epoch_started
+        timing = f"epoch {epoch + 1} of {self.epochs}, {seconds:.1f} s" if self.epochs else f"{seconds:.1f} s"
+        if self.epochs and epoch + 1 < self.epochs:
+            timing += f"; at most {progress.duration(seconds * (self.epochs - epoch - 1))} left, less if it stops early"
+        logger.info("%s epoch %d: %s (%s)", self.phase, epoch + 1, summary, timing)
 
 
 def learning_rate(params_rate: float, schedule: str, warmup_epochs: int, epochs: int, steps_per_epoch: int) -> Any:
@@ -166,13 +207,14 @@ def subset_accuracy(y_true: Any, y_pred: Any) -> Any:
     return ops.cast(ops.all(ops.equal(actual, predicted), axis=-1), "float32")
 
 
-def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any) -> list[keras.callbacks.Callback]:
+def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any, epochs: int | None = None,
+                    steps: int | None = None) -> list[keras.callbacks.Callback]:
     """Best-epoch checkpoint with early stopping, per-epoch history, backup-and-restore and logging for one phase."""
     callbacks: list[keras.callbacks.Callback] = [
         BestWeights(run_dir, phase, params.select_on, params.patience, params.min_epochs),
         keras.callbacks.CSVLogger(str(run_dir / f"{phase}.history.csv"), append=True),
         DvcLiveLogger(live, phase),
-        EpochLogger(phase),
+        EpochLogger(phase, epochs, steps),
     ]
     if params.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,

@@ -189,6 +189,10 @@ def run(folder: Path, formats: list[str], processed: Path, calibration_images: i
     test split."""
     from tasks.predict import engine_check
 
+    # the converters' own chatter: TensorFlow's "Assets written to" and its warning about a table initializer that
+    # it calls "probably safe to ignore" (its errors still show), tf2onnx's opset and optimizer lines
+    for name in ("tensorflow", "tf2onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR if name == "tensorflow" else logging.WARNING)
     info = model_folder.read_info(folder)
     image_size, multi_label = info.image_size, info.multi_label
     calibration = None

@@ -67,7 +67,7 @@ def _fit_phase(network: keras.Model, phase: str, params: TrainParams, epochs: in
         _compile(network, callbacks.learning_rate(rate, params.schedule, params.warmup_epochs, epochs, steps),
                  jit_compile, soft_labels, multi_label)
         network.fit(data[0], validation_data=data[1], epochs=epochs, shuffle=False, verbose=0,
-                    callbacks=callbacks.phase_callbacks(params, run_dir, phase, live))
+                    callbacks=callbacks.phase_callbacks(params, run_dir, phase, live, epochs, steps))
         done_marker.touch()
     if best_weights.exists():
         network.load_weights(best_weights)
@@ -168,9 +168,10 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
                 histories.append(_fit_phase(network, "fine_tune", params, params.fine_tune.epochs,
                                             params.fine_tune.learning_rate, (train_data, val_data), steps, run_dir,
                                             live, training_plan.jit_compile, augment.mixing, multi_label))
-    seconds = time.perf_counter() - started
-    history = pd.concat(histories, ignore_index=True)
-    best = _keep_best_phase(network, history, run_dir, params.select_on)
+        seconds = time.perf_counter() - started
+        history = pd.concat(histories, ignore_index=True)
+        best = _keep_best_phase(network, history, run_dir, params.select_on)
+        callbacks.summarise_kept_epoch(live, best.to_dict())
     interval_metric = "accuracy" if params.select_on == "accuracy" else "macro_f1"
     validation = _validation_figures(network, paths.processed, image_size, batch_size, labels, interval_metric, seed,
                                      multi_label)

@@ -59,17 +59,23 @@ def test_prefect_home_is_the_projects_unless_the_user_chose_one(tmp_path):
     assert given["api_url"] == "http://127.0.0.1:9/api"  # a server the user chose is used, whatever runs here
 
 
+def untrained_model_folder(folder: Path) -> Path:
+    """A small untrained model of the three colour classes, saved as train saves one."""
+    folder.mkdir()
+    model_folder.write(folder, model.simple_cnn(16, 3, depth=1, width=4, dropout=0.0), ["blue", "green", "red"],
+                       {"image_size": 16, "resize": "stretch"}, pd.DataFrame({"epoch": [0], "loss": [1.0]}))
+    return folder
+
+
 def test_predict_on_a_dask_cluster_keeps_prefect_in_the_project(tmp_path):
     project = tmp_path / "project"
     (project / ".dvc").mkdir(parents=True)
     source = write_class_folders(tmp_path / "inbox", per_class=2)
-    folder = tmp_path / "model"
-    folder.mkdir()
-    model_folder.write(folder, model.simple_cnn(16, 3, depth=1, width=4, dropout=0.0), ["blue", "green", "red"],
-                       {"image_size": 16, "resize": "stretch"}, pd.DataFrame({"epoch": [0], "loss": [1.0]}))
+    folder = untrained_model_folder(tmp_path / "model")
     environment = _no_prefect_environment(tmp_path / "home")
     result = subprocess.run([str(Path(sys.executable).parent / "imgpipe"), "predict", str(source), "--model",
-                             str(folder), "--workers", "2", "--out", str(project / "predictions.parquet")],
+                             str(folder), "--workers", "2", "--min-files-per-worker", "0", "--out",
+                             str(project / "predictions.parquet")],
                             cwd=project, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (project / ".dvc/tmp/prefect/prefect.db").is_file()  # the run history is the project's

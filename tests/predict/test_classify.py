@@ -209,7 +209,7 @@ def test_the_flow_on_a_two_worker_dask_cluster_gives_the_same_table(tmp_path, mo
 
     sharded = tmp_path / "sharded.parquet"
     summary = classify_directory(source=str(source), out=str(sharded), model=str(model_dir), top_k=2, batch_size=4,
-                                 chunk_size=8, max_pixels=MAX_PIXELS, workers=2)
+                                 chunk_size=8, max_pixels=MAX_PIXELS, workers=2, min_files_per_worker=0)
     assert summary["processes"] == 2, summary  # both Dask workers classified some chunks
     pd.testing.assert_frame_equal(pd.read_parquet(sharded), pd.read_parquet(single))
 

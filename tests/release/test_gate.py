@@ -76,6 +76,10 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
     assert refused["decision"] == "fail"
     assert any(not check["passed"] and "not worse than production" in check["name"] for check in refused["checks"])
     assert "refused" in refused["sentence"]
+    for check in refused["checks"]:  # a recall that rose is never called a drop, nor a fall a rise
+        if check["name"].startswith("recall of"):
+            words = "drop " if check["value"] > 5e-4 else "rise " if check["value"] < -5e-4 else "no change"
+            assert words in check["detail"] and "drop -" not in check["detail"], check
     with pytest.raises(promote.PromotionRefused):
         promote.promote(paths, reason="nope")
     with pytest.raises(ValueError, match="needs a `reason`"):

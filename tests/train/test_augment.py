@@ -1,6 +1,7 @@
 """Augmentation from params: what each transformation does, mixing, reproducibility, the preview grid."""
 
 import hashlib
+import json
 
 import keras
 import numpy as np
@@ -124,9 +125,35 @@ def test_preview_grid_shows_each_image_and_its_draws(shrunk_config):
     output = augment_preview.run(config.preprocess.augment, config.base.seed, paths, image_count=5, draws=3)
     assert output == paths.reports / "augmentation_preview.png"
     cell = 16 * 6  # 16 px images enlarged to at least 96 px
-    with Image.open(output) as preview:
-        assert preview.format == "PNG"
-        assert preview.size == (4 * (cell + 2) + 2, 5 * (cell + 2) + 2)
-        first_row = np.asarray(preview)[2:2 + cell]
+    labels = json.loads((paths.processed / "preprocess.json").read_text())["labels"]
+    first = next(iter(dataset.split_dataset(paths.processed, "train", 16, 5, training=False)))
+    row_labels = [labels[index] for index in first[1].numpy()]
+    images, _ = first
+    rows = augment_preview.preview_rows(images.numpy(), first[1].numpy(), config.preprocess.augment,
+                                        config.base.seed, 3, len(labels))
+    grid = np.asarray(augment_preview.grid(rows, scale=6))
+    assert grid.shape[:2] == (5 * (cell + 2) + 2, 4 * (cell + 2) + 2)
+    first_row = grid[2:2 + cell]
     original, draw = first_row[:, 2:2 + cell], first_row[:, 2 + cell + 2:2 + 2 * cell + 2]
     assert not np.array_equal(original, draw)  # rotation, zoom and translation are on in params.yaml
+    with Image.open(output) as preview:  # the grid, labelled: the header, each row's class, the settings
+        assert preview.format == "PNG"
+        assert preview.width > grid.shape[1] and preview.height > grid.shape[0]
+        page = np.asarray(preview.convert("RGB"))
+    assert _contains(page, grid)
+    settings = augment_preview.settings_text(config.preprocess.augment, config.base.seed)
+    assert "rotation 0.05" in settings and "zoom 0.1" in settings and "base.seed 42" in settings
+    assert row_labels and set(row_labels) <= set(labels)
+    header = page[:augment_preview.LABEL_FONT_PIXELS + 2 * augment_preview.MARGIN_PIXELS]
+    assert (header < 128).any()  # the column titles are drawn
+
+
+def _contains(page: np.ndarray, grid: np.ndarray) -> bool:
+    """Whether `grid` appears unchanged somewhere in `page`."""
+    rows, columns = grid.shape[:2]
+    for top in range(page.shape[0] - rows + 1):
+        for left in range(page.shape[1] - columns + 1):
+            if np.array_equal(page[top, left:left + columns], grid[0]) and \
+                    np.array_equal(page[top:top + rows, left:left + columns], grid):
+                return True
+    return False

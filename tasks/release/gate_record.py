@@ -1,0 +1,34 @@
+"""Reads gate.json, the gate's decision, without what judging needs (NumPy, pandas, scikit-learn, the engines).
+
+Kept apart from tasks/release/gate.py so that the commands which only move or list model folders (promote,
+rollback, models) start in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks import model_folder
+from tasks.paths import Paths
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    """gate.json, or None when there is none."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_current(paths: Paths) -> bool:
+    """True when gate.json already judges this very candidate against this very production model."""
+    if not paths.gate.is_file() or not model_folder.exists(paths.candidate):
+        return False
+    gate = read(paths.gate) or {}
+    champion_now = model_folder.version_of(paths.production) if model_folder.exists(paths.production) else None
+    champion_then = (gate.get("champion") or {}).get("version")
+    if gate.get("promoted"):  # the candidate itself became production after that decision
+        champion_then = gate["candidate"]["version"]
+    same_candidate = gate["candidate"].get("version") == model_folder.version_of(paths.candidate)
+    return same_candidate and champion_then == champion_now

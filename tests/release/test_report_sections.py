@@ -1,0 +1,57 @@
+"""The run report explains itself: the training params, the labelled augmentation preview, the production history
+(so that a promotion or rollback by hand shows), and the per-class scores read from beside metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from tasks import atomic
+from tasks.params import PathsParams
+from tasks.paths import Paths
+from tasks.release import report
+
+
+def _project(root: Path) -> Paths:
+    paths = Paths(PathsParams(), root)
+    atomic.write_json(paths.candidate / "model_card.json", {
+        "model": "simple_cnn", "image_size": 32, "resize": "stretch", "batch_size": 16, "epochs_run": 12,
+        "validation": {"epoch": 7}, "precision": "float32",
+        "params": {"train": {"learning_rate": 0.002, "epochs": 30, "exports": ["onnx"], "fine_tune": {"epochs": 0}},
+                   "augment": {"rotation": 0.05, "zoom": 0.1}, "seed": 42}})
+    atomic.write_json(paths.evaluation / "metrics.json", {"accuracy": 0.9, "macro_f1": 0.88, "test_images": 40})
+    atomic.write_json(paths.evaluation / "per_class.json", {"per_class": {
+        "cat": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 20},
+        "dog": {"precision": 0.8, "recall": 0.9, "f1": 0.85, "support": 20}}})
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(paths.reports / "augmentation_preview.png")
+    return paths
+
+
+def test_the_report_shows_training_params_preview_and_per_class(tmp_path):
+    paths = _project(tmp_path)
+    page = report.run(paths).read_text(encoding="utf-8")
+    assert "Training params" in page and "train.learning_rate" in page and "0.002" in page
+    assert "preprocess.augment.rotation" in page and "train.fine_tune.epochs" in page
+    assert "<th>epoch kept</th><td>7</td>" in page
+    assert "Augmentation preview" in page and "column “original”" in page
+    assert page.count("data:image/png;base64,") >= 1
+    assert "<td>cat</td>" in page and "Per class" in page  # per_class.json, beside the headline metrics.json
+    assert report.read_metrics(paths)["per_class"]["dog"]["recall"] == 0.9
+
+
+def test_the_report_says_which_model_is_in_production_after_a_rollback(tmp_path):
+    paths = _project(tmp_path)
+    history = [{"action": "promote", "version": "a" * 12, "at": "2026-01-01T00:00:00+00:00",
+                "reason": "passed the gate", "requested_by": "flow", "forced": False},
+               {"action": "promote", "version": "b" * 12, "at": "2026-01-02T00:00:00+00:00", "reason": "demo",
+                "requested_by": "alice", "forced": True},
+               {"action": "rollback", "version": "b" * 12, "restored": "a" * 12, "at": "2026-01-03T00:00:00+00:00",
+                "reason": "worse on live traffic", "requested_by": "bob"}]
+    atomic.write_text(paths.registry / "history.jsonl", "".join(json.dumps(event) + "\n" for event in history))
+    page = report.run(paths).read_text(encoding="utf-8")
+    assert f"<th>in production now</th><td>{'a' * 12}</td>" in page
+    assert f"rollback to {'a' * 12}" in page and "promote (forced over the gate)" in page
+    assert page.index("worse on live traffic") < page.index("passed the gate")  # newest first
