@@ -80,11 +80,11 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
+    # serve takes Ctrl-C in one thread of its own (flows/deploy.py), so SIGINT must be blocked in every other: block
+    # it now, while this is the only thread; the imports below start more (NumPy's, for the params), which inherit it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     _check_params(arguments.repo)
     prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
-    # serve takes Ctrl-C in one thread of its own (flows/deploy.py), so SIGINT must be blocked in every other: block
-    # it now, while this is the only thread; the imports below start more, which inherit the block
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     from flows.deploy import serve_retraining
 
     serve_retraining(Path(arguments.repo), cron=arguments.cron, interval_seconds=arguments.interval,
