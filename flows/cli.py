@@ -80,11 +80,11 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
-    _check_params(arguments.repo)
     # serve takes Ctrl-C in one thread of its own (flows/deploy.py), so SIGINT must be blocked in every other: block
-    # it now, while this is the only thread; what starts the server and the imports below start more, which inherit
-    # the block (the server itself runs in a session of its own and is stopped with SIGTERM)
+    # it now, while this is the only thread; the imports below start more (NumPy's, for the params), which inherit it,
+    # as does the project's Prefect server (in a session of its own, stopped with SIGTERM)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    _check_params(arguments.repo)
     prefect_setup.use_project(Path(arguments.repo).resolve(), need_scheduler=True)
     from flows.deploy import serve_retraining
 

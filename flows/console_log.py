@@ -25,7 +25,7 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         where = getattr(record, "task_name", None) or getattr(record, "flow_name", None)
-        if where is None:
+        if where in (None, "<unknown>"):
             where = record.name.removeprefix("tasks.").removeprefix("flows.").split(".")[0]
         level = "" if record.levelno == logging.INFO else f"{record.levelname} "
         time = self.formatTime(record, "%H:%M:%S")
