@@ -92,6 +92,15 @@ def preview_rows(images: np.ndarray, labels: np.ndarray, params: AugmentParams, 
     return rows
 
 
+def row_label(label: np.ndarray, names: list[str]) -> str:
+    """A row's caption: its class, or for a multi-label image (a multi-hot row) its labels joined with ";"."""
+    values = np.asarray(label)
+    if values.ndim == 0:
+        index = int(values)
+        return str(names[index]) if 0 <= index < len(names) else str(index)
+    return ";".join(str(names[index]) for index in np.flatnonzero(values >= 0.5) if index < len(names)) or "(none)"
+
+
 def run(params: AugmentParams, seed: int, paths: Paths, image_count: int = 8, draws: int = 5) -> Path:
     """Write the preview grid of the first `image_count` training images (in shard order) and return its path."""
     summary = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
@@ -103,7 +112,7 @@ def run(params: AugmentParams, seed: int, paths: Paths, image_count: int = 8, dr
         logger.info("augmentation is off (every preprocess.augment strength is 0): the draws equal the originals")
     rows = preview_rows(images, labels, params, seed, draws, dataset.num_classes(paths.processed))
     names = summary.get("labels") or []
-    row_labels = [str(names[index]) if 0 <= index < len(names) else str(index) for index in labels.tolist()]
+    row_labels = [row_label(label, names) for label in labels]
     scale = max(1, math.ceil(MIN_CELL_PIXELS / image_size))
     picture = labelled(grid(rows, scale), image_size * scale, row_labels, draws, settings_text(params, seed))
     output = paths.reports / PREVIEW_FILE_NAME
