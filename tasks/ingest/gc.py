@@ -14,9 +14,9 @@ import logging
 import os
 from typing import Any
 
-
+from tasks import dvc_outputs, raw_store
 from tasks import manifest as manifest_file
-from tasks import raw_store
+from tasks.ingest import stage as ingest_stage
 from tasks.params import IngestParams
 from tasks.paths import Paths
 
@@ -27,6 +27,8 @@ MIN_RECLAIMED = 1 << 20  # bytes: rewriting a shard to reclaim less is not worth
 
 def run(params: IngestParams, paths: Paths, min_reclaimed: int = MIN_RECLAIMED) -> dict[str, Any]:
     """Compact the raw store in place; return what was done (shards and bytes before and after)."""
+    # a run stopped after DVC removed ingest's outputs and before ingest linked them back leaves them missing
+    dvc_outputs.restore(paths.root, "ingest", ingest_stage.outputs(paths))
     if not paths.manifest.is_file():
         raise ValueError(f"{paths.manifest}: not found; run the ingest stage first")
     manifest = manifest_file.read(paths.manifest)

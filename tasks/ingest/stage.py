@@ -38,6 +38,11 @@ IMAGE_SUMMARY_KEYS = ("images_used", "quarantined", "quarantined_by_reason", "du
                       "near_duplicate_groups", "labels")
 
 
+def outputs(paths: Paths) -> list[Path]:
+    """What ingest writes (its outputs in dvc.yaml): what a run, or `imgpipe gc`, links back from DVC's cache."""
+    return [paths.raw, paths.manifest, paths.ingest_state, paths.ingest_summary, paths.quarantine]
+
+
 def _migrate_old_layout(raw: Path) -> Path | None:
     """Move a data/raw/ of loose files (written before the raw store) aside; return where, to delete it at the end."""
     if not raw.is_dir() or not any(not raw_store.SHARD_PATTERN.fullmatch(name) and not name.startswith(".")
@@ -154,8 +159,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     started = time.perf_counter()
     source = paths.resolve(params.source)
     paths.check_source(source, "ingest.source")
-    dvc_outputs.restore(paths.root, "ingest", [paths.raw, paths.manifest, paths.ingest_state, paths.ingest_summary,
-                                                paths.quarantine])
+    dvc_outputs.restore(paths.root, "ingest", outputs(paths))
     labels = paths.resolve(label_table.parse(params.labels)) if params.labels else None
     scan = layout.scan(source, params.layout, labels, params.follow_file_links)
     old_raw = _migrate_old_layout(paths.raw)

@@ -221,3 +221,24 @@ def test_a_label_table_over_a_tree_of_links_gives_splits_subjects_links_and_quar
     # without follow_file_links the same tree is refused, and the message says how to read it
     with pytest.raises(ValueError, match="no file of the label table"):
         ingest.run(params.model_copy(update={"follow_file_links": False}), paths)
+
+
+def test_gc_links_back_outputs_a_stopped_run_left_missing(shrunk_config, monkeypatch):
+    """DVC removes a stage's outputs before running it: a run stopped right then leaves no manifest for gc."""
+    from tasks import dvc_outputs
+    from tasks.ingest import gc
+
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    kept = paths.root / "kept-manifest.parquet"
+    paths.manifest.rename(kept)
+    restored: list = []
+
+    def restore(root, stage, targets):  # DVC's cache stands in: what dvc.lock names is linked back
+        restored.extend(targets)
+        kept.rename(paths.manifest)
+        return [paths.manifest]
+
+    monkeypatch.setattr(dvc_outputs, "restore", restore)
+    summary = gc.run(config.ingest, paths)
+    assert paths.manifest in restored and summary["shards_after"] == 1 and summary["images_moved"] == 0
