@@ -84,7 +84,7 @@ def _environment() -> dict[str, str]:
     environment = dict(os.environ)
     # the stage commands say `python`: make it this interpreter, whatever PATH the caller had
     environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
-    environment["IMGPIPE_PYTHON"] = sys.executable  # what bin/python, the stages' interpreter, runs
+    environment["IMGPIPE_PYTHON"] = sys.executable  # what tasks/bin/python, the stages' interpreter, runs
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     environment["PYTHONUNBUFFERED"] = "1"
     return environment

@@ -53,8 +53,8 @@ def code_closure(package: Path) -> set[Path]:
 def stage_packages() -> list[str]:
     names = []
     for name, stage in STAGES.items():
-        match = re.fullmatch(r"bin/python -m tasks\.(\w+)", stage["cmd"].split("#")[0].strip())
-        assert match, f"stage {name}: expected `bin/python -m tasks.<package>`, got {stage['cmd']!r}"
+        match = re.fullmatch(r"tasks/bin/python -m tasks\.(\w+)", stage["cmd"].split("#")[0].strip())
+        assert match, f"stage {name}: expected `tasks/bin/python -m tasks.<package>`, got {stage['cmd']!r}"
         names.append(match[1])
     return names
 

@@ -55,7 +55,7 @@ def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """For DVC and the stages it runs: `python` is this interpreter, whatever PATH the caller had."""
     values = dict(os.environ)
     values["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), values.get("PATH", "")])
-    values["IMGPIPE_PYTHON"] = sys.executable  # what bin/python, the stages' interpreter, runs
+    values["IMGPIPE_PYTHON"] = sys.executable  # what tasks/bin/python, the stages' interpreter, runs
     values.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     values["PYTHONUNBUFFERED"] = "1"
     return values | (extra or {})

@@ -154,7 +154,7 @@ def test_the_log_is_quiet_and_a_bad_param_is_one_line(project, prefect_server):
 
 
 def test_dvc_commands_work_from_a_shell_without_the_venv_activated(project):
-    """The README's `.venv/bin/dvc exp run -S ...`: the stages find the project's .venv through bin/python."""
+    """The README's `.venv/bin/dvc exp run -S ...`: the stages find the project's .venv through tasks/bin/python."""
     (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
     shell = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **GIT_IDENTITY,
              "TF_CPP_MIN_LOG_LEVEL": "2"}
