@@ -5,140 +5,28 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, label_sets, model_folder, pool, stored_images
+from tasks import atomic, label_sets, model_folder, stored_images
 from tasks.evaluate import metrics as metric_functions
 from tasks.evaluate import multilabel
 from tasks.params import GateParams
 from tasks.paths import Paths
-from tasks.predict import engine, engine_check
+from tasks.release.export_parity import export_check, predict_stored
+from tasks.release.gate_record import check_record
 from tasks.release.gate_record import is_current  # noqa: F401  (callers ask the gate whether it is current)
 from tasks.train import selection
 
 logger = logging.getLogger(__name__)
 
-PARITY_BATCH = 64
-PREDICT_BATCH = 256
 
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _decode_stored(info: model_folder.ModelInfo, images: list[stored_images.Job], raw: Path,
-                   max_pixels: int) -> Iterator[np.ndarray]:
-    """The pixels of stored images as a model saw them in training (its card's size and resize policy)."""
-    return pool.ordered_map(stored_images.Decoder(raw, info.image_size, info.resize, max_pixels), images)
-
-
-def predict_stored(folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int) -> np.ndarray:
-    """Class probabilities of a saved model for stored images, decoded at the model's own size and resize policy."""
-    info = model_folder.read_info(folder)
-    network = model_folder.load(folder)
-    batches, batch = [], []
-    for pixels in _decode_stored(info, images, raw, max_pixels):
-        batch.append(pixels)
-        if len(batch) == PREDICT_BATCH:
-            batches.append(np.asarray(network.predict_on_batch(np.stack(batch))))
-            batch = []
-    if batch:
-        batches.append(np.asarray(network.predict_on_batch(np.stack(batch))))
-    return np.concatenate(batches) if batches else np.zeros((0, len(info.labels)))
-
-
-def _batches(info: model_folder.ModelInfo, images: list[stored_images.Job], raw: Path,
-             max_pixels: int) -> Iterator[np.ndarray]:
-    batch: list[np.ndarray] = []
-    for pixels in _decode_stored(info, images, raw, max_pixels):
-        batch.append(pixels)
-        if len(batch) == PARITY_BATCH:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
-
-
-def _export_runner(folder: Path, name: str, classes: int) -> Any:
-    """What runs export `name` for its check: TensorFlow for the SavedModel and LiteRT, ONNX Runtime (else
-    OpenVINO) for ONNX, OpenVINO at fp32 for its IR."""
-    from tasks.predict import keras_engine, onnxruntime_engine, openvino_engine
-
-    path = model_folder.export_path(folder, name)
-    if not path.exists():
-        raise ValueError(f"{path} is missing")
-    if name == "saved_model":
-        return keras_engine.SavedModelRunner(path, classes)
-    if name == "litert":
-        return keras_engine.LiteRtRunner(path, classes)
-    if name == "onnx" and engine.is_installed("onnxruntime"):
-        return onnxruntime_engine.OnnxRuntimeEngine(path, "fp32", classes)
-    if engine.is_installed("openvino"):
-        return openvino_engine.OpenVinoEngine(path, "fp32", classes)
-    raise ValueError(f"no runtime to check {path} is installed (pip install onnxruntime or openvino)")
-
-
-def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,
-                  max_pixels: int) -> list[engine_check.Figures]:
-    """Each export the model card lists (train.exports), and each faster engine precision that engines.json lets
-    `imgpipe predict --engine auto` use, against the .keras model on every test image."""
-    from tasks.predict import keras_engine
-
-    info = model_folder.read_info(folder)
-    card = model_folder.read_card(folder)
-    runners, figures = [], []
-    for name in card.get("exports", [model_folder.SAVED_MODEL_FOLDER]):
-        try:
-            runner = _export_runner(folder, name, len(info.labels))
-            runner.name, runner.precision = name, "fp32"  # named as the export, whatever runs it
-            runners.append(runner)
-        except Exception as error:
-            figures.append(engine_check.Figures(name, "fp32", error=f"{type(error).__name__}: {error}"))
-    usable = [(row["engine"], row["precision"]) for row in (model_folder.read_engines(folder) or {}).get("engines", [])
-              if row["passed"] and row["precision"] != "fp32"
-              and engine.unusable_reason(folder, row["engine"], row["precision"]) is None]
-    opened, failed = engine_check.open_candidates(folder, usable)
-    runners += opened
-    figures += failed
-    batches = _batches(info, images, raw, max_pixels)
-    return engine_check.compare(keras_engine.KerasEngine(info), runners, batches, 0, info.thresholds)[1:] + figures
-
-
-def export_check(params: GateParams, folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int
-                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The "export parity" check and the figures behind it: every export (fp32) within
-    evaluate.gate.max_export_difference of the .keras model's probabilities, every faster precision that auto may
-    use (bf16, int8) agreeing on the top-1 label of at least engine.MIN_AGREEMENT of the test images."""
-    figures = export_parity(folder, images, raw, max_pixels)
-    failed = []
-    for item in figures:
-        if item.error:
-            failed.append(item.detail())
-        elif item.precision == "fp32" and item.max_difference > params.max_export_difference:
-            failed.append(f"{item.engine}: largest probability difference {item.max_difference:.2e}, more than "
-                          f"{params.max_export_difference} allowed (evaluate.gate.max_export_difference)")
-        elif item.precision != "fp32" and not item.passed():
-            failed.append(f"{item.engine} {item.precision}: {item.agreement_of} agreement {item.agreement:.4f}, "
-                          f"under the {engine.MIN_AGREEMENT} that --engine auto needs (engines.json says it had it)")
-    exports = [item for item in figures if item.precision == "fp32" and not item.error]
-    largest = max((item.max_difference for item in exports), default=0.0)
-    images = max((item.images for item in figures), default=0)
-    names = ", ".join(f"{item.engine}" if item.precision == "fp32" else f"{item.engine} {item.precision}"
-                      for item in figures)
-    detail = ("; ".join(failed) if failed else
-              f"{names} agree with the .keras model on {images} test images (largest fp32 probability difference "
-              f"{largest:.2e}, at most {params.max_export_difference} allowed)")
-    check = _check("export parity", not failed, largest, params.max_export_difference, detail)
-    return check, [item.as_record() for item in figures]
-
-
-def _check(name: str, passed: bool, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:
-    return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
 
 
 def compare_label_sets(candidate_labels: list[str], champion_labels: list[str]) -> dict[str, Any]:
@@ -159,7 +47,7 @@ def label_set_check(compared: dict[str, Any]) -> dict[str, Any]:
                if compared[key]]
     detail = (f"production knows {len(compared['production'])} labels, the candidate "
               f"{len(compared['candidate'])}" + (f"; the candidate {' and '.join(changes)}" if changes else ""))
-    return _check("same label set as production", compared["same"], None, None, detail)
+    return check_record("same label set as production", compared["same"], None, None, detail)
 
 
 def compare_multi_label(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
@@ -189,7 +77,7 @@ def compare_multi_label(params: GateParams, seed: int, labels: list[str], table:
 
 
 def _non_inferiority(params: GateParams, difference: float, interval: list[float]) -> dict[str, Any]:
-    return _check(
+    return check_record(
         f"{params.metric} not worse than production", interval[0] >= -params.tolerance, difference, -params.tolerance,
         f"candidate minus production {params.metric}: {difference:+.4f}, 95% interval "
         f"[{interval[0]:+.4f}, {interval[1]:+.4f}]; its lower end must stay above -{params.tolerance}",
@@ -198,7 +86,7 @@ def _non_inferiority(params: GateParams, difference: float, interval: list[float
 
 def _recall_check(params: GateParams, label: str, champion_recall: float, candidate_recall: float) -> dict[str, Any]:
     drop = champion_recall - candidate_recall
-    return _check(
+    return check_record(
         f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
         f"recall {champion_recall:.3f} -> {candidate_recall:.3f} ({_change_words(drop)}, a drop of at most "
         f"{params.max_recall_drop} allowed)",
@@ -250,12 +138,12 @@ def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, 
     """The minimum scores for a first model. A multi-label model's accuracy (every label of an image right) is no
     measure of usefulness with many labels, so it meets the macro-F1 floor alone."""
     checks = [
-        _check("accuracy floor", metrics["accuracy"] >= params.min_accuracy, metrics["accuracy"], params.min_accuracy,
-               f"test accuracy {metrics['accuracy']:.4f}, at least {params.min_accuracy} required "
-               "(evaluate.gate.min_accuracy)"),
-        _check("macro-F1 floor", metrics["macro_f1"] >= params.min_macro_f1, metrics["macro_f1"],
-               params.min_macro_f1, f"test macro-F1 {metrics['macro_f1']:.4f}, at least {params.min_macro_f1} "
-               "required (evaluate.gate.min_macro_f1)"),
+        check_record("accuracy floor", metrics["accuracy"] >= params.min_accuracy, metrics["accuracy"],
+                     params.min_accuracy, f"test accuracy {metrics['accuracy']:.4f}, at least {params.min_accuracy} "
+                     "required (evaluate.gate.min_accuracy)"),
+        check_record("macro-F1 floor", metrics["macro_f1"] >= params.min_macro_f1, metrics["macro_f1"],
+                     params.min_macro_f1, f"test macro-F1 {metrics['macro_f1']:.4f}, at least {params.min_macro_f1} "
+                     "required (evaluate.gate.min_macro_f1)"),
     ]
     return checks[1:] if metrics.get("task") == label_sets.MULTI_LABEL else checks
 

@@ -32,3 +32,8 @@ def is_current(paths: Paths) -> bool:
         champion_then = gate["candidate"]["version"]
     same_candidate = gate["candidate"].get("version") == model_folder.version_of(paths.candidate)
     return same_candidate and champion_then == champion_now
+
+
+def check_record(name: str, passed: bool, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:
+    """One check as gate.json records it."""
+    return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
