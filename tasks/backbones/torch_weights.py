@@ -33,20 +33,25 @@ class UnsafeWeightsFile(ValueError):
     """The file names something besides tensors and storages: it was not written by torch.save of a state dict."""
 
 
+class _Record:
+    def __setstate__(self, state: Any) -> None:  # what a pickle's BUILD calls: torch.save never writes one here
+        raise UnsafeWeightsFile("it sets attributes on a tensor or storage record")
+
+
 @dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Record):
     name: str
 
 
 @dataclass(frozen=True)
-class _Storage:
+class _Storage(_Record):
     key: str
     dtype: Any
     elements: int
 
 
 @dataclass(frozen=True)
-class _Tensor:
+class _Tensor(_Record):
     storage: _Storage
     offset: int
     shape: tuple[int, ...]
@@ -127,9 +132,14 @@ def _tensor_values(name: str, tensor: _Tensor, storages: dict[str, np.ndarray]) 
     if last >= len(flat):
         raise ValueError(f"tensor {name!r} reaches past the end of its storage")
     itemsize = flat.itemsize
-    view = np.lib.stride_tricks.as_strided(flat[tensor.offset:], shape=tensor.shape,
-                                           strides=tuple(step * itemsize for step in tensor.stride), writeable=False)
-    return np.ascontiguousarray(view).astype(view.dtype.newbyteorder("="), copy=False)
+    try:
+        view = np.lib.stride_tricks.as_strided(flat[tensor.offset:], shape=tensor.shape,
+                                               strides=tuple(step * itemsize for step in tensor.stride),
+                                               writeable=False)
+    except (OverflowError, ValueError) as error:
+        raise ValueError(f"tensor {name!r} has an impossible shape {tensor.shape} or stride ({error})") from None
+    # np.array, not np.ascontiguousarray: that makes a 0-d tensor (num_batches_tracked) 1-d
+    return np.array(view, order="C").astype(view.dtype.newbyteorder("="), copy=False)
 
 
 def read_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -144,7 +154,7 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
     stream = io.BytesIO(data)
     try:
-        if data[:1] == b"PK":
+        if data[:2] == b"PK":
             raise ValueError("it is a zip archive (torch's newer format); only the legacy format is read")
         if _load_pickle(stream, "the magic number") != MAGIC_NUMBER:
             raise ValueError("it does not start with torch's magic number: not a torch.save file")
