@@ -1,0 +1,373 @@
+"""Runs a pretrained backbone's features model on uint8 batches through the fastest CPU engine that agrees with Keras:
+exports it once into imgpipe's cache (ONNX, and OpenVINO IR converted from it), opens an engine from a picklable
+EngineSpec, and chooses the engine by a parity check and CPU timing on sample images. Reads and writes only the cache.
+
+The exports are `<cache>/exports/<backbone>-<weights sha>-v<converter>-<size>px-e<export version>.{onnx,xml,bin}` and a
+JSON record beside them with each file's sha256, checked whenever the files are used: a damaged or replaced file is
+exported again (export_files) or refused (open_engine), never run. Opening an onnxruntime or openvino engine imports
+neither TensorFlow nor Keras, so that worker processes start in a second.
+
+int8 is left out: ONNX Runtime's static QDQ model of efficientnet_lite0 calibrated on 64 clothing photos agreed with
+Keras on 92% of ImageNet top-1 labels (min cosine 0.94) on 192 others, under ONNX Runtime and OpenVINO alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from tasks import atomic
+from tasks.backbones import pretrained
+from tasks.hashing import file_sha256
+
+logger = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1  # raise when the export changes: older exports are then written again
+PRECISIONS = {"keras": ("fp32",), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # OpenVINO's default on a bf16 CPU is bf16: always ask explicitly
+MIN_AGREEMENT = 0.99  # ImageNet top-1 agreement with Keras fp32 on the sample
+MIN_COSINE = 0.99  # the smallest cosine similarity between an image's features and Keras's
+MAX_FP32_DIFFERENCE = 1e-3  # fp32 only: largest |difference| over the largest |Keras feature|
+TIMING_ROUNDS = 3  # timed calls per engine on the whole sample, engines taking turns, after the parity call
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker needs to open an engine itself: picklable, no open handles."""
+
+    backbone: str
+    image_size: int
+    engine: str  # "keras" | "onnxruntime" | "openvino"
+    precision: str  # "fp32" | "bf16"
+    file: str | None  # the exported model file it runs (None for keras)
+
+
+class FeatureEngine(Protocol):
+    spec: EngineSpec
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 [n, features] for uint8 [n, image_size, image_size, 3]; n may be 0."""
+
+
+class _Features:
+    spec: EngineSpec
+    width: int  # features per image
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) == 0:
+            return np.zeros((0, self.width), dtype=np.float32)
+        return self._run(np.ascontiguousarray(pixels))
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class KerasFeatures(_Features):
+    def __init__(self, spec: EngineSpec, network: Any = None) -> None:
+        self.spec = spec
+        self.network = network if network is not None else pretrained.features_model(spec.backbone, spec.image_size)
+        self.width = int(self.network.output_shape[-1])
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.network.predict_on_batch(pixels), dtype=np.float32)
+
+
+class OnnxRuntimeFeatures(_Features):
+    def __init__(self, spec: EngineSpec, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        # spinning threads burn a shared CPU waiting for work without making a batch faster
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.intra_op_num_threads = max(threads, 0)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.spec = spec
+        self.session = onnxruntime.InferenceSession(str(spec.file), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.width = int(self.session.get_outputs()[0].shape[-1])
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input: pixels})[0], dtype=np.float32)
+
+
+class OpenVinoFeatures(_Features):
+    def __init__(self, spec: EngineSpec, threads: int) -> None:
+        import openvino
+
+        core = openvino.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[spec.precision],
+                                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.spec = spec
+        self.compiled = core.compile_model(core.read_model(str(spec.file)), "CPU", config)
+        used = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if used != OPENVINO_HINTS[spec.precision]:
+            raise RuntimeError(f"{spec.file}: OpenVINO runs it in {used}, not the {spec.precision} asked for")
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+        self.width = int(self.output.get_partial_shape()[-1].get_length())
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: pixels})
+        return np.array(result[self.output], dtype=np.float32)  # a copy: the next call reuses the request's memory
+
+
+# ---- exports ----------------------------------------------------------------------------------------------------
+
+def exports_folder() -> Path:
+    return pretrained.cache_folder().parent / "exports"
+
+
+def _paths(backbone: str, image_size: int) -> dict[str, Path]:
+    weights = pretrained.spec(backbone).weights_id.replace("@", "-").replace("/", "-")
+    stem = f"{weights}-{image_size}px-e{EXPORT_VERSION}"
+    return {name: exports_folder() / f"{stem}.{suffix}" for name, suffix in
+            (("onnx", "onnx"), ("openvino", "xml"), ("openvino_weights", "bin"), ("record", "json"))}
+
+
+def _damaged(paths: dict[str, Path], names: tuple[str, ...]) -> list[str]:
+    """Which of the exported files `names` are missing or differ from the record (all of them without a record)."""
+    try:
+        recorded = dict(json.loads(paths["record"].read_text(encoding="utf-8"))["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = {}
+    return [name for name in names
+            if not paths[name].is_file() or recorded.get(name) != file_sha256(paths[name])]
+
+
+def export_files(backbone: str, image_size: int) -> dict[str, Path]:
+    """The features model exported once into the cache: {"onnx": .onnx, "openvino": .xml (its .bin beside it)}.
+    Files that are whole (sha256 as recorded) are reused; otherwise all are exported again."""
+    paths = _paths(backbone, image_size)
+    damaged = _damaged(paths, ("onnx", "openvino", "openvino_weights"))
+    if damaged:
+        if paths["record"].is_file():
+            logger.warning("%s: %s missing or not as recorded at export; exporting again", paths["record"].stem,
+                           ", ".join(damaged))
+        _export(backbone, image_size, paths)
+    return {"onnx": paths["onnx"], "openvino": paths["openvino"]}
+
+
+def _export(backbone: str, image_size: int, paths: dict[str, Path], network: Any = None) -> None:
+    """tf2onnx's ONNX of the features model with a uint8 input (the cast inside the graph), and OpenVINO IR read from
+    it with the runtime (Keras's own OpenVINO export ran EfficientNet at half this route's speed; convert_model sends
+    telemetry), weights kept in fp32; each written under a temporary name and renamed into place, the record last."""
+    import warnings
+
+    import keras
+    import onnx
+    import openvino
+
+    for name in ("tensorflow", "tf2onnx"):  # the converters' chatter: "Assets written to", opset and optimizer lines
+        logging.getLogger(name).setLevel(logging.ERROR if name == "tensorflow" else logging.WARNING)
+    logger.info("%s: exporting the %d px features model to ONNX and OpenVINO IR in %s, once", backbone, image_size,
+                exports_folder())
+    network = network if network is not None else pretrained.features_model(backbone, image_size)
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
+    wrapped = keras.Model(inputs, network(keras.ops.cast(inputs, "float32")), name=f"{backbone}_features")
+    wrapped.predict_on_batch(np.zeros((1, image_size, image_size, 3), dtype=np.uint8))  # Keras exports called models
+    folder = exports_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=folder) as scratch:
+        onnx_file, xml_file = Path(scratch) / "model.onnx", Path(scratch) / "model.xml"
+        with warnings.catch_warnings():  # Keras's own numpy-2 patch of tf2onnx warns about np.object
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapped.export(str(onnx_file), format="onnx", verbose=False)
+        graph_model = onnx.load(str(onnx_file))  # tf2onnx can leave graph inputs no node reads; runtimes demand them
+        read = {name for node in graph_model.graph.node for name in node.input}
+        unread = [item for item in graph_model.graph.input if item.name not in read]
+        if unread:
+            for item in unread:
+                graph_model.graph.input.remove(item)
+            onnx.save(graph_model, str(onnx_file))
+        openvino.save_model(openvino.Core().read_model(str(onnx_file)), str(xml_file), compress_to_fp16=False)
+        written = {"onnx": onnx_file, "openvino": xml_file, "openvino_weights": xml_file.with_suffix(".bin")}
+        record = {"backbone": backbone, "weights_id": pretrained.spec(backbone).weights_id, "image_size": image_size,
+                  "export_version": EXPORT_VERSION, "input": "uint8 [n, size, size, 3], 0-255 RGB",
+                  "features": int(wrapped.output_shape[-1]),
+                  "versions": {"keras": keras.__version__, "onnx": onnx.__version__,
+                               "openvino": openvino.get_version()},
+                  "sha256": {name: file_sha256(path) for name, path in written.items()}}
+        for name, path in written.items():
+            os.chmod(path, 0o644)
+            os.replace(path, paths[name])
+    atomic.write_json(paths["record"], record)
+
+
+# ---- engines ----------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def supports_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is slow or refused."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def _limit_tensorflow_threads(threads: int) -> None:
+    import keras
+
+    if threads <= 0 or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # already started in this process: the earlier setting stays
+        logger.debug("TensorFlow already started; thread settings unchanged")
+
+
+def _check_file(spec: EngineSpec) -> None:
+    """Refuse an exported file of the cache that differs from its record (damaged, or replaced since the export)."""
+    paths = _paths(spec.backbone, spec.image_size)
+    names = {"onnxruntime": ("onnx",), "openvino": ("openvino", "openvino_weights")}[spec.engine]
+    if Path(str(spec.file)).resolve() != paths[names[0]].resolve():
+        return  # a file outside the cache: the runtime's own checks only
+    damaged = _damaged(paths, names)
+    if damaged:
+        raise ValueError(f"{spec.file}: {', '.join(paths[name].name for name in damaged)} missing or its sha256 "
+                         f"differs from {paths['record'].name}; run export_files({spec.backbone!r}, "
+                         f"{spec.image_size}) (the embed stage does) to export it again")
+
+
+def open_engine(spec: EngineSpec, threads: int = 0) -> FeatureEngine:
+    """The engine `spec` names, loaded in this process; `threads` 0: all cores."""
+    if spec.precision not in PRECISIONS.get(spec.engine, ()):
+        known = ", ".join(f"{engine} {precision}" for engine in PRECISIONS for precision in PRECISIONS[engine])
+        raise ValueError(f"engine {spec.engine!r} at precision {spec.precision!r}: not one of {known}")
+    if spec.engine == "keras":
+        _limit_tensorflow_threads(threads)
+        return KerasFeatures(spec)
+    if spec.file is None:
+        raise ValueError(f"engine {spec.engine}: the spec names no model file; take it from export_files()")
+    if importlib.util.find_spec(spec.engine) is None:
+        raise ValueError(f"engine {spec.engine} is not installed (pip install {spec.engine})")
+    _check_file(spec)
+    if spec.engine == "onnxruntime":
+        return OnnxRuntimeFeatures(spec, threads)
+    return OpenVinoFeatures(spec, threads)
+
+
+# ---- choosing ---------------------------------------------------------------------------------------------------
+
+def _figures(features: np.ndarray, expected: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> dict[str, float]:
+    """ImageNet top-1 agreement (argmax of the logits is the argmax of their softmax), the smallest cosine similarity
+    and the largest difference relative to the largest Keras feature."""
+    agreement = float(((features @ kernel + bias).argmax(1) == (expected @ kernel + bias).argmax(1)).mean())
+    norms = np.linalg.norm(features, axis=1) * np.linalg.norm(expected, axis=1)
+    cosine = (features * expected).sum(axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
+    scale = max(float(np.abs(expected).max()), np.finfo(np.float32).tiny)
+    return {"agreement": agreement, "min_cosine": float(cosine.min()),
+            "max_difference": float(np.abs(features - expected).max()) / scale}
+
+
+def _passes(precision: str, figures: dict[str, float]) -> bool:
+    return (figures["agreement"] >= MIN_AGREEMENT and figures["min_cosine"] >= MIN_COSINE
+            and (precision != "fp32" or figures["max_difference"] <= MAX_FP32_DIFFERENCE))
+
+
+def _record(engine: str, precision: str, images: int, figures: dict[str, float] | None = None,
+            ms_per_image: float | None = None, failure: str = "") -> dict[str, Any]:
+    figures = figures or {"agreement": None, "min_cosine": None, "max_difference": None}
+    passed = not failure and _passes(precision, figures)
+    if failure:
+        detail = f"{engine} {precision}: {failure}"
+    else:
+        detail = (f"{engine} {precision}: ImageNet top-1 agreement {figures['agreement']:.4f} on {images} images, "
+                  f"min cosine {figures['min_cosine']:.6f}, largest difference {figures['max_difference']:.2e} of "
+                  f"the largest feature, {ms_per_image:.2f} ms of CPU per image"
+                  + ("" if passed else " (failed parity)"))
+    return {"engine": engine, "precision": precision, "images": images, **figures,
+            "ms_per_image": None if ms_per_image is None else round(ms_per_image, 4), "passed": passed,
+            "detail": detail}
+
+
+def choose(backbone: str, image_size: int, sample: np.ndarray,
+           threads: int = 0) -> tuple[EngineSpec, list[dict[str, Any]]]:
+    """The fastest engine whose features agree with Keras fp32 on `sample` (uint8 [n, size, size, 3]), and one record
+    per candidate for the log and the summary. Keras itself always passes; an engine that fails to export, open or
+    run is recorded as failed."""
+    if sample.dtype != np.uint8 or sample.ndim != 4 or sample.shape[1:] != (image_size, image_size, 3) \
+            or not len(sample):
+        raise ValueError(f"choose({backbone!r}, {image_size}): the sample must be uint8 [n, {image_size}, "
+                         f"{image_size}, 3] with n >= 1, got {sample.dtype} {list(sample.shape)}")
+    _limit_tensorflow_threads(threads)
+    classifier = pretrained.imagenet_classifier(backbone, image_size)
+    kernel, bias = classifier.get_layer("imagenet_logits").get_weights()
+    reference = KerasFeatures(EngineSpec(backbone, image_size, "keras", "fp32", None), classifier.get_layer(backbone))
+    expected = reference.features(sample)  # also the reference's warm-up call
+    images = len(sample)
+    engines: list[tuple[FeatureEngine, np.ndarray]] = [(reference, expected)]
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    export_failure = ""
+    try:
+        files: dict[str, Path] | None = export_files(backbone, image_size)
+    except Exception as error:  # no export: the exported engines fail their check, Keras still runs
+        files, export_failure = None, f"export failed: {type(error).__name__}: {error}"
+    for engine, file_key in (("onnxruntime", "onnx"), ("openvino", "openvino")):
+        for precision in PRECISIONS[engine]:
+            if precision == "bf16" and not supports_bf16():
+                records[engine, precision] = _record(engine, precision, 0,
+                                                     failure="not tried: this CPU has no avx512_bf16 or amx_bf16")
+                continue
+            if files is None:
+                records[engine, precision] = _record(engine, precision, 0, failure=export_failure)
+                continue
+            try:
+                opened = open_engine(EngineSpec(backbone, image_size, engine, precision, str(files[file_key])),
+                                     threads)
+                engines.append((opened, opened.features(sample)))  # the parity call is the warm-up call
+            except Exception as error:  # an engine that cannot run the model fails its check, not the run
+                records[engine, precision] = _record(engine, precision, 0,
+                                                     failure=f"failed: {type(error).__name__}: {error}")
+    cpu_seconds = [0.0] * len(engines)
+    for _ in range(TIMING_ROUNDS):  # engines take turns, so that a busy machine weighs on them alike
+        for index, (opened, _) in enumerate(engines):
+            key = (opened.spec.engine, opened.spec.precision)
+            if key in records:
+                continue
+            started = time.process_time()
+            try:
+                opened.features(sample)
+            except Exception as error:
+                if opened is reference:  # the reference must run: without it nothing can be checked
+                    raise
+                records[key] = _record(*key, 0, failure=f"failed: {type(error).__name__}: {error}")
+            cpu_seconds[index] += time.process_time() - started
+    for (opened, features), seconds in zip(engines, cpu_seconds):
+        key = (opened.spec.engine, opened.spec.precision)
+        records.setdefault(key, _record(*key, images, _figures(features, expected, kernel, bias),
+                                        1000 * seconds / (TIMING_ROUNDS * images)))
+    records["keras", "fp32"]["passed"] = True  # the reference: the fallback that always runs
+    ordered = [records[engine, precision] for engine in PRECISIONS for precision in PRECISIONS[engine]
+               if (engine, precision) in records]
+    for record in ordered:
+        logger.info("feature engine check: %s", record["detail"])
+    best = min((record for record in ordered if record["passed"]), key=lambda record: record["ms_per_image"])
+    chosen = next(opened.spec for opened, _ in engines
+                  if (opened.spec.engine, opened.spec.precision) == (best["engine"], best["precision"]))
+    logger.info("feature engine: %s %s, the fastest that passed parity (%.2f ms of CPU per image)", chosen.engine,
+                chosen.precision, best["ms_per_image"])
+    return chosen, ordered
