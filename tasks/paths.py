@@ -8,7 +8,7 @@ from pathlib import Path
 from tasks.params import PathsParams
 
 
-FOLDER_KEYS = ("demo", "raw", "interim", "processed", "models", "reports")
+FOLDER_KEYS = ("demo", "raw", "interim", "processed", "embeddings", "models", "reports")
 DATA_FOLDER = "data"
 
 
@@ -27,6 +27,7 @@ class Paths:
         self.processed = root / params.processed
         self.models = root / params.models
         self.reports = root / params.reports
+        self.embeddings = root / params.embeddings
         self._check_folders()
 
     def _check_folders(self) -> None:

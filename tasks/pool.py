@@ -100,12 +100,12 @@ class ProcessPool:
 
 
 def ordered_map(function: Callable[[Item], Result], items: Sequence[Item], workers: int = 0,
-                scheduler: str | None = None) -> Iterator[Result]:
-    """Yield function(item) for each item in order: in this process for few items, else batched over a pool of
-    `workers` processes, or over the Dask cluster at `scheduler` (its workers must import this project and see
-    the same files). The results are the same whichever runs them."""
+                scheduler: str | None = None, serial_below: int = SERIAL_BELOW) -> Iterator[Result]:
+    """Yield function(item) for each item in order: in this process for fewer than `serial_below` items, else
+    batched over a pool of `workers` processes, or over the Dask cluster at `scheduler` (its workers must import this
+    project and see the same files). The results are the same whichever runs them."""
     workers = worker_count(workers)
-    if scheduler is None and (workers == 1 or len(items) < SERIAL_BELOW):
+    if scheduler is None and (workers == 1 or len(items) < serial_below):
         yield from map(function, items)
         return
     if scheduler is not None:

@@ -13,10 +13,13 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 SHARD_PATTERN = re.compile(r"decoded-(?P<serial>\d{6})\.tfrecord")
 SPLIT_TABLE = "split.parquet"
@@ -48,6 +51,8 @@ def remove(folder: Path, names: list[str]) -> None:
 
 
 def _record(sha256: str, pixels: np.ndarray) -> bytes:
+    import tensorflow as tf  # here, not at the top: readers of the split table alone start without TensorFlow
+
     features = {
         "sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sha256.encode("ascii")])),
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(pixels).tobytes()])),
@@ -94,6 +99,8 @@ class ShardWriter:
             self._finish()
         if self._writer is None:
             self._serial += 1
+            import tensorflow as tf
+
             self._writer = tf.io.TFRecordWriter(str(self.folder / f".{self._name}.partial"))
             self._size = 0
         self._writer.write(record)
@@ -112,6 +119,8 @@ class ShardWriter:
 
 def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     """Parse a batch of serialized records into uint8 images [batch, size, size, 3] and their sha256."""
+    import tensorflow as tf
+
     features = tf.io.parse_example(serialized, {"sha256": tf.io.FixedLenFeature([], tf.string),
                                                 "image": tf.io.FixedLenFeature([], tf.string)})
     images = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), [-1, image_size, image_size, 3])
@@ -120,6 +129,8 @@ def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
 
 def records(folder: Path, name: str, image_size: int) -> Iterator[tuple[str, np.ndarray]]:
     """(sha256, pixels) of every record of one shard, in order (for compaction and checks)."""
+    import tensorflow as tf
+
     for batch in tf.data.TFRecordDataset(str(folder / name)).batch(256):
         parsed = parse_batch(batch, image_size)
         for sha256, pixels in zip(parsed["sha256"].numpy(), parsed["image"].numpy()):

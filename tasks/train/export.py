@@ -212,7 +212,8 @@ def run_in_fresh_process(folder: Path, formats: list[str], processed: Path, cali
                                                                               os.environ.get("PYTHONPATH")])))
     result = subprocess.run(command, env=environment, capture_output=True, text=True)
     for line in (result.stdout + result.stderr).splitlines():
-        if line.startswith(("INFO", "WARNING")):
+        # ONNX Runtime's quantizer logs a line per rescaled weight through the root logger: its routine, left out
+        if line.startswith(("INFO", "WARNING")) and not line.startswith("INFO root: Increased scale"):
             logger.info("(export process) %s", line)
     if result.returncode == BAD_SETTING:
         raise ValueError(result.stderr.strip().splitlines()[-1].removeprefix("ERROR "))
