@@ -38,7 +38,8 @@ class Choice:
 
     @classmethod
     def from_record(cls, record: Any) -> Choice:
-        if not isinstance(record, dict) or record.get("route") not in (HEAD_ON_FEATURES, PIXELS):
+        if (not isinstance(record, dict) or record.get("route") not in (HEAD_ON_FEATURES, PIXELS)
+                or not isinstance(record.get("model"), str)):
             raise ValueError("preprocess.json records no model choice; run the preprocess stage again "
                              "(dvc repro preprocess)")
         return cls(str(record["model"]), str(record.get("reason", "")), str(record["route"]),
