@@ -132,17 +132,17 @@ def compact(folder: Path, live: set[str], records: dict[str, int], below: float 
     of every shard left."""
     stored = stored_sha256s(folder)
     live_per_shard = pd.Series([stored[digest] for digest in live if digest in stored], dtype=object).value_counts()
-    sparse = [name for name in shard_names(folder)
-              if live_per_shard.get(name, 0) < below * records.get(name, live_per_shard.get(name, 0))]
+    rows = {name: records.get(name) or pq.read_metadata(folder / name).num_rows for name in shard_names(folder)}
+    sparse = [name for name, count in rows.items() if live_per_shard.get(name, 0) < below * count]
     if not sparse:
-        return records
+        return rows
     kept_digests: list[str] = []
     kept_values: list[np.ndarray] = []
     for name in sparse:
         digests, values = _shard_features(folder, name, live)
         kept_digests += digests
         kept_values.append(values)
-    counts = {name: count for name, count in records.items() if name not in sparse}
+    counts = {name: count for name, count in rows.items() if name not in sparse}
     if kept_digests:
         written = write_shard(folder, kept_digests, np.concatenate(kept_values))
         counts[written] = len(kept_digests)

@@ -60,6 +60,9 @@ def choose(model: str, weights: str | None, median_short_side: float) -> Choice:
             return Choice(SIMPLE_CNN, f"the images' median short side is {median_short_side:g} px, under {SCAN_BELOW}: "
                                       "scans or icons, where a small CNN from scratch beats ImageNet features",
                           PIXELS)
+        if weights is None:
+            return Choice(SIMPLE_CNN, "train.weights is null: no pretrained weights, so a small CNN from scratch",
+                          PIXELS)
         return _pretrained(DEFAULT_BACKBONE, f"photos (median short side {median_short_side:g} px): a head on "
                            f"{DEFAULT_BACKBONE}'s ImageNet features, installed with imgpipe", weights)
     if model in catalog.BACKBONES:

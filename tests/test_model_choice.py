@@ -92,3 +92,9 @@ def test_choosing_needs_neither_keras_nor_the_network_code():
              if name.split(".")[0] in ("keras", "tensorflow", "torch", "sklearn")
              or name in ("tasks.backbones.pretrained", "tasks.backbones.efficientnet_lite")]
     assert heavy == []
+
+
+def test_auto_with_weights_null_trains_the_small_cnn_on_photos_and_says_why():
+    choice = model_choice.choose("auto", None, 400)
+    assert (choice.model, choice.route) == ("simple_cnn", model_choice.PIXELS)
+    assert "train.weights is null" in choice.reason

@@ -124,6 +124,9 @@ def fit(train_features: np.ndarray, train_truth: np.ndarray, val_features: np.nd
     """Fit the head at every strength of STRENGTHS, keep the one best on validation (`select_on`, val_loss
     breaking ties, as for epochs). `truth` is class indices, or multi-hot rows for a multi-label task; `weights`
     are per-image loss weights (train.class_weight: balanced)."""
+    if not multi_label and len(np.unique(train_truth)) < 2:
+        raise ValueError("the train split holds images of one class only; a classifier needs at least two (add "
+                         "images of other classes, or check validate.min_classes)")
     mean = train_features.mean(axis=0)
     scale = train_features.std(axis=0) + 1e-6
     standardised = (train_features - mean) / scale

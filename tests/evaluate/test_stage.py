@@ -30,7 +30,7 @@ def test_train_then_evaluate_write_the_model_and_metrics(shrunk_config, tmp_path
     model = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
     assert model.input.dtype == "uint8"
     some_image = paths.resolve(config.ingest.source) / "red" / "red_000.png"
-    pixels = images.load_rgb_array(some_image, config.preprocess.image_size, config.preprocess.resize,
+    pixels = images.load_rgb_array(some_image, config.preprocess.image_size, card["resize"],
                                      config.ingest.max_pixels)
     probabilities = model.predict(pixels[None], verbose=0)[0]
     assert probabilities.shape == (3,) and np.isclose(probabilities.sum(), 1, atol=1e-5)

@@ -100,7 +100,7 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
     from flows.training import training
 
     first = training(repo=str(repo))
-    assert list(_statuses(first)) == ["demo", "ingest", "validate", "preprocess", "train", "evaluate"]
+    assert list(_statuses(first)) == ["demo", "ingest", "validate", "preprocess", "embed", "train", "evaluate"]
     assert set(_statuses(first).values()) == {"ran"}
     assert first["outcome"] == "Promoted" and first["pushed"] is True
     assert (repo / "data/models/candidate/model.keras").is_file()
@@ -131,7 +131,8 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
     second = training(repo=str(repo), return_state=True)
     assert second.name == "Nothing to do"
     assert _statuses(second.result()) == {"demo": "skipped", "ingest": "unchanged", "validate": "skipped",
-                                          "preprocess": "skipped", "train": "skipped", "evaluate": "skipped"}
+                                          "preprocess": "skipped", "embed": "skipped", "train": "skipped",
+                                          "evaluate": "skipped"}
     assert shard.stat().st_ino == inode  # ingest ran (DVC deleted its outputs) and linked the same file back
     assert len(notifications) == 1  # nothing happened, nothing said
 

@@ -29,13 +29,15 @@ def test_the_decoded_store_holds_the_pixels_prediction_sees(shrunk_config):
     assert json.loads((paths.processed / "labels.json").read_text()) == ["blue", "green", "red"]
 
     size = config.preprocess.image_size
+    resize = json.loads((paths.processed / "preprocess.json").read_text())["resize"]  # what `auto` stood for
+    assert resize == "stretch"  # a network trained from scratch on these small images keeps the whole image
     source = paths.resolve(config.ingest.source)  # what prediction reads: the files themselves
     seen = 0
     for split in ("train", "val", "test"):
         # evaluation order, inside tf.data
         for batch in dataset.split_dataset(paths.processed, split, size, 4, training=False, with_paths=True):
             for image, label, path in zip(batch["image"].numpy(), batch["label"].numpy(), batch["path"].numpy()):
-                expected = images.load_rgb_array(source / path.decode(), size, config.preprocess.resize,
+                expected = images.load_rgb_array(source / path.decode(), size, resize,
                                                  config.ingest.max_pixels)
                 np.testing.assert_array_equal(image, expected)
                 row = table[table["path"] == path.decode()].iloc[0]
@@ -50,7 +52,7 @@ def test_the_decoded_store_holds_the_pixels_prediction_sees(shrunk_config):
                                      with_paths=True)
     for batch in training:
         for image, path in zip(batch["image"].numpy(), batch["path"].numpy()):
-            expected = images.load_rgb_array(source / path.decode(), size, config.preprocess.resize,
+            expected = images.load_rgb_array(source / path.decode(), size, resize,
                                              config.ingest.max_pixels)
             np.testing.assert_array_equal(image, expected)
 
