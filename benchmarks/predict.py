@@ -75,6 +75,7 @@ def train_model(workspace: Path, model_name: str, image_size: int, epochs: int |
     import logging
 
     from tasks.config import load_config
+    from tasks.embed import stage as embed
     from tasks.ingest import stage as ingest
     from tasks.paths import Paths
     from tasks.preprocess import stage as preprocess
@@ -91,7 +92,9 @@ def train_model(workspace: Path, model_name: str, image_size: int, epochs: int |
     paths = Paths(config.paths, workspace)
     logging.getLogger().setLevel(logging.WARNING)
     ingest.run(config.ingest, paths)
-    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths, config.train.model,
+                   config.train.weights)
+    embed.run(config.embed, config.ingest.max_pixels, paths)
     train.run(config.train, config.preprocess.augment, config.base.seed, paths)
     return paths.candidate
 

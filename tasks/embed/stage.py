@@ -34,12 +34,12 @@ SERIAL_BELOW_CHUNKS = 8  # fewer chunks run in this process: starting workers co
 
 def _engine(params: EmbedParams, backbone: str, image_size: int, earlier: dict[str, Any], sample: np.ndarray,
             threads: int) -> tuple[feature_engine.EngineSpec, dict[str, Any]]:
-    """The engine for this run: the one an earlier run chose under the same settings on this kind of CPU, else
-    the fastest that agrees with Keras on `sample` (embed.engine: auto), else the one named."""
+    """The engine for this run: the one an earlier run chose under the same settings and embed.engine on this kind
+    of CPU, else the fastest that agrees with Keras on `sample` (embed.engine: auto), else the one named."""
     machine = sorted(feature_engine.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"})
     chosen = earlier.get("engine") or {}
     spec_fields = chosen.get("spec") or {}
-    if (params.engine in ("auto", spec_fields.get("engine")) and chosen.get("machine") == machine
+    if (chosen.get("asked") == params.engine and chosen.get("machine") == machine
             and spec_fields.get("backbone") == backbone and spec_fields.get("image_size") == image_size):
         spec = feature_engine.EngineSpec(**spec_fields)
         if spec.file is None or Path(spec.file).is_file():
@@ -48,10 +48,11 @@ def _engine(params: EmbedParams, backbone: str, image_size: int, earlier: dict[s
         files = feature_engine.export_files(backbone, image_size) if params.engine != "keras" else {}
         spec = feature_engine.EngineSpec(backbone, image_size, params.engine, "fp32",
                                          None if params.engine == "keras" else str(files[params.engine]))
-        return spec, {"spec": asdict(spec), "machine": machine, "why": "embed.engine", "candidates": []}
+        return spec, {"spec": asdict(spec), "machine": machine, "asked": params.engine, "why": "embed.engine",
+                      "candidates": []}
     spec, candidates = feature_engine.choose(backbone, image_size, sample, threads)  # logs each engine's figures
-    return spec, {"spec": asdict(spec), "machine": machine, "why": "fastest passing the parity check",
-                  "candidates": candidates}
+    return spec, {"spec": asdict(spec), "machine": machine, "asked": params.engine,
+                  "why": "fastest passing the parity check", "candidates": candidates}
 
 
 def _threads(chunks: int, params: EmbedParams) -> tuple[int, int]:

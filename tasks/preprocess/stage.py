@@ -236,6 +236,8 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
         "task": task,  # as the data says: multi_label when an image has several labels (train.task may force it)
         "model": choice.as_record(),  # the network train.model stands for, and why (tasks/model_choice.py)
         "pixels": not choice.on_features,  # whether the shards hold the decoded images (else the raw store only)
+        # the size simple_cnn would take here: a pretrained backbone's challenger from scratch trains at it
+        "scratch_image_size": choose_image_size(manifest, params.auto_max_size) if choice.on_features else None,
         # where readers decode images from when there are no pixels here (relative to this folder) and under which
         # pixel limit
         "raw_store": os.path.relpath(paths.raw, folder),

@@ -209,7 +209,8 @@ def subset_accuracy(y_true: Any, y_pred: Any) -> Any:
 
 class CpuBudget(keras.callbacks.Callback):
     """Stops training after an epoch when another epoch like the slowest so far would pass `seconds` of CPU time
-    (this process, all its threads) since training began; the first epoch always runs."""
+    (this process, all its threads) since the budget was made; the first epoch of each fit always runs. One budget
+    may be shared by several fits, one after the other."""
 
     def __init__(self, seconds: float, setting: str) -> None:
         super().__init__()
@@ -217,8 +218,11 @@ class CpuBudget(keras.callbacks.Callback):
         self.started = self.epoch_started = time.process_time()
         self.slowest = 0.0
 
+    def remaining(self) -> float:
+        return self.seconds - (time.process_time() - self.started)
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.started = time.process_time()
+        self.slowest = 0.0  # another fit: its epochs cost what they cost
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch_started = time.process_time()

@@ -12,6 +12,7 @@ from typing import get_args
 import keras
 from keras import layers, ops
 
+from tasks.backbones import catalog
 from tasks.params import ModelName, TrainParams
 
 SIMPLE_CNN = "simple_cnn"
@@ -129,6 +130,9 @@ def backbone_model(name: str, image_size: int, num_classes: int, dropout: float,
 def fetch_weights(name: str, out: Path) -> Path:
     """Save the ImageNet weights of backbone `name` without its top to `out` (a .weights.h5 file), for a machine
     that cannot download them: point train.weights at the file there."""
+    if name in catalog.BACKBONES:
+        raise ValueError(f"{name}'s ImageNet weights install with imgpipe (pip package "
+                         f"{catalog.spec(name).pip_name}): there is nothing to fetch, on any machine")
     if name == SIMPLE_CNN or name not in BACKBONES:
         raise ValueError(f"{name!r} has no ImageNet weights; name one of the backbones {', '.join(BACKBONES)}")
     if not out.name.endswith(".weights.h5"):
@@ -145,12 +149,14 @@ def fetch_weights(name: str, out: Path) -> Path:
 
 
 def build(params: TrainParams, image_size: int, num_classes: int, multi_label: bool = False) -> keras.Model:
-    """The model that `train.model` names, with a sigmoid head for a multi-label task."""
+    """The model that `train.model` names, with a sigmoid head for a multi-label task (the networks trained on
+    pixels; train.weights auto means random weights for them)."""
+    weights = None if params.weights == "auto" else params.weights
     if params.model == SIMPLE_CNN:
-        if params.weights is not None:
-            raise ValueError("train.weights applies to backbones only; set it to null for simple_cnn")
+        if weights is not None:
+            raise ValueError("train.weights applies to backbones only; set it to auto or null for simple_cnn")
         return simple_cnn(image_size, num_classes, params.depth, params.width, params.dropout, multi_label)
-    return backbone_model(params.model, image_size, num_classes, params.dropout, check_weights_file(params.weights),
+    return backbone_model(params.model, image_size, num_classes, params.dropout, check_weights_file(weights),
                           multi_label)
 
 

@@ -1,10 +1,11 @@
-"""The pretrained route of training: the head fitted on the cached features, joined to its backbone into one Keras
-model (uint8 in, probabilities out), and fine-tuned on images when that pays on validation; reads data/embeddings/,
-the split table and (fine-tuning) the raw store, writes the trial record in data/models/.
+"""The pieces of the pretrained route of training (tasks/train/on_features.py runs it): the head fitted on the cached
+features, joined to its backbone into one Keras model (uint8 in, probabilities out), and the rules that decide which
+challengers (a small CNN from scratch, fine-tuning) are trained against it; reads data/embeddings/ and the split
+table, writes the trial record in data/models/.
 
-Retraining cost follows new data: the backbone stays frozen unless fine-tuning is asked for, or `auto` found on an
-earlier run with the same backbone and labels that it scored better on validation (a trial is repeated once the
-training split has grown by TRIAL_AGAIN_GROWTH since).
+Retraining cost follows new data: the backbone stays frozen and no challenger is trained unless asked, or unless
+`auto` found on an earlier run with the same backbone and labels that one scored better on validation (a trial is
+repeated once the training split has grown by TRIAL_AGAIN_GROWTH since).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,11 @@ from tasks.train import balance, head, model
 
 logger = logging.getLogger(__name__)
 
-TRIALS_FILE = "fine_tune_trials.json"  # in paths.models: what `auto` learnt of fine-tuning, per backbone and labels
+TRIALS_FILE = "challenger_trials.json"  # in paths.models: what `auto` learnt of the challengers, per backbone and labels
+HEAD, SCRATCH, FINE_TUNE = "head", "simple_cnn", "fine_tune"  # the contenders of the pretrained route
 TRIAL_AGAIN_GROWTH = 1.25
-LEAVES_ROOM_BELOW = 0.99  # a head scoring this (validation) or more leaves fine-tuning nothing to win
-MIN_GAIN = 0.01  # fine-tuning is kept when it beats the head on validation by at least this much
+LEAVES_ROOM_BELOW = 0.99  # a head scoring this (validation) or more leaves a challenger nothing to win
+MIN_GAIN = 0.01  # a challenger is kept when it beats the head on validation by at least this much
 
 
 @dataclass
@@ -104,33 +105,26 @@ def record_trial(models: Path, key: str, record: dict[str, Any]) -> None:
 
 
 def decide(params: FineTuneParams, head_score: float, train_images: int, classes: int,
-           earlier: dict[str, Any] | None) -> tuple[bool, str]:
-    """Whether to fine-tune, and why (for the log and the model card)."""
+           earlier: dict[str, Any] | None) -> tuple[list[str], str]:
+    """The challengers to train against the head (SCRATCH, FINE_TUNE), and why (for the log and the model card)."""
     if params.when == "never":
-        return False, "train.fine_tune.when: never"
+        return [], "train.fine_tune.when: never"
     if params.when == "always":
-        return True, "train.fine_tune.when: always"
+        return [FINE_TUNE], "train.fine_tune.when: always"
     if head_score >= LEAVES_ROOM_BELOW:
-        return False, f"the head alone scores {head_score:.3f} on validation, leaving fine-tuning nothing to win"
+        return [], f"it scores {head_score:.3f} on validation, leaving a challenger nothing to win"
     if train_images < params.min_images_per_class * classes:
-        return False, (f"{train_images / classes:.0f} training images per class, under "
-                       f"train.fine_tune.min_images_per_class ({params.min_images_per_class}): so few images "
-                       "are best served by the head on frozen features")
+        return [], (f"{train_images / classes:.0f} training images per class, under "
+                    f"train.fine_tune.min_images_per_class ({params.min_images_per_class}): so few images are best "
+                    "served by the head on frozen features")
     if earlier is not None and train_images < TRIAL_AGAIN_GROWTH * int(earlier.get("train_images", 0)):
-        if earlier.get("helped"):
-            return True, (f"it beat the head on validation on an earlier run ({earlier['fine_tuned']:.3f} against "
-                          f"{earlier['head']:.3f}); train.fine_tune.when: never keeps retraining to the head alone")
-        return False, (f"on an earlier run with {earlier['train_images']} training images it did not beat the head "
-                       f"on validation ({earlier['fine_tuned']:.3f} against {earlier['head']:.3f}); tried again "
-                       f"once the training split has grown by {TRIAL_AGAIN_GROWTH - 1:.0%}")
-    return True, (f"the head scores {head_score:.3f} on validation; fine-tuning is tried and kept only if it scores "
-                  "better there")
-
-
-def affordable_epochs(seconds_per_epoch: float, params: FineTuneParams) -> int:
-    """Epochs that fit train.fine_tune.max_minutes of CPU, at least one, at most train.fine_tune.epochs."""
-    return max(1, min(params.epochs, int(params.max_minutes * 60 // max(seconds_per_epoch, 1e-6))))
-
-
-def cpu_seconds() -> float:
-    return time.process_time()
+        winner = earlier.get("winner", HEAD)
+        scores = ", ".join(f"{name} {score:.3f}" for name, score in (earlier.get("scores") or {}).items())
+        if winner == HEAD:
+            return [], (f"on an earlier run with {earlier['train_images']} training images no challenger beat it on "
+                        f"validation ({scores}); they are tried again once the training split has grown by "
+                        f"{TRIAL_AGAIN_GROWTH - 1:.0%}")
+        return [winner], (f"{winner} beat it on validation on an earlier run ({scores}); "
+                          "train.fine_tune.when: never keeps retraining to the head alone")
+    return [SCRATCH, FINE_TUNE], (f"it scores {head_score:.3f} on validation with {train_images / classes:.0f} "
+                                  "training images per class; the challengers are kept only if they score better")

@@ -26,7 +26,7 @@ from tasks.ingest import stage as ingest
 from tasks.params import Config
 from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
-from tasks.train import export, head, transfer
+from tasks.train import export, head, on_features, transfer
 from tasks.train import stage as train
 from tests.conftest import PROJECT_ROOT
 
@@ -189,18 +189,20 @@ def test_evaluate_scores_a_frozen_backbone_on_the_cached_features_as_on_the_imag
     np.testing.assert_allclose(merged["confidence_cached"], merged["confidence_full"], atol=1e-3)
 
 
-def test_auto_keeps_the_backbone_frozen_with_few_images_per_class(trained):
+def test_auto_keeps_the_head_alone_with_few_images_per_class(trained):
     config, paths = trained
     card = model_folder.read_card(paths.candidate)
-    assert card["fine_tune"]["head_val"] < transfer.LEAVES_ROOM_BELOW  # the head leaves room: another rule decides
-    assert card["fine_tune"]["tried"] is False and "min_images_per_class" in card["fine_tune"]["why"]
-    assert card["backbone"]["frozen"] is True
+    challengers = card["challengers"]
+    assert challengers["val_scores"]["head"] < transfer.LEAVES_ROOM_BELOW  # the head leaves room: another rule decides
+    assert challengers["tried"] == [] and "min_images_per_class" in challengers["why"]
+    assert challengers["kept"] == "head" and card["backbone"]["frozen"] is True
     assert not (paths.models / transfer.TRIALS_FILE).exists()  # nothing tried, nothing learnt
 
 
 def test_fine_tuning_always_runs_within_its_cpu_budget_and_records_no_trial(copied, monkeypatch):
     config, paths = copied
     config = fine_tuning(config, when="always", epochs=3, max_minutes=0.001)
+    monkeypatch.setattr(on_features, "SMALLEST_USEFUL_BUDGET", float("-inf"))  # start it, however small the budget
     monkeypatch.setattr(transfer, "MIN_GAIN", -1.0)  # the fine-tuned model kept whatever it scores: that branch
 
     train.run(config.train, config.preprocess.augment, config.base.seed, paths)
@@ -208,11 +210,12 @@ def test_fine_tuning_always_runs_within_its_cpu_budget_and_records_no_trial(copi
     history = model_folder.read_history(paths.candidate)
     assert history["phase"].tolist() == ["head"] * len(head.STRENGTHS) + ["fine_tune"]  # stopped after one epoch
     card = model_folder.read_card(paths.candidate)
-    tuned = card["fine_tune"]
-    assert tuned["tried"] is True and tuned["why"] == "train.fine_tune.when: always" and tuned["epochs_run"] == 1
-    assert tuned["kept"] is True and isinstance(tuned["fine_tuned_val"], float)
+    challengers = card["challengers"]
+    assert challengers["tried"] == ["fine_tune"] and challengers["why"] == "train.fine_tune.when: always"
+    assert challengers["kept"] == "fine_tune" and isinstance(challengers["val_scores"]["fine_tune"], float)
     assert card["backbone"]["frozen"] is False
-    assert card["validation"]["phase"] == "fine_tune" and card["validation"]["val_macro_f1"] == tuned["fine_tuned_val"]
+    assert card["validation"]["phase"] == "fine_tune"
+    assert card["validation"]["val_macro_f1"] == challengers["val_scores"]["fine_tune"]
     assert not (paths.models / transfer.TRIALS_FILE).exists()  # `always` learns nothing for `auto`
 
     # its backbone changed: evaluate runs the whole model on the test images (decoded from the raw store)
@@ -222,24 +225,37 @@ def test_fine_tuning_always_runs_within_its_cpu_budget_and_records_no_trial(copi
         "counts"]["test"]
 
 
-def test_auto_fine_tunes_where_the_head_leaves_room_and_remembers_the_outcome(copied):
+def test_auto_tries_the_challengers_where_the_head_leaves_room_and_remembers_the_outcome(copied, monkeypatch):
     config, paths = copied
-    config = fine_tuning(config, when="auto", epochs=1, max_minutes=0.001, min_images_per_class=1)
+    config = fine_tuning(config, when="auto", epochs=1, max_minutes=10, min_images_per_class=1)
+    train_settings = config.train.model_copy(update={"epochs": 2, "min_epochs": 1})
+    config = config.model_copy(update={"train": train_settings})
+    monkeypatch.setattr(transfer, "MIN_GAIN", -1.0)  # a challenger is kept: the model folder then holds it
 
     train.run(config.train, config.preprocess.augment, config.base.seed, paths)
 
     card = model_folder.read_card(paths.candidate)
-    tuned = card["fine_tune"]
-    assert tuned["tried"] is True and "tried and kept only if it scores better" in tuned["why"]
-    assert card["backbone"]["frozen"] is (not tuned["kept"])
+    challengers = card["challengers"]
+    assert challengers["tried"] == ["simple_cnn", "fine_tune"] and "kept only if they score better" in \
+        challengers["why"]
+    assert set(challengers["val_scores"]) == {"head", "simple_cnn", "fine_tune"}
+    assert card["model"] == ("simple_cnn" if challengers["kept"] == "simple_cnn" else "efficientnet_lite2")
+    history = model_folder.read_history(paths.candidate)
+    assert {"head", "simple_cnn", "fine_tune"} == set(history["phase"])
+    info = model_folder.read_info(paths.candidate)  # whichever won, the folder is whole and its card right
+    network = model_folder.load(paths.candidate)
+    assert network.input_shape[1] == info.image_size == card["image_size"]
     preprocessing = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text())
+    if challengers["kept"] == "simple_cnn":
+        assert card["image_size"] == preprocessing["scratch_image_size"] and card["backbone"] is None
     key = transfer.trial_key(card["model_choice"]["weights_id"], IMAGE_SIZE, "crop", LABELS)
     trial = transfer.read_trials(paths.models)[key]
-    assert trial == {"helped": tuned["kept"], "head": tuned["head_val"], "fine_tuned": tuned["fine_tuned_val"],
+    assert trial == {"winner": challengers["kept"], "scores": challengers["val_scores"],
                      "train_images": preprocessing["counts"]["train"]}
-    # the next run with as many training images follows the outcome instead of trying again
-    again, why = transfer.decide(config.train.fine_tune, tuned["head_val"], trial["train_images"], len(LABELS), trial)
-    assert again is trial["helped"] and ("earlier run" in why)
+    # the next run with as many training images follows the outcome instead of trying both again
+    again, why = transfer.decide(config.train.fine_tune, challengers["val_scores"]["head"], trial["train_images"],
+                                 len(LABELS), trial)
+    assert again == [challengers["kept"]] and "earlier run" in why
 
 
 def test_training_without_the_features_asks_for_the_embed_stage(copied):

@@ -9,18 +9,26 @@ from typing import get_args
 import numpy as np
 import pytest
 
+from tasks.backbones import catalog
 from tasks.params import ModelName, TrainParams
 from tasks.train import model
 from tests.conftest import PROJECT_ROOT
 
 
 def test_the_builders_cover_exactly_the_model_names_params_accept():
-    assert set(get_args(ModelName)) == {model.SIMPLE_CNN, *model.BACKBONES}
+    # auto is settled by tasks/model_choice.py; the installed backbones are built by tasks/backbones/
+    assert set(get_args(ModelName)) == {"auto", model.SIMPLE_CNN, *model.BACKBONES, *catalog.BACKBONES}
     assert model.MODEL_NAMES == get_args(ModelName)
 
 
+@pytest.mark.parametrize("name", sorted(catalog.BACKBONES))
+def test_weights_fetch_says_the_installed_backbones_need_nothing(name, tmp_path):
+    with pytest.raises(ValueError, match="install with imgpipe"):
+        model.fetch_weights(name, tmp_path / "x.weights.h5")
+
+
 def test_simple_cnn_rescales_inside_and_grows_with_depth():
-    shallow, deep = (model.build(TrainParams(depth=depth, width=4), 32, 5) for depth in (1, 3))
+    shallow, deep = (model.build(TrainParams(model="simple_cnn", depth=depth, width=4), 32, 5) for depth in (1, 3))
     assert shallow.input.dtype == "uint8" and shallow.output_shape == (None, 5)
     assert any(layer.name == "rescale" for layer in shallow.layers)
     assert deep.count_params() > shallow.count_params()
@@ -36,7 +44,7 @@ def test_backbones_can_be_frozen_and_partly_unfrozen():
     model.set_backbone_trainable(network, 5)
     trainable = [layer for layer in backbone.layers if layer.trainable and layer.weights]
     assert trainable and all(layer in backbone.layers[-5:] for layer in trainable)
-    assert model.find_backbone(model.build(TrainParams(width=4, depth=1), 16, 3)) is None
+    assert model.find_backbone(model.build(TrainParams(model="simple_cnn", width=4, depth=1), 16, 3)) is None
 
 
 @pytest.mark.parametrize("name", sorted(model.BACKBONES))
@@ -55,14 +63,14 @@ def test_a_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train.weights: .*nope.weights.h5 not found.*imgpipe weights fetch"):
         model.build(params, 32, 3)
     with pytest.raises(ValueError, match="backbones only"):
-        model.build(TrainParams(weights="x.h5"), 32, 3)
+        model.build(TrainParams(model="simple_cnn", weights="x.h5"), 32, 3)
 
 
 BACKEND_SCRIPT = """
 import numpy as np, keras
 from tasks.params import TrainParams
 from tasks.train import model
-network = model.build(TrainParams(width=4, depth=2), 16, 3)
+network = model.build(TrainParams(model="simple_cnn", width=4, depth=2), 16, 3)
 network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 images = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
 network.fit(images, np.array([0, 1, 2, 0, 1, 2]), epochs=1, batch_size=3, verbose=0)

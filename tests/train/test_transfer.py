@@ -1,5 +1,5 @@
-"""The pretrained route's training: when fine-tuning is tried, the record of earlier trials, and the head joined to
-its backbone into one Keras model."""
+"""The pretrained route's training: which challengers are tried against the head, the record of earlier trials, and
+the head joined to its backbone into one Keras model."""
 
 import json
 import os
@@ -13,53 +13,56 @@ from tasks.params import FineTuneParams
 from tasks.train import head, transfer
 
 AUTO = FineTuneParams()  # when: auto, min_images_per_class: 50
-ROOMY = 0.9  # a head score that leaves fine-tuning room to win
+ROOMY = 0.9  # a head score that leaves a challenger room to win
+BOTH = [transfer.SCRATCH, transfer.FINE_TUNE]
 
 
-def earlier(train_images: int, helped: bool) -> dict:
-    return {"train_images": train_images, "helped": helped, "head": 0.90, "fine_tuned": 0.95 if helped else 0.89}
+def earlier(train_images: int, winner: str) -> dict:
+    return {"train_images": train_images, "winner": winner,
+            "scores": {transfer.HEAD: 0.90, transfer.SCRATCH: 0.95 if winner == transfer.SCRATCH else 0.80}}
 
 
 def test_never_and_always_override_every_other_rule():
     never = FineTuneParams.model_validate("never")
     assert never == FineTuneParams(when="never")
-    assert transfer.decide(never, ROOMY, 10_000, 2, earlier(100, helped=True)) == (
-        False, "train.fine_tune.when: never")
+    assert transfer.decide(never, ROOMY, 10_000, 2, earlier(100, transfer.SCRATCH)) == (
+        [], "train.fine_tune.when: never")
     always = FineTuneParams.model_validate("always")
-    assert transfer.decide(always, 1.0, 3, 2, earlier(10_000, helped=False)) == (True, "train.fine_tune.when: always")
+    assert transfer.decide(always, 1.0, 3, 2, earlier(10_000, transfer.HEAD)) == (
+        [transfer.FINE_TUNE], "train.fine_tune.when: always")
     with pytest.raises(pydantic.ValidationError):
         FineTuneParams.model_validate("sometimes")
 
 
 @pytest.mark.parametrize("head_score", [0.99, 0.995, 1.0])
 def test_a_head_at_099_or_more_leaves_nothing_to_win(head_score):
-    tune, reason = transfer.decide(AUTO, head_score, 10_000, 2, None)
-    assert not tune and "nothing to win" in reason and f"{head_score:.3f}" in reason
-    assert transfer.decide(AUTO, 0.989, 10_000, 2, None)[0]
+    challengers, reason = transfer.decide(AUTO, head_score, 10_000, 2, None)
+    assert challengers == [] and "nothing to win" in reason and f"{head_score:.3f}" in reason
+    assert transfer.decide(AUTO, 0.989, 10_000, 2, None)[0] == BOTH
 
 
-def test_too_few_images_per_class_keep_the_backbone_frozen():
+def test_too_few_images_per_class_keep_the_head_alone():
     params = FineTuneParams(min_images_per_class=50)
-    tune, reason = transfer.decide(params, ROOMY, 149, 3, None)  # 49.7 per class
-    assert not tune and "train.fine_tune.min_images_per_class (50)" in reason
-    assert transfer.decide(params, ROOMY, 150, 3, None)[0]
-    assert not transfer.decide(FineTuneParams(min_images_per_class=100), ROOMY, 150, 3, None)[0]
+    challengers, reason = transfer.decide(params, ROOMY, 149, 3, None)  # 49.7 per class
+    assert challengers == [] and "train.fine_tune.min_images_per_class (50)" in reason
+    assert transfer.decide(params, ROOMY, 150, 3, None)[0] == BOTH
+    assert transfer.decide(FineTuneParams(min_images_per_class=100), ROOMY, 150, 3, None)[0] == []
 
 
-def test_a_trial_that_did_not_help_is_tried_again_after_25_percent_growth():
-    record = earlier(200, helped=False)
-    tune, reason = transfer.decide(AUTO, ROOMY, 249, 2, record)
-    assert not tune and "200 training images" in reason and "25%" in reason
-    assert transfer.decide(AUTO, ROOMY, 250, 2, record)[0]
-    assert transfer.decide(AUTO, ROOMY, 200, 2, None)[0]  # no earlier trial: it is tried
+def test_a_trial_the_head_won_is_tried_again_after_25_percent_growth():
+    record = earlier(200, transfer.HEAD)
+    challengers, reason = transfer.decide(AUTO, ROOMY, 249, 2, record)
+    assert challengers == [] and "200 training images" in reason and "25%" in reason
+    assert transfer.decide(AUTO, ROOMY, 250, 2, record)[0] == BOTH
+    assert transfer.decide(AUTO, ROOMY, 200, 2, None)[0] == BOTH  # no earlier trial: both are tried
 
 
-def test_a_trial_that_helped_makes_it_fine_tune_again():
-    record = earlier(200, helped=True)
-    tune, reason = transfer.decide(AUTO, ROOMY, 210, 2, record)
-    assert tune and "0.950 against 0.900" in reason
-    assert transfer.decide(AUTO, ROOMY, 400, 2, record)[0]
-    assert not transfer.decide(AUTO, 0.995, 210, 2, record)[0]  # the head has caught up: nothing to win now
+def test_a_challenger_that_won_is_trained_again_alone():
+    record = earlier(200, transfer.SCRATCH)
+    challengers, reason = transfer.decide(AUTO, ROOMY, 210, 2, record)
+    assert challengers == [transfer.SCRATCH] and "simple_cnn 0.950" in reason and "head 0.900" in reason
+    assert transfer.decide(AUTO, ROOMY, 400, 2, record)[0] == BOTH  # grown by a quarter: both again
+    assert transfer.decide(AUTO, 0.995, 210, 2, record)[0] == []  # the head has caught up: nothing to win now
 
 
 def test_trial_keys_differ_with_what_a_trial_depends_on():
@@ -77,17 +80,17 @@ def test_trial_keys_differ_with_what_a_trial_depends_on():
 def test_trials_round_trip_and_an_unreadable_record_reads_as_empty(tmp_path):
     models = tmp_path / "models"
     assert transfer.read_trials(models) == {}
-    transfer.record_trial(models, "a" * 16, earlier(200, helped=True))
-    transfer.record_trial(models, "b" * 16, earlier(80, helped=False))
-    transfer.record_trial(models, "a" * 16, earlier(300, helped=False))  # a key recorded again is replaced
-    assert transfer.read_trials(models) == {"a" * 16: earlier(300, helped=False), "b" * 16: earlier(80, False)}
+    transfer.record_trial(models, "a" * 16, earlier(200, transfer.SCRATCH))
+    transfer.record_trial(models, "b" * 16, earlier(80, transfer.HEAD))
+    transfer.record_trial(models, "a" * 16, earlier(300, transfer.HEAD))  # a key recorded again is replaced
+    assert transfer.read_trials(models) == {"a" * 16: earlier(300, transfer.HEAD), "b" * 16: earlier(80, transfer.HEAD)}
     assert [name for name in os.listdir(models) if name != transfer.TRIALS_FILE] == []  # no temporary left
 
     for garbled in ("{not json", "[1, 2]", ""):
         (models / transfer.TRIALS_FILE).write_text(garbled)
         assert transfer.read_trials(models) == {}
-    transfer.record_trial(models, "c" * 16, earlier(50, helped=False))  # a garbled record is written over
-    assert json.loads((models / transfer.TRIALS_FILE).read_text()) == {"c" * 16: earlier(50, helped=False)}
+    transfer.record_trial(models, "c" * 16, earlier(50, transfer.HEAD))  # a garbled record is written over
+    assert json.loads((models / transfer.TRIALS_FILE).read_text()) == {"c" * 16: earlier(50, transfer.HEAD)}
 
 
 IMAGE_SIZE = 32  # the smallest sensible size: EfficientNet-Lite0 at 32 px builds and runs in a second or two
