@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.images import ResizeMode
 
 # The networks train.model may name: auto (tasks/model_choice.py decides from the images), simple_cnn, a pretrained
 # backbone whose ImageNet weights install with imgpipe (tasks/backbones/: a head trained on its cached features), or a
@@ -140,7 +139,7 @@ class PreprocessParams(Section):
     auto_max_size: int = Field(default=64, ge=32, le=1024)
     # auto: crop for a pretrained backbone (the centre square, as ImageNet networks saw photos: 0.77 against 0.74
     # test macro-F1 for stretch on the clothing photos' features), stretch for a network trained from scratch
-    resize: ResizeMode | Literal["auto"] = "auto"
+    resize: Literal["auto", "stretch", "crop", "pad"] = "auto"  # auto, or one of tasks/images.py's RESIZE_MODES
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
     shard_megabytes: int = Field(default=128, ge=1)

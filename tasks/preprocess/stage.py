@@ -95,6 +95,20 @@ def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path, c
     return size
 
 
+def _settle_network(manifest: pd.DataFrame, model: str, weights: str | None, folder: Path) -> model_choice.Choice:
+    """The network train.model stands for: as an earlier run settled it for the same train.model and train.weights
+    (new images must not switch a scheduled retrain to another network), else chosen from the images now."""
+    summary_file = folder / processed_store.SUMMARY_FILE
+    earlier = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    if earlier.get("model_asked") == {"model": model, "weights": weights} and "model" in earlier:
+        choice = model_choice.Choice.from_record(earlier["model"])
+        logger.info("train.model %s: %s, as an earlier run settled it (%s)", model, choice.model, choice.reason)
+        return choice
+    choice = model_choice.choose(model, weights, median_short_side(manifest))
+    logger.info("train.model %s: %s (%s)", model, choice.model, choice.reason)
+    return choice
+
+
 def normalisation(params: PreprocessParams) -> str:
     """What decoded pixels depend on: an earlier run's shards are reused only under the same."""
     return f"image_size={params.image_size} resize={params.resize} decoder=v{images.DECODE_VERSION}"
@@ -189,8 +203,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
     if "shard" not in manifest.columns:
         raise ValueError(f"{paths.manifest}: written by an older ingest, without the raw store; run the ingest "
                          "stage again (dvc repro ingest) and then this one")
-    choice = model_choice.choose(model, weights, median_short_side(manifest))
-    logger.info("train.model %s: %s (%s)", model, choice.model, choice.reason)
+    choice = _settle_network(manifest, model, weights, paths.processed)
     if params.resize == "auto":
         params = params.model_copy(update={"resize": model_choice.resize_mode(choice)})
     if params.image_size == "auto":
@@ -235,6 +248,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
         "labels": labels,
         "task": task,  # as the data says: multi_label when an image has several labels (train.task may force it)
         "model": choice.as_record(),  # the network train.model stands for, and why (tasks/model_choice.py)
+        "model_asked": {"model": model, "weights": weights},  # the train.model and train.weights it was settled for
         "pixels": not choice.on_features,  # whether the shards hold the decoded images (else the raw store only)
         # the size simple_cnn would take here: a pretrained backbone's challenger from scratch trains at it
         "scratch_image_size": choose_image_size(manifest, params.auto_max_size) if choice.on_features else None,

@@ -88,8 +88,10 @@ def _records_from_raw(processed_dir: Path, rows: pd.DataFrame, image_size: int) 
 
 def has_pixels(processed_dir: Path) -> bool:
     """Whether preprocess kept decoded pixels (else images are decoded from the raw store when read)."""
-    summary = json.loads((processed_dir / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
-    return bool(summary.get("pixels", True))
+    summary_file = processed_dir / processed_store.SUMMARY_FILE
+    if not summary_file.is_file():  # a folder of shards and a split table alone (written by hand, or older)
+        return True
+    return bool(json.loads(summary_file.read_text(encoding="utf-8")).get("pixels", True))
 
 
 def _multi_hot_lookup(cells: tf.Tensor, labels: list[str]):

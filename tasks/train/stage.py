@@ -52,6 +52,11 @@ def _setting_up(params: TrainParams, seed: int) -> None:
 
 def _choice(preprocessing: dict[str, Any], params: TrainParams) -> model_choice.Choice:
     """The network preprocess settled on; for a processed folder written before it recorded one, train.model."""
+    asked = preprocessing.get("model_asked")
+    if asked is not None and asked != {"model": params.model, "weights": params.weights}:
+        raise ValueError(f"preprocess settled the network for train.model {asked['model']} and train.weights "
+                         f"{asked['weights']}, not {params.model} and {params.weights}; run the preprocess stage "
+                         "again (dvc repro preprocess)")
     if "model" in preprocessing:
         return model_choice.Choice.from_record(preprocessing["model"])
     name = model_choice.SIMPLE_CNN if params.model == "auto" else params.model

@@ -18,11 +18,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import atomic
+from tasks import atomic, model_choice
 from tasks.config import ArgumentError
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import accelerator, dataset, model
+from tasks.train import accelerator, dataset, model, selection
 from tasks.tune import plots
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,19 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
         raise ValueError(f"{preprocessing_file}: not found; the training split is built by the preprocess stage "
                          "(`imgpipe lr-find` runs it first; with Python, `dvc repro preprocess`)")
     keras.utils.set_random_seed(seed)
-    if params.weights is not None:
-        params = params.model_copy(update={"weights": str(paths.resolve(params.weights))})
     preprocessing = json.loads(preprocessing_file.read_text(encoding="utf-8"))
+    choice = (preprocessing.get("model") or {}).get("model", params.model)
+    if (preprocessing.get("model") or {}).get("route") == model_choice.HEAD_ON_FEATURES:
+        raise ValueError(f"train.model {params.model} is {choice}: a head on its cached features, fitted by logistic "
+                         "regression, has no learning rate to find; lr-find is for networks trained on pixels "
+                         "(train.model simple_cnn, mobilenet_v3_small, efficientnet_v2_b0, resnet50)")
+    weights = None if params.weights == "auto" else params.weights
+    if weights not in (None, model.IMAGENET):
+        weights = str(paths.resolve(weights))
+    params = params.model_copy(update={"model": choice if params.model == "auto" else params.model,
+                                       "weights": weights})
     image_size = int(preprocessing["image_size"])
+    batch_size = selection.batch_size(params.batch_size, int(preprocessing["counts"]["train"]))
     training_plan = accelerator.plan(params.precision, params.jit_compile)
     distribution = accelerator.apply(training_plan)
     with distribution.scope():
@@ -84,7 +93,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
         network.compile(optimizer=keras.optimizers.Adam(learning_rate=min_rate),
                         loss="categorical_crossentropy" if augment.mixing else "sparse_categorical_crossentropy",
                         jit_compile=training_plan.jit_compile)
-    batches = dataset.split_dataset(paths.processed, "train", image_size, params.batch_size * distribution.replicas,
+    batches = dataset.split_dataset(paths.processed, "train", image_size, batch_size * distribution.replicas,
                                     training=True, augment=augment, seed=seed).repeat()
     rates = np.geomspace(min_rate, max_rate, steps)
     losses: list[float] = []

@@ -33,6 +33,18 @@ def prepared(shrunk_config, tmp_path, monkeypatch):
     return config, paths
 
 
+def settle_network(config, paths, params: TrainParams) -> None:
+    """Preprocess again for `params` (as DVC does when train.model changes): it settles the network train runs."""
+    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths, params.model, params.weights)
+
+
+def test_train_refuses_a_network_preprocess_did_not_settle(prepared):
+    config, paths = prepared
+    params = TrainParams(model="mobilenet_v3_small", epochs=1)
+    with pytest.raises(ValueError, match="preprocess settled the network for train.model auto.*dvc repro preprocess"):
+        train.run(params, config.preprocess.augment, config.base.seed, paths)
+
+
 def test_transfer_learning_from_a_local_weights_file_runs_both_phases(prepared, tmp_path):
     config, paths = prepared
     backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
@@ -41,6 +53,7 @@ def test_transfer_learning_from_a_local_weights_file_runs_both_phases(prepared, 
     backbone.save_weights(weights_file)
     params = TrainParams(model="mobilenet_v3_small", weights=str(weights_file), epochs=1, batch_size=8,
                          fine_tune={"epochs": 1, "unfreeze_layers": 5, "learning_rate": 1e-4})
+    settle_network(config, paths, params)
     candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
     history = (candidate / "history.csv").read_text()
     assert "train" in history and "fine_tune" in history
@@ -95,6 +108,7 @@ def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_pat
     for first, second in zip(cached, fetched):
         np.testing.assert_array_equal(first, second)
     params = TrainParams(model="mobilenet_v3_small", weights="imagenet", epochs=1, batch_size=8, exports=[])
+    settle_network(config, paths, params)
     candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
     card = json.loads((candidate / "model_card.json").read_text())
     assert card["params"]["train"]["weights"] == "imagenet"

@@ -35,7 +35,7 @@ def test_values_dvc_cannot_take_are_refused():
 
 def test_the_pipeline_as_dvc_resolves_it():
     pipeline = experiments.read_pipeline(PROJECT_ROOT)
-    assert pipeline.upstream == ["demo", "ingest", "validate", "preprocess"]
+    assert pipeline.upstream == ["demo", "ingest", "validate", "preprocess", "embed"]
     assert pipeline.uncached_outputs["ingest"] == []  # every output of the raw store's ingest is in DVC's cache
     assert "data/reports/evaluation/metrics.json" in pipeline.downstream_outputs
     assert not any(path.startswith("data/models/candidate") for path in pipeline.downstream_outputs)
