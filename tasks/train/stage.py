@@ -123,7 +123,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
                                      thresholds)
         network_parameters = trained.network.count_params()
         write = export.run_in_fresh_process if network_parameters > export.FRESH_PROCESS_PARAMETERS else export.run
-        write(building, list(params.exports), paths.processed, params.int8_calibration, seed)
+        write(building, list(params.exports), paths.processed, _int8_calibration(params, card), seed)
     augment_preview.run(augment, seed, paths)
     kept = (f"head at regularisation strength {best['strength']:g}" if best["phase"] == "head"
             else f"{best['phase']} epoch {int(best['epoch']) + 1}")
@@ -132,6 +132,23 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
                 float(best.get(f"val_{params.select_on}", best["val_loss"])), best["val_loss"], version,
                 paths.candidate)
     return paths.candidate
+
+
+DEFAULT_INT8_CALIBRATION = 256
+
+
+def _int8_calibration(params: TrainParams, card: dict[str, Any]) -> int:
+    """Training images that calibrate the int8 model: train.int8_calibration, or for auto 256, but none for a
+    pretrained EfficientNet-Lite (its int8 copies never reached the agreement the engines need: 0.92-0.97 on the
+    clothing photos, benchmarks/BENCHMARKS.md), whose calibration and checks would cost a minute of CPU a run."""
+    if params.int8_calibration != "auto":
+        return int(params.int8_calibration)
+    if card.get("backbone"):
+        logger.info("train: no int8 model for %s (train.int8_calibration auto): its int8 copies agree with it on "
+                    "too few images to be used; set a number of calibration images to write one anyway",
+                    card["backbone"]["name"])
+        return 0
+    return DEFAULT_INT8_CALIBRATION
 
 
 def _for_saving(network: keras.Model) -> keras.Model:
