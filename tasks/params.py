@@ -134,11 +134,12 @@ class PreprocessParams(Section):
     # pixels per side after resizing, or auto: the median short side of the images, clamped to 32..auto_max_size
     # and rounded to a multiple of 16 (chosen by preprocess, recorded in data/processed/preprocess.json)
     image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = "auto"
-    # the largest size auto picks: 64 suits simple_cnn trained from scratch on a CPU (at 160 px it learnt nothing
-    # from 284 photos); 128-224 suits a pretrained backbone
+    # the largest size auto picks for simple_cnn: 64 suits it trained from scratch on a CPU (at 160 px it learnt
+    # nothing from 284 photos); a pretrained backbone takes its own size
     auto_max_size: int = Field(default=64, ge=32, le=1024)
     # auto: crop for a pretrained backbone (the centre square, as ImageNet networks saw photos: 0.77 against 0.74
-    # test macro-F1 for stretch on the clothing photos' features), stretch for a network trained from scratch
+    # test macro-F1 for stretch with EfficientNet-Lite0's features of the clothing photos), stretch for a network
+    # trained from scratch
     resize: Literal["auto", "stretch", "crop", "pad"] = "auto"  # auto, or one of tasks/images.py's RESIZE_MODES
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.15, gt=0, lt=1)

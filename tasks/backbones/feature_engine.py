@@ -38,7 +38,9 @@ OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # OpenVINO's default on a bf16
 MIN_AGREEMENT = 0.99  # ImageNet top-1 agreement with Keras fp32 on the sample
 MIN_COSINE = 0.99  # the smallest cosine similarity between an image's features and Keras's
 MAX_FP32_DIFFERENCE = 1e-3  # fp32 only: largest |difference| over the largest |Keras feature|
-TIMING_ROUNDS = 3  # timed calls per engine on the whole sample, engines taking turns, after the parity call
+# timed calls per engine on the whole sample, engines taking turns, after the parity call; one is enough to rank
+# engines whose costs differ by a third or more, and each round costs seconds of every engine on the sample
+TIMING_ROUNDS = 1
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 # EfficientNet-Lite2's 6 million export in-process, which saves the fresh process's TensorFlow start)
 FRESH_PROCESS_PARAMETERS = 10_000_000
 CALIBRATION_BATCH = 32
+# engines.json is measured on the first test images up to this many: enough to tell which engines agree with Keras
+# (the gate then holds the ones --engine auto may use to it on every test image), without paying every engine on
+# every test image each run
+ENGINE_CHECK_IMAGES = 256
 BAD_SETTING = 3  # the exit status of the fresh process for a ValueError (a setting to change), its message last
 PACKAGES = {"onnx": ("onnx", "tf2onnx"), "openvino": ("onnx", "tf2onnx", "openvino"), "int8": ("onnx", "onnxruntime")}
 
@@ -169,7 +173,8 @@ def write_exports(folder: Path, formats: list[str], calibration: np.ndarray | No
 
 def _images(processed: Path, split: str, image_size: int, limit: int | None, seed: int,
             multi_label: bool) -> Iterator[np.ndarray]:
-    """Batches of uint8 images of a split: the test split in order, or up to `limit` shuffled training images."""
+    """Batches of uint8 images of a split, up to `limit` of them: the test split in order, or shuffled training
+    images."""
     from tasks.train import dataset
 
     training = split == "train"
@@ -202,7 +207,8 @@ def run(folder: Path, formats: list[str], processed: Path, calibration_images: i
         calibration = np.concatenate(list(_images(processed, "train", image_size, calibration_images, seed,
                                                   multi_label)))
     write_exports(folder, formats, calibration)
-    record = engine_check.measure_engines(folder, _images(processed, "test", image_size, None, seed, multi_label))
+    record = engine_check.measure_engines(folder, _images(processed, "test", image_size, ENGINE_CHECK_IMAGES, seed,
+                                                          multi_label))
     model_folder.write_engines(folder, record)
 
 

@@ -17,7 +17,7 @@ from tasks import model_folder
 from tasks.ingest import stage as ingest
 from tasks.params import TrainParams
 from tasks.preprocess import stage as preprocess
-from tasks.train import model
+from tasks.train import export, model
 from tasks.train import stage as train
 from tests.conftest import PROJECT_ROOT
 
@@ -128,8 +128,6 @@ def test_deterministic_runs_give_identical_weights(prepared):
 def test_model_card_exports_and_engines_written_in_a_fresh_process(prepared, monkeypatch):
     import tensorflow as tf
 
-    from tasks.train import export
-
     config, paths = prepared
     monkeypatch.setattr(export, "FRESH_PROCESS_PARAMETERS", 0)  # as for a large model
     candidate = train.run(config.train, config.preprocess.augment, config.base.seed, paths)
@@ -209,3 +207,15 @@ def test_training_with_mixing_uses_soft_labels_end_to_end(prepared, mixing):
     history = (candidate / "history.csv").read_text()
     assert "val_accuracy" in history
     assert (paths.reports / "augmentation_preview.png").is_file()
+
+
+def test_engines_json_is_measured_on_at_most_engine_check_images(prepared, monkeypatch):
+    config, paths = prepared
+    params = config.train.model_copy(update={"epochs": 1, "exports": ("onnx",), "int8_calibration": 0})
+    candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
+    test_images = json.loads((paths.processed / "preprocess.json").read_text())["counts"]["test"]
+    assert test_images > 3
+    monkeypatch.setattr(export, "ENGINE_CHECK_IMAGES", 3)
+    export.run(candidate, ["onnx"], paths.processed, 0, config.base.seed)
+    engines = json.loads((candidate / "engines.json").read_text())["engines"]
+    assert engines and all(row["images"] == 3 for row in engines), engines
