@@ -20,7 +20,7 @@ DPI = 110
 MAX_ANNOTATED_CLASSES = 30  # above this, numbers in confusion-matrix cells become unreadable
 MAX_TICK_LABELLED_CLASSES = 80
 MAX_BAR_CLASSES = 50  # above this, per_class_bars shows the classes with the lowest F1
-PHASE_ORDER = ("train", "fine_tune")
+PHASE_ORDER = ("head", "train", "simple_cnn", "fine_tune")  # a pretrained route's head, then its challengers
 THUMBNAIL_SIDE = 128
 GALLERY_COLUMNS = 6
 METRIC_COLOURS = {"precision": "#4c72b0", "recall": "#dd8452", "f1": "#55a868"}
@@ -178,7 +178,8 @@ def training_curves(history: pd.DataFrame, path: Path) -> None:
                       label=f"lowest validation loss (epoch {int(best['step'])})")
         if metric == "accuracy":
             axes.set_ylim(top=min(1.02, axes.get_ylim()[1] + 0.02))
-        axes.set_xlabel("epoch (all phases)")
+        axes.set_xlabel("epoch (all phases; a head's steps are the regularisation strengths it tried)"
+                        if "head" in phase_starts else "epoch (all phases)")
         axes.set_ylabel(metric)
         axes.set_title(f"{metric.capitalize()} per epoch")
         axes.xaxis.get_major_locator().set_params(integer=True)
