@@ -299,8 +299,9 @@ def _record(engine: str, precision: str, images: int, figures: dict[str, float] 
     else:
         detail = (f"{engine} {precision}: ImageNet top-1 agreement {figures['agreement']:.4f} on {images} images, "
                   f"min cosine {figures['min_cosine']:.6f}, largest difference {figures['max_difference']:.2e} of "
-                  f"the largest feature, {ms_per_image:.2f} ms of CPU per image"
-                  + ("" if passed else " (failed parity)"))
+                  f"the largest feature"
+                  + (f", {ms_per_image:.2f} ms of CPU per image" if ms_per_image is not None else "")
+                  + ("" if passed else " (failed parity: not timed)"))
     return {"engine": engine, "precision": precision, "images": images, **figures,
             "ms_per_image": None if ms_per_image is None else round(ms_per_image, 4), "passed": passed,
             "detail": detail}
@@ -345,10 +346,12 @@ def choose(backbone: str, image_size: int, sample: np.ndarray,
                 records[engine, precision] = _record(engine, precision, 0,
                                                      failure=f"failed: {type(error).__name__}: {error}")
     cpu_seconds = [0.0] * len(engines)
+    agreeing = [opened is reference or _passes(opened.spec.precision, _figures(features, expected, kernel, bias))
+                for opened, features in engines]
     for _ in range(TIMING_ROUNDS):  # engines take turns, so that a busy machine weighs on them alike
         for index, (opened, _) in enumerate(engines):
             key = (opened.spec.engine, opened.spec.precision)
-            if key in records:
+            if key in records or not agreeing[index]:  # an engine that disagrees is never chosen: no timing
                 continue
             started = time.process_time()
             try:
@@ -358,10 +361,10 @@ def choose(backbone: str, image_size: int, sample: np.ndarray,
                     raise
                 records[key] = _record(*key, 0, failure=f"failed: {type(error).__name__}: {error}")
             cpu_seconds[index] += time.process_time() - started
-    for (opened, features), seconds in zip(engines, cpu_seconds):
+    for (opened, features), seconds, timed in zip(engines, cpu_seconds, agreeing):
         key = (opened.spec.engine, opened.spec.precision)
         records.setdefault(key, _record(*key, images, _figures(features, expected, kernel, bias),
-                                        1000 * seconds / (TIMING_ROUNDS * images)))
+                                        1000 * seconds / (TIMING_ROUNDS * images) if timed else None))
     records["keras", "fp32"]["passed"] = True  # the reference: the fallback that always runs
     ordered = [records[engine, precision] for engine in PRECISIONS for precision in PRECISIONS[engine]
                if (engine, precision) in records]
