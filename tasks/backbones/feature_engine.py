@@ -1,11 +1,8 @@
 """Runs a pretrained backbone's features model on uint8 batches through the fastest CPU engine that agrees with Keras:
-exports it once into imgpipe's cache (ONNX, and OpenVINO IR converted from it), opens an engine from a picklable
-EngineSpec, and chooses the engine by a parity check and CPU timing on sample images. Reads and writes only the cache.
-
-The exports are `<cache>/exports/<backbone>-<weights sha>-v<converter>-<size>px-e<export version>.{onnx,xml,bin}` and a
-JSON record beside them with each file's sha256, checked whenever the files are used: a damaged or replaced file is
-exported again (export_files) or refused (open_engine), never run. Opening an onnxruntime or openvino engine imports
-neither TensorFlow nor Keras, so that worker processes start in a second.
+opens an engine from a picklable EngineSpec (on the exports of tasks/backbones/feature_exports.py, refused when they
+differ from their record), and chooses the engine by a parity check and CPU timing on sample images. Reads the
+cache, writes nothing. Opening an onnxruntime or openvino engine imports neither TensorFlow nor Keras, so that worker
+processes start in a second.
 
 int8 is left out: ONNX Runtime's static QDQ model of efficientnet_lite0 calibrated on 64 clothing photos agreed with
 Keras on 92% of ImageNet top-1 labels (min cosine 0.94) on 192 others, under ONNX Runtime and OpenVINO alike.
@@ -15,10 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tasks import atomic
-from tasks.backbones import pretrained
-from tasks.hashing import file_sha256
+from tasks.backbones import feature_exports, pretrained
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # raise when the export changes: older exports are then written again
 PRECISIONS = {"keras": ("fp32",), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}  # OpenVINO's default on a bf16 CPU is bf16: always ask explicitly
 MIN_AGREEMENT = 0.99  # ImageNet top-1 agreement with Keras fp32 on the sample
@@ -127,88 +118,6 @@ class OpenVinoFeatures(_Features):
         return np.array(result[self.output], dtype=np.float32)  # a copy: the next call reuses the request's memory
 
 
-# ---- exports ----------------------------------------------------------------------------------------------------
-
-def exports_folder() -> Path:
-    return pretrained.cache_folder().parent / "exports"
-
-
-def _paths(backbone: str, image_size: int) -> dict[str, Path]:
-    weights = pretrained.spec(backbone).weights_id.replace("@", "-").replace("/", "-")
-    stem = f"{weights}-{image_size}px-e{EXPORT_VERSION}"
-    return {name: exports_folder() / f"{stem}.{suffix}" for name, suffix in
-            (("onnx", "onnx"), ("openvino", "xml"), ("openvino_weights", "bin"), ("record", "json"))}
-
-
-def _damaged(paths: dict[str, Path], names: tuple[str, ...]) -> list[str]:
-    """Which of the exported files `names` are missing or differ from the record (all of them without a record)."""
-    try:
-        recorded = dict(json.loads(paths["record"].read_text(encoding="utf-8"))["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        recorded = {}
-    return [name for name in names
-            if not paths[name].is_file() or recorded.get(name) != file_sha256(paths[name])]
-
-
-def export_files(backbone: str, image_size: int) -> dict[str, Path]:
-    """The features model exported once into the cache: {"onnx": .onnx, "openvino": .xml (its .bin beside it)}.
-    Files that are whole (sha256 as recorded) are reused; otherwise all are exported again."""
-    paths = _paths(backbone, image_size)
-    damaged = _damaged(paths, ("onnx", "openvino", "openvino_weights"))
-    if damaged:
-        if paths["record"].is_file():
-            logger.warning("%s: %s missing or not as recorded at export; exporting again", paths["record"].stem,
-                           ", ".join(damaged))
-        _export(backbone, image_size, paths)
-    return {"onnx": paths["onnx"], "openvino": paths["openvino"]}
-
-
-def _export(backbone: str, image_size: int, paths: dict[str, Path], network: Any = None) -> None:
-    """tf2onnx's ONNX of the features model with a uint8 input (the cast inside the graph), and OpenVINO IR read from
-    it with the runtime (Keras's own OpenVINO export ran EfficientNet at half this route's speed; convert_model sends
-    telemetry), weights kept in fp32; each written under a temporary name and renamed into place, the record last."""
-    import warnings
-
-    import keras
-    import onnx
-    import openvino
-
-    for name in ("tensorflow", "tf2onnx"):  # the converters' chatter: "Assets written to", opset and optimizer lines
-        logging.getLogger(name).setLevel(logging.ERROR if name == "tensorflow" else logging.WARNING)
-    logger.info("%s: exporting the %d px features model to ONNX and OpenVINO IR in %s, once", backbone, image_size,
-                exports_folder())
-    network = network if network is not None else pretrained.features_model(backbone, image_size)
-    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
-    wrapped = keras.Model(inputs, network(keras.ops.cast(inputs, "float32")), name=f"{backbone}_features")
-    wrapped.predict_on_batch(np.zeros((1, image_size, image_size, 3), dtype=np.uint8))  # Keras exports called models
-    folder = exports_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=folder) as scratch:
-        onnx_file, xml_file = Path(scratch) / "model.onnx", Path(scratch) / "model.xml"
-        with warnings.catch_warnings():  # Keras's own numpy-2 patch of tf2onnx warns about np.object
-            warnings.simplefilter("ignore", FutureWarning)
-            wrapped.export(str(onnx_file), format="onnx", verbose=False)
-        graph_model = onnx.load(str(onnx_file))  # tf2onnx can leave graph inputs no node reads; runtimes demand them
-        read = {name for node in graph_model.graph.node for name in node.input}
-        unread = [item for item in graph_model.graph.input if item.name not in read]
-        if unread:
-            for item in unread:
-                graph_model.graph.input.remove(item)
-            onnx.save(graph_model, str(onnx_file))
-        openvino.save_model(openvino.Core().read_model(str(onnx_file)), str(xml_file), compress_to_fp16=False)
-        written = {"onnx": onnx_file, "openvino": xml_file, "openvino_weights": xml_file.with_suffix(".bin")}
-        record = {"backbone": backbone, "weights_id": pretrained.spec(backbone).weights_id, "image_size": image_size,
-                  "export_version": EXPORT_VERSION, "input": "uint8 [n, size, size, 3], 0-255 RGB",
-                  "features": int(wrapped.output_shape[-1]),
-                  "versions": {"keras": keras.__version__, "onnx": onnx.__version__,
-                               "openvino": openvino.get_version()},
-                  "sha256": {name: file_sha256(path) for name, path in written.items()}}
-        for name, path in written.items():
-            os.chmod(path, 0o644)
-            os.replace(path, paths[name])
-    atomic.write_json(paths["record"], record)
-
-
 # ---- engines ----------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
@@ -243,11 +152,11 @@ def _limit_tensorflow_threads(threads: int) -> None:
 
 def _check_file(spec: EngineSpec) -> None:
     """Refuse an exported file of the cache that differs from its record (damaged, or replaced since the export)."""
-    paths = _paths(spec.backbone, spec.image_size)
+    paths = feature_exports.paths_for(spec.backbone, spec.image_size)
     names = {"onnxruntime": ("onnx",), "openvino": ("openvino", "openvino_weights")}[spec.engine]
     if Path(str(spec.file)).resolve() != paths[names[0]].resolve():
         return  # a file outside the cache: the runtime's own checks only
-    damaged = _damaged(paths, names)
+    damaged = feature_exports.damaged(paths, names)
     if damaged:
         raise ValueError(f"{spec.file}: {', '.join(paths[name].name for name in damaged)} missing or its sha256 "
                          f"differs from {paths['record'].name}; run export_files({spec.backbone!r}, "
@@ -326,7 +235,7 @@ def choose(backbone: str, image_size: int, sample: np.ndarray,
     records: dict[tuple[str, str], dict[str, Any]] = {}
     export_failure = ""
     try:
-        files: dict[str, Path] | None = export_files(backbone, image_size)
+        files: dict[str, Path] | None = feature_exports.export_files(backbone, image_size)
     except Exception as error:  # no export: the exported engines fail their check, Keras still runs
         files, export_failure = None, f"export failed: {type(error).__name__}: {error}"
     for engine, file_key in (("onnxruntime", "onnx"), ("openvino", "openvino")):

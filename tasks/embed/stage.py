@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tasks import dvc_outputs, embedding_store, model_choice, pool, processed_store, progress, stored_images
-from tasks.backbones import catalog, feature_engine
+from tasks.backbones import catalog, feature_engine, feature_exports
 from tasks.config import load_config
 from tasks.embed.compute import Embedder
 from tasks.params import EmbedParams
@@ -45,7 +45,7 @@ def _engine(params: EmbedParams, backbone: str, image_size: int, earlier: dict[s
         if spec.file is None or Path(spec.file).is_file():
             return spec, chosen
     if params.engine != "auto":
-        files = feature_engine.export_files(backbone, image_size) if params.engine != "keras" else {}
+        files = feature_exports.export_files(backbone, image_size) if params.engine != "keras" else {}
         spec = feature_engine.EngineSpec(backbone, image_size, params.engine, "fp32",
                                          None if params.engine == "keras" else str(files[params.engine]))
         return spec, {"spec": asdict(spec), "machine": machine, "asked": params.engine, "why": "embed.engine",

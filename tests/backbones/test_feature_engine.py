@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.backbones import feature_engine
+from tasks.backbones import feature_engine, feature_exports
 from tasks.backbones.feature_engine import EngineSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -63,13 +63,13 @@ def chosen(sample: np.ndarray) -> tuple[EngineSpec, list[dict]]:
 
 
 def file_spec(engine: str, precision: str = "fp32") -> EngineSpec:
-    files = feature_engine.export_files(BACKBONE, IMAGE_SIZE)
+    files = feature_exports.export_files(BACKBONE, IMAGE_SIZE)
     return EngineSpec(BACKBONE, IMAGE_SIZE, engine, precision, str(files["onnx" if engine == "onnxruntime"
                                                                          else "openvino"]))
 
 
 def test_export_files_writes_once_and_reuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    files = feature_engine.export_files(BACKBONE, IMAGE_SIZE)
+    files = feature_exports.export_files(BACKBONE, IMAGE_SIZE)
     written = [files["onnx"], files["openvino"], files["openvino"].with_suffix(".bin")]
     before = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in written}
 
@@ -77,7 +77,7 @@ def test_export_files_writes_once_and_reuses(monkeypatch: pytest.MonkeyPatch) ->
         raise AssertionError("exported again although the files are whole")
 
     monkeypatch.setattr(feature_engine, "_export", no_export)
-    assert feature_engine.export_files(BACKBONE, IMAGE_SIZE) == files
+    assert feature_exports.export_files(BACKBONE, IMAGE_SIZE) == files
     assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in written} == before
     record = json.loads(files["onnx"].with_suffix(".json").read_text())
     assert record["image_size"] == IMAGE_SIZE and len(record["sha256"]) == 3
@@ -97,8 +97,8 @@ def test_a_damaged_export_is_refused_and_exported_again(monkeypatch: pytest.Monk
             feature_engine.open_engine(spec)
 
     exports = []
-    original = feature_engine._export
-    monkeypatch.setattr(feature_engine, "_export", lambda *arguments: exports.append(1) or original(*arguments))
+    original = feature_exports._export
+    monkeypatch.setattr(feature_exports, "_export", lambda *arguments: exports.append(1) or original(*arguments))
     assert [file_spec("onnxruntime"), file_spec("openvino")] == specs
     assert len(exports) == 1  # the second call found the files the first one wrote whole
     for spec in specs:
@@ -164,7 +164,7 @@ def test_a_spec_opens_in_a_fresh_process_without_tensorflow(engine: str, tmp_pat
 
 def test_a_broken_export_file_is_a_failed_candidate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                     sample: np.ndarray) -> None:
-    files = feature_engine.export_files(BACKBONE, IMAGE_SIZE)
+    files = feature_exports.export_files(BACKBONE, IMAGE_SIZE)
     broken = tmp_path / "broken.onnx"
     shutil.copyfile(files["onnx"], broken)
     with broken.open("r+b") as handle:
