@@ -76,7 +76,7 @@ def test_export_files_writes_once_and_reuses(monkeypatch: pytest.MonkeyPatch) ->
     def no_export(*arguments, **keywords):
         raise AssertionError("exported again although the files are whole")
 
-    monkeypatch.setattr(feature_engine, "_export", no_export)
+    monkeypatch.setattr(feature_exports, "_export", no_export)
     assert feature_exports.export_files(BACKBONE, IMAGE_SIZE) == files
     assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in written} == before
     record = json.loads(files["onnx"].with_suffix(".json").read_text())
@@ -169,7 +169,7 @@ def test_a_broken_export_file_is_a_failed_candidate(monkeypatch: pytest.MonkeyPa
     shutil.copyfile(files["onnx"], broken)
     with broken.open("r+b") as handle:
         handle.truncate(broken.stat().st_size // 3)
-    monkeypatch.setattr(feature_engine, "export_files", lambda *arguments: {**files, "onnx": broken})
+    monkeypatch.setattr(feature_exports, "export_files", lambda *arguments: {**files, "onnx": broken})
     spec, records = feature_engine.choose(BACKBONE, IMAGE_SIZE, sample[:4])
     by_engine = {(record["engine"], record["precision"]): record for record in records}
     assert not by_engine["onnxruntime", "fp32"]["passed"]
@@ -182,7 +182,7 @@ def test_an_export_that_fails_leaves_keras(monkeypatch: pytest.MonkeyPatch, samp
     def failing(*arguments):
         raise RuntimeError("tf2onnx could not convert the model")
 
-    monkeypatch.setattr(feature_engine, "export_files", failing)
+    monkeypatch.setattr(feature_exports, "export_files", failing)
     spec, records = feature_engine.choose(BACKBONE, IMAGE_SIZE, sample[:4])
     assert spec == EngineSpec(BACKBONE, IMAGE_SIZE, "keras", "fp32", None)
     for record in records:
