@@ -64,8 +64,8 @@ def _choice(preprocessing: dict[str, Any], params: TrainParams) -> model_choice.
 
 
 def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) -> Path:
-    """Train the network preprocess settled on (a head on cached features, fine-tuned when it pays, or a network on
-    pixels with early stopping on val), then write the candidate model folder."""
+    """Train the network preprocess settled on (a head on cached features, challenged where it leaves room, or a
+    network on pixels with early stopping on val), then write the candidate model folder."""
     _setting_up(params, seed)
     preprocessing = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
     choice = _choice(preprocessing, params)

@@ -67,7 +67,8 @@ def test_auto_takes_the_pretrained_backbone_and_trains_a_head_on_cached_features
     assert card["model"] == "efficientnet_lite2" and card["model_choice"]["route"] == "head_on_features"
     assert "photos" in card["model_choice"]["reason"]
     assert card["backbone"]["frozen"] is True and card["image_size"] == 64 and card["resize"] == "crop"
-    assert "per class" in card["fine_tune"]["why"]  # 14 training images per class: the head alone
+    # 13 training images per class (or a perfect head): no challenger is trained, the head alone is kept
+    assert card["challengers"]["tried"] == [] and card["challengers"]["kept"] == "head"
     assert first["metrics"]["accuracy"] >= 0.8  # three distinct colours: ImageNet features tell them apart
     embeddings = _embeddings(repo)
     assert embeddings["images"] == 60 and len(embeddings["shard_records"]) == 1
