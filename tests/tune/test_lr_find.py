@@ -57,3 +57,24 @@ def test_without_the_training_split_the_error_says_what_to_run(shrunk_config):
     config, paths = shrunk_config
     with pytest.raises(ValueError, match="preprocess.json: not found.*imgpipe lr-find"):
         lr_find.run(config.train, config.preprocess.augment, config.base.seed, paths)
+
+
+def test_the_defaults_batch_size_auto_and_weights_auto_run(prepared):
+    """params.yaml's own train section (batch_size auto, weights auto, model auto): it crashed on batch_size auto."""
+    config, paths = prepared
+    defaults = config.train.model_copy(update={"batch_size": "auto", "weights": "auto", "model": "auto"})
+    result = lr_find.run(defaults, config.preprocess.augment, config.base.seed, paths, steps=20)
+    assert 10 <= result.steps <= 20 and result.plot.is_file()
+
+
+def test_a_head_on_features_has_no_learning_rate_to_find(prepared):
+    config, paths = prepared
+    import json
+
+    summary_file = paths.processed / "preprocess.json"
+    summary = json.loads(summary_file.read_text())
+    summary["model"] = {"model": "efficientnet_lite2", "reason": "test", "route": "head_on_features",
+                        "weights_id": "x"}
+    summary_file.write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="no learning rate to find"):
+        lr_find.run(config.train, config.preprocess.augment, config.base.seed, paths, steps=20)
