@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 TIMING_BATCH = 64  # images per timed call: imgpipe predict's default batch size
 TIMING_ROUNDS = 8  # timed calls per engine at most, taking turns, after one untimed warm-up call each
-ENOUGH_TIMED_SECONDS = 1.5  # once every engine has been timed this long (and twice), more rounds change nothing
+ENOUGH_TIMED_SECONDS = 1.5  # once every engine has been timed this long, more rounds change nothing
 
 
 @dataclass
@@ -112,7 +112,7 @@ def compare(reference: engines.Engine, candidates: list[Any], batches: Iterable[
                 runner.probabilities(timing)
                 record.cpu_seconds += time.process_time() - started
                 record.timed_images += len(timing)
-            if round_number >= 1 and all(record.cpu_seconds >= ENOUGH_TIMED_SECONDS for _, record in working):
+            if all(record.cpu_seconds >= ENOUGH_TIMED_SECONDS for _, record in working):
                 break  # a large model: its figures are already steady, and each round costs seconds
     return figures
 

@@ -262,8 +262,8 @@ def test_the_engine_is_chosen_once_per_machine_and_reused(photos, computed, kera
     candidates = {(record["engine"], record["precision"]): record for record in first["candidates"]}
     spec = first["spec"]
     assert candidates[spec["engine"], spec["precision"]]["passed"] is True
-    fastest = min((record for record in first["candidates"] if record["passed"]),
-                  key=lambda record: record["ms_per_image"])
+    fastest = min((record for record in first["candidates"] if record["passed"] and record["ms_per_image"]),
+                  key=lambda record: record["ms_per_image"])  # the reference is timed only when chosen
     assert (fastest["engine"], fastest["precision"]) == (spec["engine"], spec["precision"])
     assert candidates["keras", "fp32"]["passed"] is True
     assert spec["backbone"] == BACKBONE and spec["image_size"] == IMAGE_SIZE
