@@ -10,7 +10,6 @@ Keras on 92% of ImageNet top-1 labels (min cosine 0.94) on 192 others, under ONN
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import math
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tasks.backbones import feature_exports, pretrained
+from tasks.cpu import limit_tensorflow_threads, supports_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -121,36 +121,6 @@ class OpenVinoFeatures(_Features):
 
 # ---- engines ----------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def supports_bf16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is slow or refused."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-
-
-def _limit_tensorflow_threads(threads: int) -> None:
-    import keras
-
-    if threads <= 0 or keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # already started in this process: the earlier setting stays
-        logger.debug("TensorFlow already started; thread settings unchanged")
-
-
 def _check_file(spec: EngineSpec) -> None:
     """Refuse an exported file of the cache that differs from its record (damaged, or replaced since the export)."""
     paths = feature_exports.paths_for(spec.backbone, spec.image_size)
@@ -170,7 +140,7 @@ def open_engine(spec: EngineSpec, threads: int = 0) -> FeatureEngine:
         known = ", ".join(f"{engine} {precision}" for engine in PRECISIONS for precision in PRECISIONS[engine])
         raise ValueError(f"engine {spec.engine!r} at precision {spec.precision!r}: not one of {known}")
     if spec.engine == "keras":
-        _limit_tensorflow_threads(threads)
+        limit_tensorflow_threads(threads)
         return KerasFeatures(spec)
     if spec.file is None:
         raise ValueError(f"engine {spec.engine}: the spec names no model file; take it from export_files()")
@@ -226,7 +196,7 @@ def choose(backbone: str, image_size: int, sample: np.ndarray,
             or not len(sample):
         raise ValueError(f"choose({backbone!r}, {image_size}): the sample must be uint8 [n, {image_size}, "
                          f"{image_size}, 3] with n >= 1, got {sample.dtype} {list(sample.shape)}")
-    _limit_tensorflow_threads(threads)
+    limit_tensorflow_threads(threads)
     classifier = pretrained.imagenet_classifier(backbone, image_size)
     kernel, bias = classifier.get_layer("imagenet_logits").get_weights()
     reference = KerasFeatures(EngineSpec(backbone, image_size, "keras", "fp32", None), classifier.get_layer(backbone))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import dvc_outputs, embedding_store, model_choice, pool, processed_store, progress, stored_images
+from tasks import cpu, dvc_outputs, embedding_store, model_choice, pool, processed_store, progress, stored_images
 from tasks.backbones import catalog, feature_engine, feature_exports
 from tasks.config import load_config
 from tasks.embed.compute import Embedder
@@ -36,7 +36,7 @@ def _engine(params: EmbedParams, backbone: str, image_size: int, earlier: dict[s
             threads: int) -> tuple[feature_engine.EngineSpec, dict[str, Any]]:
     """The engine for this run: the one an earlier run chose under the same settings and embed.engine on this kind
     of CPU, else the fastest that agrees with Keras on `sample` (embed.engine: auto), else the one named."""
-    machine = sorted(feature_engine.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"})
+    machine = sorted(cpu.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"})
     chosen = earlier.get("engine") or {}
     spec_fields = chosen.get("spec") or {}
     if (chosen.get("asked") == params.engine and chosen.get("machine") == machine

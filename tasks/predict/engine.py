@@ -11,7 +11,6 @@ The heavy libraries are imported only by the engine that is opened.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from tasks import model_folder
+from tasks.cpu import limit_tensorflow_threads as limit_threads
+from tasks.cpu import supports_bf16
 from tasks.config import ArgumentError
 
 logger = logging.getLogger(__name__)
@@ -45,37 +46,6 @@ class Engine(Protocol):
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities (float32, one row per image) for a batch of uint8 images."""
-
-
-def limit_threads(threads: int) -> None:
-    """Use at most `threads` TensorFlow threads in this process (0: all cores); only before TensorFlow starts."""
-    import keras
-
-    if threads <= 0 or keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # already started in this process: the earlier setting stays
-        logger.debug("TensorFlow already started; thread settings unchanged")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def supports_bf16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is slow or refused."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def is_installed(engine: str) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import embedding_store, images, processed_store
+from tasks import cpu, embedding_store, images, processed_store
 from tasks import manifest as manifest_file
 from tasks.backbones import feature_engine
 from tasks.backbones.feature_engine import EngineSpec
@@ -268,7 +268,7 @@ def test_the_engine_is_chosen_once_per_machine_and_reused(photos, computed, kera
     assert candidates["keras", "fp32"]["passed"] is True
     assert spec["backbone"] == BACKBONE and spec["image_size"] == IMAGE_SIZE
     assert {record["images"] for record in first["candidates"] if record["passed"]} == {8}
-    assert first["machine"] == sorted(feature_engine.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"})
+    assert first["machine"] == sorted(cpu.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"})
 
     def no_second_check(*arguments, **keywords):
         raise AssertionError("the engine was checked again on the same machine")
