@@ -1,11 +1,13 @@
-"""What this machine's CPU offers the inference engines, and TensorFlow's thread limit; reads /proc/cpuinfo, writes
-nothing. Shared by prediction's engines and the pretrained backbones' feature engines."""
+"""What this machine's CPU offers the inference engines, and how they use its threads (TensorFlow's limit, ONNX Runtime's
+session options); reads /proc/cpuinfo, writes nothing. Shared by prediction's engines and the pretrained backbones'
+feature engines."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +41,17 @@ def limit_tensorflow_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # already started in this process: the earlier setting stays
         logger.debug("TensorFlow already started; thread settings unchanged")
+
+
+def onnxruntime_options(threads: int) -> Any:
+    """ONNX Runtime session options for `threads` intra-op threads (0: all cores), spinning off: spinning threads
+    burn a shared CPU waiting for work without making a batch faster."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.intra_op_num_threads = max(threads, 0)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options

@@ -30,6 +30,16 @@ def make_image(colour: tuple[int, int, int], seed: int, size: int = 20) -> Image
     return Image.fromarray(pixels, "RGB")
 
 
+def make_photo(colour: tuple[int, int, int], seed: int, width: int = 48, height: int = 40) -> Image.Image:
+    """make_image at photo size (the median short side over model_choice.SCAN_BELOW, so `train.model: auto` takes the
+    pretrained backbone), not square."""
+    generator = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + generator.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+    row, column = generator.integers(2, min(width, height) - 6, 2)
+    pixels[row:row + 5, column:column + 5] = 255
+    return Image.fromarray(pixels, "RGB")
+
+
 def write_class_folders(root: Path, per_class: int = 12, size: int = 20) -> Path:
     """3 classes x `per_class` small images, alternating PNG and JPEG."""
     for class_index, (label, colour) in enumerate(CLASS_COLOURS.items()):
@@ -104,4 +114,13 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def imgpipe_cache(tmp_path_factory):
+    """One imgpipe cache for the session, apart from the user's: the pretrained weights are converted once and the
+    features model exported once per size (the tests of the cache itself take folders of their own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMGPIPE_CACHE", str(tmp_path_factory.mktemp("imgpipe-cache")))
         yield

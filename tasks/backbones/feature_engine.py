@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tasks.backbones import feature_exports, pretrained
+from tasks import cpu
 from tasks.cpu import limit_tensorflow_threads, supports_bf16
 
 logger = logging.getLogger(__name__)
@@ -80,13 +81,7 @@ class OnnxRuntimeFeatures(_Features):
     def __init__(self, spec: EngineSpec, threads: int) -> None:
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        # spinning threads burn a shared CPU waiting for work without making a batch faster
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.intra_op_num_threads = max(threads, 0)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = cpu.onnxruntime_options(threads)
         self.spec = spec
         self.session = onnxruntime.InferenceSession(str(spec.file), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name

@@ -51,15 +51,13 @@ def predict_split_from_features(model: keras.Model, store: Path, processed_dir: 
     rows = table[table["split"] == split].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{processed_dir}: no {split} images; run the preprocess stage")
-    kernel, bias = (np.asarray(value, dtype=np.float64) for value in model.get_layer("probabilities").get_weights())
-    logits = embedding_store.read_features(store, rows["sha256"].tolist()).astype(np.float64) @ kernel + bias
+    features = embedding_store.read_features(store, rows["sha256"].tolist())
+    # the model's own head (its Dense layer and activation) on the features: the rest of the model, run by Keras
+    probabilities = np.asarray(model.get_layer("probabilities")(features), dtype=np.float64)
     if multi_label:
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
         vocabulary = json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8"))
         truth = list(label_sets.multi_hot(rows["label"].astype(str).tolist(), vocabulary).astype(np.float32))
     else:
-        exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = exponentials / exponentials.sum(axis=1, keepdims=True)
         truth = rows["label_index"].to_numpy()
     return pd.DataFrame({"path": rows["path"], "labels" if multi_label else "label_index": truth,
                          "probabilities": list(probabilities)})

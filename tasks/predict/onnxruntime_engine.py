@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks import cpu
+
 
 class OnnxRuntimeEngine:
     name = "onnxruntime"
@@ -14,13 +16,7 @@ class OnnxRuntimeEngine:
     def __init__(self, path: Path, precision: str, classes: int, threads: int = 0) -> None:
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        # spinning threads burn a shared CPU waiting for work without making a batch faster
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.intra_op_num_threads = max(threads, 0)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = cpu.onnxruntime_options(threads)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.precision = precision

@@ -207,35 +207,6 @@ def subset_accuracy(y_true: Any, y_pred: Any) -> Any:
     return ops.cast(ops.all(ops.equal(actual, predicted), axis=-1), "float32")
 
 
-class CpuBudget(keras.callbacks.Callback):
-    """Stops training after an epoch when another epoch like the slowest so far would pass `seconds` of CPU time
-    (this process, all its threads) since the budget was made; the first epoch of each fit always runs. One budget
-    may be shared by several fits, one after the other."""
-
-    def __init__(self, seconds: float, setting: str) -> None:
-        super().__init__()
-        self.seconds, self.setting = seconds, setting
-        self.started = self.epoch_started = time.process_time()
-        self.slowest = 0.0
-
-    def remaining(self) -> float:
-        return self.seconds - (time.process_time() - self.started)
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.slowest = 0.0  # another fit: its epochs cost what they cost
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.epoch_started = time.process_time()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        now = time.process_time()
-        self.slowest = max(self.slowest, now - self.epoch_started)
-        if now - self.started + self.slowest > self.seconds:
-            logger.info("stopping after epoch %d: another would pass %s (%.0f s of CPU; %.0f s used, an epoch "
-                        "takes up to %.0f s)", epoch + 1, self.setting, self.seconds, now - self.started, self.slowest)
-            self.model.stop_training = True
-
-
 def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any, epochs: int | None = None,
                     steps: int | None = None) -> list[keras.callbacks.Callback]:
     """Best-epoch checkpoint with early stopping, per-epoch history, backup-and-restore and logging for one phase."""

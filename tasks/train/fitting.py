@@ -6,6 +6,7 @@ files in the run folder.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,35 @@ from tasks.params import TrainParams
 from tasks.train import callbacks, dataset, selection
 
 logger = logging.getLogger(__name__)
+
+
+class CpuBudget(keras.callbacks.Callback):
+    """Stops training after an epoch when another epoch like the slowest so far would pass `seconds` of CPU time
+    (this process, all its threads) since the budget was made; the first epoch of each fit always runs. One budget
+    may be shared by several fits, one after the other."""
+
+    def __init__(self, seconds: float, setting: str) -> None:
+        super().__init__()
+        self.seconds, self.setting = seconds, setting
+        self.started = self.epoch_started = time.process_time()
+        self.slowest = 0.0
+
+    def remaining(self) -> float:
+        return self.seconds - (time.process_time() - self.started)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.slowest = 0.0  # another fit: its epochs cost what they cost
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch_started = time.process_time()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.process_time()
+        self.slowest = max(self.slowest, now - self.epoch_started)
+        if now - self.started + self.slowest > self.seconds:
+            logger.info("stopping after epoch %d: another would pass %s (%.0f s of CPU; %.0f s used, an epoch "
+                        "takes up to %.0f s)", epoch + 1, self.setting, self.seconds, now - self.started, self.slowest)
+            self.model.stop_training = True
 
 
 def compile_network(network: keras.Model, rate: Any, jit_compile: bool, soft_labels: bool,

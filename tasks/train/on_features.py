@@ -56,7 +56,7 @@ def _head(params: TrainParams, seed: int, paths: Paths, preprocessing: dict[str,
 
 
 def _scratch(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, preprocessing: dict[str, Any],
-             multi_label: bool, live: Live, budget: callbacks.CpuBudget) -> Trained:
+             multi_label: bool, live: Live, budget: fitting.CpuBudget) -> Trained:
     """simple_cnn from random weights, at the size preprocess.image_size auto would give it, on the raw images."""
     scratch_params = params.model_copy(update={"model": model_choice.SIMPLE_CNN, "weights": None})
     size = int(preprocessing.get("scratch_image_size") or preprocessing["image_size"])
@@ -69,7 +69,7 @@ def _scratch(params: TrainParams, augment: AugmentParams, seed: int, paths: Path
 
 
 def _fine_tune(head: Trained, params: TrainParams, augment: AugmentParams, seed: int, paths: Paths,
-               preprocessing: dict[str, Any], multi_label: bool, live: Live, budget: callbacks.CpuBudget,
+               preprocessing: dict[str, Any], multi_label: bool, live: Live, budget: fitting.CpuBudget,
                metric: str) -> Trained:
     """The backbone's top layers and the head trained together on augmented images, from the head's weights."""
     labels: list[str] = preprocessing["labels"]
@@ -117,7 +117,7 @@ def train(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, 
                                        transfer.read_trials(paths.models).get(key))
     logger.info("train: %s", f"trying {' and '.join(challengers)} against the head: {why}" if challengers
                 else f"the head alone: {why}")
-    budget = callbacks.CpuBudget(params.fine_tune.max_minutes * 60, "train.fine_tune.max_minutes")
+    budget = fitting.CpuBudget(params.fine_tune.max_minutes * 60, "train.fine_tune.max_minutes")
     contenders: dict[str, Trained] = {HEAD: head}
     for challenger in challengers:
         if challenger == FINE_TUNE and budget.remaining() < SMALLEST_USEFUL_BUDGET:

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def train(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, preprocessing: dict[str, Any],
           multi_label: bool, live: Live, image_size: int | None = None,
-          budget: callbacks.CpuBudget | None = None) -> Trained:
+          budget: fitting.CpuBudget | None = None) -> Trained:
     """simple_cnn, or a keras.applications backbone, trained on the decoded images (two phases with weights), at
     preprocess's image size or `image_size` (decoded from the raw store when preprocess kept no pixels of that size),
     within `budget` when one is given."""

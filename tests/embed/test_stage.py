@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from tasks import cpu, embedding_store, images, processed_store
 from tasks import manifest as manifest_file
@@ -22,27 +21,10 @@ from tasks.ingest import stage as ingest
 from tasks.params import Config
 from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
-from tests.conftest import CLASS_COLOURS, PROJECT_ROOT
+from tests.conftest import CLASS_COLOURS, PROJECT_ROOT, make_photo
 
 BACKBONE, IMAGE_SIZE, FEATURES = "efficientnet_lite2", 64, 1280
 PER_CLASS = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMGPIPE_CACHE", str(tmp_path_factory.mktemp("imgpipe-cache")))
-        patch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
-        yield
-
-
-def photo(colour: tuple[int, int, int], seed: int, width: int = 48, height: int = 40) -> Image.Image:
-    """conftest.make_image at photo size (median short side over model_choice.SCAN_BELOW), not square."""
-    generator = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour) + generator.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
-    row, column = generator.integers(2, min(width, height) - 6, 2)
-    pixels[row:row + 5, column:column + 5] = 255
-    return Image.fromarray(pixels, "RGB")
 
 
 def write_photos(root: Path, per_class: int = PER_CLASS, first: int = 0) -> list[str]:
@@ -52,7 +34,7 @@ def write_photos(root: Path, per_class: int = PER_CLASS, first: int = 0) -> list
         (root / label).mkdir(parents=True, exist_ok=True)
         for index in range(first, first + per_class):
             name = f"{label}/{label}_{index:03d}.{'png' if index % 2 == 0 else 'jpg'}"
-            photo(colour, seed=class_index * 1000 + index).save(root / name)
+            make_photo(colour, seed=class_index * 1000 + index).save(root / name)
             written.append(name)
     return written
 

@@ -16,7 +16,6 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from tasks import embedding_store, images, model_folder, processed_store
 from tasks.config import load_config
@@ -28,7 +27,7 @@ from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
 from tasks.train import export, head, on_features, transfer
 from tasks.train import stage as train
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, make_photo
 
 BACKBONE, IMAGE_SIZE = "efficientnet_lite2", 64
 # green and grass are drawn alike: the head cannot tell them apart, red it always can
@@ -37,20 +36,11 @@ LABELS = sorted(COLOURS)
 PER_CLASS = 16
 
 
-def photo(colour: tuple[int, int, int], seed: int, width: int = 48, height: int = 40) -> Image.Image:
-    """conftest.make_image at photo size (median short side over model_choice.SCAN_BELOW), not square."""
-    generator = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour) + generator.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
-    row, column = generator.integers(2, min(width, height) - 6, 2)
-    pixels[row:row + 5, column:column + 5] = 255
-    return Image.fromarray(pixels, "RGB")
-
-
 def write_photos(root: Path) -> Path:
     for class_index, (label, colour) in enumerate(COLOURS.items()):
         (root / label).mkdir(parents=True, exist_ok=True)
         for index in range(PER_CLASS):
-            photo(colour, seed=class_index * 1000 + index).save(root / label / f"{label}_{index:03d}.png")
+            make_photo(colour, seed=class_index * 1000 + index).save(root / label / f"{label}_{index:03d}.png")
     return root
 
 
@@ -59,7 +49,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     """48 photo-like images through ingest, preprocess, embed and train (train.model auto: the features route)."""
     root = tmp_path_factory.mktemp("features-route")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMGPIPE_CACHE", str(tmp_path_factory.mktemp("imgpipe-cache")))
         patch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
         patch.chdir(root)  # dvclive looks for a repository in the current folder
         # exports in this process: a fresh one would import TensorFlow again for each training (seconds)

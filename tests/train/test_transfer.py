@@ -97,19 +97,11 @@ IMAGE_SIZE = 32  # the smallest sensible size: EfficientNet-Lite0 at 32 px build
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """EfficientNet-Lite0's features model at IMAGE_SIZE, its weights converted into a module-wide IMGPIPE_CACHE."""
+def backbone():
+    """EfficientNet-Lite0's features model at IMAGE_SIZE (its weights converted into the session's cache)."""
     from tasks.backbones import pretrained
 
-    before = os.environ.get("IMGPIPE_CACHE")
-    os.environ["IMGPIPE_CACHE"] = str(tmp_path_factory.mktemp("imgpipe_cache"))
-    try:
-        yield pretrained.features_model("efficientnet_lite0", IMAGE_SIZE)
-    finally:
-        if before is None:
-            os.environ.pop("IMGPIPE_CACHE", None)
-        else:
-            os.environ["IMGPIPE_CACHE"] = before
+    return pretrained.features_model("efficientnet_lite0", IMAGE_SIZE)
 
 
 def random_head(classes: int, multi_label: bool, seed: int = 0) -> head.Head:
