@@ -43,6 +43,8 @@ class IngestParams(Section):
     labels: str | None = None  # a label table instead of class folders: csv:FILE or parquet:FILE (path, label, ...)
     follow_file_links: bool = False  # read links to files wherever they point (trees of links); folder links never
     max_pixels: int = Field(default=40_000_000, ge=1)
+    # larger files are quarantined before a byte is read (a sparse or runaway file must not fill memory)
+    max_file_bytes: int = Field(default=1_000_000_000, ge=1)
     min_side: int = Field(default=8, ge=1)
     on_label_conflict: Literal["quarantine", "fail"] = "quarantine"
     near_duplicate_distance: int = Field(default=4, ge=0, le=64)
@@ -54,6 +56,7 @@ class IngestParams(Section):
 class ValidateParams(Section):
     expected_labels: tuple[str, ...] | None = None
     min_classes: int = Field(default=2, ge=2)
+    max_classes: int = Field(default=1000, ge=2)  # more labels than this is refused (per-class outputs stay bounded)
     min_images_per_class: int = Field(default=10, ge=1)
     min_side: int = Field(default=8, ge=1)
     max_side: int = Field(default=20_000, ge=1)
@@ -64,6 +67,8 @@ class ValidateParams(Section):
     def _side_range(self) -> "ValidateParams":
         if self.min_side > self.max_side:
             raise ValueError(f"min_side ({self.min_side}) must be <= max_side ({self.max_side})")
+        if self.min_classes > self.max_classes:
+            raise ValueError(f"min_classes ({self.min_classes}) must be <= max_classes ({self.max_classes})")
         return self
 
 
@@ -206,7 +211,7 @@ class TrainParams(Section):
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     warmup_epochs: int = Field(default=1, ge=0)
     depth: int = Field(default=3, ge=1, le=8)
-    width: int = Field(default=32, ge=1)
+    width: int = Field(default=32, ge=1, le=1024)  # bounded: a huge width would be killed for memory without a word
     dropout: float = Field(default=0.2, ge=0, lt=1)
     patience: int = Field(default=5, ge=1)
     fine_tune: FineTuneParams = FineTuneParams()
