@@ -256,10 +256,19 @@ class GateParams(Section):
 
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     tolerance: float = Field(default=0.02, ge=0, le=1)
-    max_recall_drop: float = Field(default=0.10, ge=0, le=1)
+    max_class_f1_drop: float = Field(default=0.10, ge=0, le=1)  # judged only where production is credible:
+    min_production_class_f1: float = Field(default=0.5, ge=0, le=1)  # its F1 on the class at least this
     min_accuracy: float = Field(default=0.6, ge=0, le=1)
     min_macro_f1: float = Field(default=0.5, ge=0, le=1)
     max_export_difference: float = Field(default=1e-4, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "max_recall_drop" in values:
+            raise ValueError("max_recall_drop is now max_class_f1_drop: the gate judges each class's F1 (recall "
+                             "alone rewards a model that gives one class to every image); rename the key")
+        return values
 
 
 class EvaluateParams(Section):

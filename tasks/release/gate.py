@@ -53,7 +53,7 @@ def label_set_check(compared: dict[str, Any]) -> dict[str, Any]:
 def compare_multi_label(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
                         champion_dir: Path, probabilities: np.ndarray) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """compare_with_champion for a multi-label candidate: the headline metric over label sets (macro-F1 by default)
-    and each label's recall. The champion's label sets come from its own thresholds (a single-label champion: its
+    and each label's F1 (class_check). The champion's label sets come from its own thresholds (a single-label champion: its
     top-1 label); a label the champion does not know counts as never given by it."""
     champion = model_folder.read_info(champion_dir)
     if champion.multi_label:
@@ -66,10 +66,9 @@ def compare_multi_label(params: GateParams, seed: int, labels: list[str], table:
     difference, interval = multilabel.paired_difference(truth, candidate, champion_sets, params.metric, seed)
     checks = [_non_inferiority(params, difference, interval)]
     for position, label in enumerate(labels):
-        actual = truth[:, position]
-        if actual.any():
-            checks.append(_recall_check(params, label, float(champion_sets[actual, position].mean()),
-                                        float(candidate[actual, position].mean())))
+        if truth[:, position].any():
+            checks.append(class_check(params, label, truth[:, position], champion_sets[:, position],
+                                      candidate[:, position]))
     summary = {"version": champion.version,
                "metrics": {metric: multilabel.score(truth, champion_sets, metric) for metric in multilabel.METRICS},
                "difference": {"metric": params.metric, "value": difference, "interval": interval}}
@@ -84,19 +83,53 @@ def _non_inferiority(params: GateParams, difference: float, interval: list[float
     )
 
 
-def _recall_check(params: GateParams, label: str, champion_recall: float, candidate_recall: float) -> dict[str, Any]:
-    drop = champion_recall - candidate_recall
-    return check_record(
-        f"recall of '{label}'", drop <= params.max_recall_drop, drop, params.max_recall_drop,
-        f"recall {champion_recall:.3f} -> {candidate_recall:.3f} ({_change_words(drop)}, a drop of at most "
-        f"{params.max_recall_drop} allowed)",
-    )
+def _precision_recall_f1(actual: np.ndarray, given: np.ndarray) -> tuple[float, float, float]:
+    """One class's precision, recall and F1; `actual` and `given` hold one boolean per test image."""
+    hits, actual_count, given_count = int(np.sum(actual & given)), int(actual.sum()), int(given.sum())
+    precision = hits / given_count if given_count else 0.0
+    recall = hits / actual_count if actual_count else 0.0
+    f1 = 2 * hits / (actual_count + given_count) if actual_count + given_count else 0.0
+    return precision, recall, f1
+
+
+def everywhere_f1(actual: np.ndarray) -> float:
+    """The F1 of a model that gives this class to every image: precision is the class's share, recall 1."""
+    share = float(actual.mean()) if actual.size else 0.0
+    return 2 * share / (1 + share)
+
+
+def class_check(params: GateParams, label: str, actual: np.ndarray, champion: np.ndarray,
+                candidate: np.ndarray) -> dict[str, Any]:
+    """The change in one class's F1, judged only where production is credible on that class.
+
+    Recall alone rewards a model that gives a class to every image (recall 1.0), and a production model that is
+    poor on a class gives no standard to hold the candidate to there. So a drop in F1 of more than
+    max_class_f1_drop fails only where production's F1 on the class reaches min_production_class_f1 and beats what
+    giving the class to every image scores; elsewhere the check is recorded as not judged, and the headline
+    interval decides. `actual`, `champion` and `candidate` hold one boolean per test image.
+    """
+    champion_precision, champion_recall, champion_f1 = _precision_recall_f1(actual, champion)
+    candidate_precision, candidate_recall, candidate_f1 = _precision_recall_f1(actual, candidate)
+    drop = champion_f1 - candidate_f1
+    change = (f"F1 {champion_f1:.3f} -> {candidate_f1:.3f} ({_change_words(drop)}); recall {champion_recall:.3f} "
+              f"-> {candidate_recall:.3f}, precision {champion_precision:.3f} -> {candidate_precision:.3f}")
+    trivial = everywhere_f1(actual)
+    if champion_f1 < params.min_production_class_f1 or champion_f1 <= trivial + 1e-9:
+        why = (f"no better than giving '{label}' to every image ({trivial:.3f})" if champion_f1 <= trivial + 1e-9
+               else f"below evaluate.gate.min_production_class_f1 ({params.min_production_class_f1})")
+        return check_record(f"F1 of '{label}'", True, drop, None,
+                            f"not judged: production's F1 on '{label}' is {champion_f1:.3f}, {why}, so the headline "
+                            f"interval decides; {change}")
+    return check_record(f"F1 of '{label}'", drop <= params.max_class_f1_drop, drop, params.max_class_f1_drop,
+                        f"{change}; a drop in F1 of at most {params.max_class_f1_drop} allowed "
+                        "(evaluate.gate.max_class_f1_drop)")
 
 
 def compare_with_champion(params: GateParams, seed: int, labels: list[str], table: pd.DataFrame,
                           champion_dir: Path, stored: list[stored_images.Job], raw: Path, max_pixels: int,
                           multi_label: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Non-inferiority of the headline metric (paired bootstrap) and per-class recall, on the same test images.
+    """Non-inferiority of the headline metric (paired bootstrap) and each class's F1 (class_check), on the same test
+    images.
 
     Only for a champion with the candidate's label set (in any order): scores of different tasks do not compare.
     """
@@ -115,10 +148,9 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
     checks = [_non_inferiority(params, difference, interval)]
     for label in labels:
         actual = true_index == index_of[label]
-        if not actual.any():
-            continue
-        checks.append(_recall_check(params, label, float((champion_index[actual] == index_of[label]).mean()),
-                                    float((candidate_index[actual] == index_of[label]).mean())))
+        if actual.any():
+            checks.append(class_check(params, label, actual, champion_index == index_of[label],
+                                      candidate_index == index_of[label]))
     champion_metrics = metric_functions.compute_metrics(true_index, np.eye(max(len(labels), 1))[champion_index],
                                                         labels, len(labels), seed)
     summary = {"version": model_folder.version_of(champion_dir),
@@ -128,7 +160,7 @@ def compare_with_champion(params: GateParams, seed: int, labels: list[str], tabl
 
 
 def _change_words(drop: float) -> str:
-    """`drop 0.154`, `rise 0.154` or `no change`: a fall in recall is a drop, never a negative rise (or vice versa)."""
+    """`drop 0.154`, `rise 0.154` or `no change`: a fall is a drop, never a negative rise (or vice versa)."""
     if abs(drop) < 5e-4:
         return "no change"
     return f"{'drop' if drop > 0 else 'rise'} {abs(drop):.3f}"

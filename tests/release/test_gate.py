@@ -77,7 +77,7 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
     assert any(not check["passed"] and "not worse than production" in check["name"] for check in refused["checks"])
     assert "refused" in refused["sentence"]
     for check in refused["checks"]:  # a recall that rose is never called a drop, nor a fall a rise
-        if check["name"].startswith("recall of"):
+        if check["name"].startswith("F1 of"):
             words = "drop " if check["value"] > 5e-4 else "rise " if check["value"] < -5e-4 else "no change"
             assert words in check["detail"] and "drop -" not in check["detail"], check
     with pytest.raises(promote.PromotionRefused):
@@ -162,7 +162,7 @@ def test_a_candidate_of_another_label_set_is_refused_whatever_its_scores(evaluat
     label_check = next(check for check in decision["checks"] if check["name"] == "same label set as production")
     assert not label_check["passed"]
     # the production model is never scored on classes it does not know
-    assert not any("not worse than production" in check["name"] or check["name"].startswith("recall of")
+    assert not any("not worse than production" in check["name"] or check["name"].startswith("F1 of")
                    for check in decision["checks"])
     assert json.loads(paths.gate.read_text())["label_sets"] == decision["label_sets"]
     with pytest.raises(promote.PromotionRefused, match="label set differs"):
