@@ -38,35 +38,55 @@ def canonical_labels(cell: str) -> str:
     return LABEL_SEPARATOR.join(sorted({part.strip() for part in str(cell).split(LABEL_SEPARATOR) if part.strip()}))
 
 
-def read(file: Path) -> dict[str, Row]:
-    """Relative path (posix, no leading ./) -> its row; a missing column, a bad split or a path listed twice with
-    different labels is a ValueError naming the file and what to change."""
-    if not file.is_file():
-        raise ValueError(f"ingest.labels: {file} not found; give a CSV or Parquet file of path and label columns")
+def _read_table(file: Path) -> pd.DataFrame:
+    """The table, or a ValueError that names the file and the problem but never quotes what the file holds."""
     try:
         if file.suffix.lower() == ".parquet":
-            table = pd.read_parquet(file)
-        else:
-            table = pd.read_csv(file, dtype=str, keep_default_na=False)
-    except Exception as error:
-        raise ValueError(f"ingest.labels: {file} cannot be read as a table: {error}") from None
+            return pd.read_parquet(file)
+        return pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:  # line and field counts, no content
+        problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception as error:  # other readers' messages may quote the bytes they choked on
+        problem = type(error).__name__
+    kind = "Parquet" if file.suffix.lower() == ".parquet" else "CSV"
+    raise ValueError(f"ingest.labels: {file} cannot be read as a {kind} table ({problem}); give a CSV or Parquet "
+                     "file of path and label columns")
+
+
+def read(file: Path) -> dict[str, Row]:
+    """Relative path (posix, no leading ./) -> its row; a missing column, a bad split or a path listed twice with
+    different labels is a ValueError naming the file, the line and what to change.
+
+    The messages never quote the file's cells or header (a file that is not a label table may be private): they
+    give line numbers, and the path of a file listed twice.
+    """
+    if not file.is_file():
+        raise ValueError(f"ingest.labels: {file} not found; give a CSV or Parquet file of path and label columns")
+    table = _read_table(file)
     missing = [column for column in REQUIRED if column not in table.columns]
     if missing:
-        raise ValueError(f"ingest.labels: {file} has no {missing[0]!r} column (columns: "
-                         f"{', '.join(map(str, table.columns))}); it needs path and label, optionally split and group")
+        raise ValueError(f"ingest.labels: {file} has no {missing[0]!r} column ({len(table.columns)} columns, none "
+                         "named so); it needs a header of path and label, optionally split and group")
     table = table.fillna("").astype(str)
     paths = table["path"].str.replace("\\", "/", regex=False).str.strip().str.removeprefix("./")
     splits = table["split"].str.strip().str.lower() if "split" in table.columns else pd.Series("", index=table.index)
     bad = splits[(splits != "") & ~splits.isin(SPLIT_NAMES)]
     if not bad.empty:
-        raise ValueError(f"ingest.labels: {file}: split {bad.iloc[0]!r} of {paths[bad.index[0]]!r} is not one of "
-                         f"{', '.join(SPLIT_NAMES)} (or empty)")
+        raise ValueError(f"ingest.labels: {file}: the split of {_where(file, bad.index[0])} is not one of "
+                         f"{', '.join(SPLIT_NAMES)} (or empty); {len(bad)} row(s) so")
     subjects = table["group"].str.strip() if "group" in table.columns else pd.Series("", index=table.index)
     rows: dict[str, Row] = {}
-    for path, label, split, subject in zip(paths, table["label"], splits, subjects):
+    first_row: dict[str, int] = {}
+    for index, path, label, split, subject in zip(table.index, paths, table["label"], splits, subjects):
         row = Row(canonical_labels(label), SPLIT_NAMES.get(split, ""), subject)
         if path in rows and rows[path] != row:
-            raise ValueError(f"ingest.labels: {file} lists {path!r} twice, differently ({rows[path].label!r} and "
-                             f"{row.label!r}); keep one row per file")
+            raise ValueError(f"ingest.labels: {file} lists {path!r} twice, differently ({_where(file, first_row[path])} "
+                             f"and {_where(file, index)}); keep one row per file")
         rows[path] = row
+        first_row.setdefault(path, index)
     return rows
+
+
+def _where(file: Path, index: int) -> str:
+    """Row `index` (from 0) as a person finds it: a CSV's line (after the header), a Parquet table's row."""
+    return f"row {index + 1}" if file.suffix.lower() == ".parquet" else f"line {index + 2}"
