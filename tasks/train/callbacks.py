@@ -3,6 +3,7 @@ resumable run folder; writes only inside it."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from keras import ops
 
 from tasks import atomic, progress
 from tasks.params import TrainParams
-from tasks.train import selection
+from tasks.train import backup, selection
 
 logger = logging.getLogger(__name__)
 
@@ -219,10 +220,10 @@ def phase_callbacks(params: TrainParams, run_dir: Path, phase: str, live: Any, e
     if params.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                                            patience=max(1, params.patience // 2), min_lr=1e-6))
-    # last, so that an epoch's history and checkpoint are on disk before the epoch counts as done; two copies,
-    # so that a kill in the middle of writing one leaves the other to resume from
-    callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / f"{phase}.backup"), delete_checkpoint=True,
-                                                      double_checkpoint=True))
+    # last, so that an epoch's history and checkpoint are on disk before the epoch counts as done; written
+    # atomically, two whole copies kept, a damaged one set aside beside the run folders (tasks/train/backup.py)
+    callbacks.append(backup.AtomicBackupAndRestore(run_dir / f"{phase}.backup", run_dir.parent / backup.DAMAGED_FOLDER,
+                                                   label=f"{run_dir.name}.{phase}"))
     return callbacks
 
 
@@ -254,8 +255,16 @@ class BestWeights(keras.callbacks.Callback):
         best = json.loads(self.record.read_text()) if self.record.exists() else None
         if best is None or key > best["key"]:
             temporary = self.weights.with_name(f".{self.weights.stem}.partial.weights.h5")  # Keras wants .weights.h5
-            self.model.save_weights(temporary, overwrite=True)
-            os.replace(temporary, self.weights)
+            try:
+                self.model.save_weights(temporary, overwrite=True)
+                os.replace(temporary, self.weights)
+            except (OSError, RuntimeError) as error:
+                if backup.is_disk_full(error):
+                    message = backup.disk_full_message(self.weights.parent, None, "the best epoch's weights")
+                    raise OSError(errno.ENOSPC, f"{message}: training resumes from the last backup") from error
+                raise
+            finally:
+                temporary.unlink(missing_ok=True)
             best = {"key": key, "epoch": epoch + 1, "select_on": self.select_on,
                     "val_loss": float(logs.get("val_loss", math.nan))}
             atomic.write_json(self.record, best)

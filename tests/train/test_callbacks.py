@@ -108,3 +108,80 @@ def test_phase_callbacks_end_with_backup_and_add_plateau_only_when_asked(tmp_pat
     assert not any(isinstance(item, keras.callbacks.ReduceLROnPlateau) for item in constant)
     plateau = callbacks.phase_callbacks(TrainParams(schedule="plateau"), tmp_path, "train", live=None)
     assert any(isinstance(item, keras.callbacks.ReduceLROnPlateau) for item in plateau)
+
+
+def _tiny_network() -> keras.Model:
+    network = model.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
+    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return network
+
+
+class _StopAt(keras.callbacks.Callback):
+    """Kills a fit at the start of an epoch, as a killed process would stop it."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _fit(network, run_dir, epochs, extra=()):
+    images = np.random.default_rng(0).random((4, 8, 8, 3)).astype("float32")
+    classes = np.array([0, 1, 0, 1])
+    restore = callbacks.phase_callbacks(TrainParams(schedule="constant"), run_dir, "train", live=None)[-1]
+    return network.fit(images, classes, epochs=epochs, batch_size=4, verbose=0, callbacks=[*extra, restore])
+
+
+def test_a_damaged_latest_backup_is_set_aside_and_training_resumes_from_the_one_before(tmp_path, caplog):
+    run_dir = tmp_path / ".runs" / "0123456789abcdef"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_tiny_network(), run_dir, epochs=3, extra=[_StopAt(2)])  # killed after two whole epochs
+    latest = run_dir / "train.backup" / "latest.weights.h5"
+    damaged_bytes = latest.read_bytes()[: latest.stat().st_size // 3]  # a disk that filled up in mid-write
+    latest.write_bytes(damaged_bytes)
+    with caplog.at_level("WARNING"):
+        history = _fit(_tiny_network(), run_dir, epochs=3)
+    assert len(history.history["loss"]) == 2  # resumed after epoch 1, the previous whole backup
+    assert "cannot be read" in caplog.text and "resumes from the backup before" in caplog.text
+    aside = list((tmp_path / ".runs" / "damaged").iterdir())
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged_bytes  # set aside, not deleted
+    assert not (run_dir / "train.backup").exists()  # removed once the phase finished, as Keras does
+
+
+def test_garbage_as_the_only_backup_restarts_training_from_scratch_with_a_warning(tmp_path, caplog):
+    run_dir = tmp_path / ".runs" / "0123456789abcdef"
+    (run_dir / "train.backup").mkdir(parents=True)
+    (run_dir / "train.backup" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 100)
+    network = _tiny_network()
+    with caplog.at_level("WARNING"):
+        history = _fit(network, run_dir, epochs=2)
+    assert len(history.history["loss"]) == 2  # every epoch, from scratch
+    assert "starts from scratch" in caplog.text
+    aside = list((tmp_path / ".runs" / "damaged").iterdir())
+    assert [path.read_bytes()[-7:] for path in aside] == [b"garbage"]
+
+
+def test_a_full_disk_while_writing_a_backup_leaves_the_previous_backup_intact(tmp_path, monkeypatch):
+    import errno
+
+    run_dir = tmp_path / "run"
+    network = _tiny_network()
+    with pytest.raises(KeyboardInterrupt):
+        _fit(network, run_dir, epochs=3, extra=[_StopAt(1)])  # one whole backup on disk
+    latest = run_dir / "train.backup" / "latest.weights.h5"
+    before = latest.read_bytes()
+
+    def save_half_then_fail(filepath, overwrite=True):
+        with open(filepath, "wb") as file:
+            file.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(network, "save_weights", save_half_then_fail)
+    with pytest.raises(OSError, match="disk is full") as raised:
+        _fit(network, run_dir, epochs=3)
+    assert str(run_dir / "train.backup") in str(raised.value) and raised.value.errno == errno.ENOSPC
+    assert latest.read_bytes() == before
+    assert sorted(path.name for path in (run_dir / "train.backup").iterdir()) == ["latest.weights.h5"]
