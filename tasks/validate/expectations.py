@@ -51,6 +51,8 @@ def build_checks(params: ValidateParams) -> list[Check]:
               gxe.ExpectColumnValuesToBeUnique, column="sha256"),
         check("min_classes", "labels", f"at least {params.min_classes} classes",
               gxe.ExpectColumnUniqueValueCountToBeBetween, column="label", min_value=params.min_classes),
+        check("max_classes", "labels", f"at most {params.max_classes} classes",
+              gxe.ExpectColumnUniqueValueCountToBeBetween, column="label", max_value=params.max_classes),
         check("min_images_per_class", "class_counts", f"every class has >= {params.min_images_per_class} images",
               gxe.ExpectColumnValuesToBeBetween, column="images", min_value=params.min_images_per_class),
         check("max_bad_fraction", "dataset", f"at most {params.max_bad_fraction:.0%} of files quarantined",

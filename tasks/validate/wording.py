@@ -48,6 +48,11 @@ def describe_failure(name: str, result: dict[str, Any], manifest: pd.DataFrame, 
     if name == "min_classes":
         labels = f" ({_quoted(facts.images_per_class)})" if facts.images_per_class else ""
         return f"only {len(facts.images_per_class)} classes{labels}, under validate.min_classes={params.min_classes}"
+    if name == "max_classes":  # the labels are not listed: there are too many, and they are the user's data
+        return (f"{len(facts.images_per_class)} classes, over validate.max_classes={params.max_classes}: the "
+                f"per-class outputs (confusion matrix, per-class tables) and the evaluation's memory grow with the "
+                f"number of classes; merge or drop classes in the source, or raise validate.max_classes in "
+                f"params.yaml if the machine can afford it")
     if name == "min_images_per_class":
         limit = params.min_images_per_class
         small = sorted((count, label) for label, count in facts.images_per_class.items() if count < limit)

@@ -200,3 +200,21 @@ def test_near_duplicates_across_given_splits_are_a_leakage_warning_with_the_pair
     leak = next(warning for warning in outcome.warnings if "near-duplicate" in warning)
     assert leak.startswith("1 near-duplicate pair(s) lie in different given splits")
     assert "cat/0000.png (train)" in leak and "cat/0011.png (test)" in leak
+
+
+def test_more_classes_than_validate_max_classes_fail_naming_the_key(tmp_path: Path) -> None:
+    params = ValidateParams(**{**PARAMS.model_dump(), "min_images_per_class": 1, "max_classes": 5})
+    rows = manifest_rows({f"class_{index:02d}": 1 for index in range(12)})
+    failure = run_failing(tmp_path, rows, params)
+    message = str(failure)
+    assert "12 classes, over validate.max_classes=5" in message and "raise validate.max_classes" in message
+    assert "class_03" not in message  # the labels are the user's data: not listed
+    assert [check for check in json.loads((tmp_path / "data/reports/validation/result.json").read_text())["checks"]
+            if check["status"] == "FAIL"][0]["check"] == "at most 5 classes"
+
+
+def test_validate_max_classes_is_read_from_params_yaml_with_a_default_of_1000() -> None:
+    from tasks.config import parse_config
+
+    assert ValidateParams().max_classes == 1000
+    assert parse_config({"validate": {"max_classes": 50}}).validation.max_classes == 50
