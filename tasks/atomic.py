@@ -16,6 +16,23 @@ if TYPE_CHECKING:  # imported by its callers: the commands that only move folder
     import pandas as pd
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux tells (/proc), else set and put back at once.
+
+    Outputs get the modes that open() and mkdir() would give them, never wider: a user who keeps a private umask
+    keeps private shards, tables and models.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_path(path: Path, keep_if_same: bool = False) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; on success it replaces `path`, on error it is removed.
@@ -31,7 +48,7 @@ def atomic_path(path: Path, keep_if_same: bool = False) -> Iterator[Path]:
         yield temporary
         if keep_if_same and path.is_file() and filecmp.cmp(temporary, path, shallow=False):
             return
-        os.chmod(temporary, 0o644)  # mkstemp makes files private; outputs are ordinary files
+        os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes files private; outputs are as open() makes them
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -63,7 +80,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield temporary
-        os.chmod(temporary, 0o755)
+        os.chmod(temporary, 0o777 & ~umask())  # mkdtemp makes folders private; outputs are as mkdir makes them
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
