@@ -17,7 +17,7 @@ from tasks.evaluate import multilabel
 from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.release.export_parity import export_check, predict_stored
-from tasks.release.gate_record import check_record
+from tasks.release.gate_record import check_record, failed_own_checks
 from tasks.release.gate_record import is_current  # noqa: F401  (callers ask the gate whether it is current)
 from tasks.train import selection
 
@@ -205,13 +205,17 @@ def _sentence(passed: bool, champion: dict[str, Any] | None, checks: list[dict[s
     if passed:
         return f"The candidate passed all {len(checks)} checks against {against} and may be promoted."
     if compared is not None and not compared["same"]:
-        others = [check for check in failed if check["name"] != "same label set as production"]
-        also = f" It also failed: {'; '.join(check['name'] + ': ' + check['detail'] for check in others)}." \
-            if others else ""
+        others = failed_own_checks(checks)
+        if others:  # forcing would overrule these too: never advise it for a candidate under a floor
+            advice = (f" It also fails what every candidate must pass, so do not force it either: "
+                      f"{'; '.join(check['name'] + ': ' + check['detail'] for check in others)}. Improve the "
+                      "candidate and run again.")
+        else:
+            advice = (" It passes the floors and the export checks: if the new label set is intended, accept it "
+                      "with `imgpipe promote --force --reason \"...\"`.")
         return (f"The candidate was refused: its label set differs from the production model's "
                 f"({label_set_check(compared)['detail']}), so the two models do different tasks and their scores "
-                f"cannot be compared.{also} Production is unchanged. If the new label set is intended, accept it "
-                f"with `imgpipe promote --force --reason \"...\"`.")
+                f"cannot be compared. Production is unchanged.{advice}")
     reasons = "; ".join(f"{check['name']}: {check['detail']}" for check in failed[:3])
     more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
     return f"The candidate was refused against {against}: {reasons}{more}. Production is unchanged."
@@ -259,6 +263,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
         "label_sets": compared,
         "checks": checks,
         "exports": exports,
+        "fit_to_force": not failed_own_checks(checks),  # only the comparison with production refused it
         "promoted": False,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -37,3 +37,13 @@ def is_current(paths: Paths) -> bool:
 def check_record(name: str, passed: bool, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:
     """One check as gate.json records it."""
     return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
+
+
+# The checks of the candidate on its own: what every candidate must pass, whatever production is.
+OWN_CHECKS = ("export parity", "accuracy floor", "macro-F1 floor")
+
+
+def failed_own_checks(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidate's own checks (the floors, export parity) that it failed: while any fails, forcing a promotion
+    would ship a model below what every model must reach, so no message should suggest it."""
+    return [check for check in checks if check["name"] in OWN_CHECKS and not check["passed"]]

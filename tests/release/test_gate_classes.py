@@ -128,3 +128,38 @@ def test_the_old_name_of_the_class_check_is_refused_with_its_new_name():
     values["evaluate"]["gate"]["max_recall_drop"] = 0.1
     with pytest.raises(ValueError, match="evaluate.gate: max_recall_drop is now max_class_f1_drop"):
         parse_config(values)
+
+
+def _label_set_refusal(metrics: dict) -> str:
+    """The gate's sentence for a candidate of another label set with these test scores (export parity passing)."""
+    compared = gate.compare_label_sets(["a", "b", "c"], ["a", "b", "d"])
+    checks = [gate.check_record("export parity", True, 0.0, 1e-4, "every export agrees"),
+              *gate.floor_checks(GateParams(), metrics), gate.label_set_check(compared)]
+    champion = {"version": "production01", "metrics": None, "difference": None}
+    return gate._sentence(all(check["passed"] for check in checks), champion, checks, compared)
+
+
+def test_a_label_set_refusal_suggests_forcing_only_a_candidate_that_passes_the_floors():
+    fit = _label_set_refusal({"accuracy": 0.9, "macro_f1": 0.88})
+    assert fit.startswith("The candidate was refused: its label set differs from the production model's")
+    assert "passes the floors and the export checks" in fit and "imgpipe promote --force --reason" in fit
+
+    under_one = _label_set_refusal({"accuracy": 0.7, "macro_f1": 0.3})
+    assert "--force" not in under_one and "do not force it" in under_one
+    assert "macro-F1 floor: test macro-F1 0.3000, at least 0.5 required (evaluate.gate.min_macro_f1)" in under_one
+    assert "accuracy floor" not in under_one
+
+    under_both = _label_set_refusal({"accuracy": 0.115, "macro_f1": 0.021})
+    assert "--force" not in under_both
+    assert "accuracy floor: test accuracy 0.1150" in under_both and "macro-F1 floor: test macro-F1 0.0210" in under_both
+
+
+def test_only_the_candidates_own_checks_decide_whether_forcing_is_sensible():
+    from tasks.release import gate_record
+
+    compared = gate.compare_label_sets(["a", "b"], ["a", "c"])
+    checks = [gate.check_record("export parity", True, 0.0, 1e-4, "agrees"),
+              *gate.floor_checks(GateParams(), {"accuracy": 0.9, "macro_f1": 0.3}), gate.label_set_check(compared),
+              gate.check_record("F1 of 'a'", False, 0.5, 0.1, "F1 0.9 -> 0.4")]
+    assert [check["name"] for check in gate_record.failed_own_checks(checks)] == ["macro-F1 floor"]
+    assert gate_record.failed_own_checks(checks[:2] + checks[3:]) == []
