@@ -60,8 +60,26 @@ def _check_params(repo: str, assignments: list[str] | None = None) -> dict[str, 
     return overrides
 
 
+def _write_params(repo: str, overrides: dict[str, Any], lock_timeout: float) -> list[str]:
+    """Write the owner's `-S` changes into params.yaml (checked again, under the run lock); what changed.
+
+    Only this command changes params: the training flow takes none, so that a run created over Prefect's API runs
+    the committed params.yaml.
+    """
+    from flows import run_lock
+    from tasks import params_file
+
+    root = Path(repo).resolve()
+    with run_lock.workspace_lock(root, lock_timeout):
+        changes = params_file.write(root / "params.yaml", overrides)
+    for key, old_value, new_value in changes:
+        logging.getLogger(__name__).info("params.yaml: %s %r -> %r (kept in params.yaml)", key, old_value, new_value)
+    return [f"{key}: {old_value!r} -> {new_value!r}" for key, old_value, new_value in changes]
+
+
 def _run(arguments: argparse.Namespace) -> int:
     overrides = _check_params(arguments.repo, arguments.set_param)
+    params_changed = _write_params(arguments.repo, overrides, arguments.lock_timeout) if overrides else []
     prefect_setup.use_project(Path(arguments.repo).resolve())
     from prefect.exceptions import FailedRun
 
@@ -69,13 +87,13 @@ def _run(arguments: argparse.Namespace) -> int:
 
     try:
         summary = training(repo=arguments.repo, push=not arguments.no_push, lock_timeout=arguments.lock_timeout,
-                           commit=arguments.commit, set_params=overrides or None)
+                           commit=arguments.commit)
     except FailedRun as failed:  # a named failed state, e.g. Invalid data
         raise RuntimeError(str(failed)) from None
     if summary.get("outcome") == "Skipped":
         sys.stdout.write("another imgpipe run holds this repository; this run did nothing\n")
         return 0
-    sys.stdout.write(format_summary(summary))
+    sys.stdout.write(format_summary(summary | {"params_changed": params_changed}))
     return 0
 
 

@@ -13,7 +13,7 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows import git_commit, journal, notify, run_lock, stage_runner
-from tasks import model_folder, params_file
+from tasks import model_folder
 from tasks.config import load_config
 from tasks.release import gate, kill_point, leftovers, promote, report
 
@@ -28,7 +28,6 @@ class TrainingSummary:
     outputs: dict[str, str] = field(default_factory=dict)
     pushed: bool = False
     recovered: list[str] = field(default_factory=list)  # what a killed run had left, cleared or finished
-    params_changed: list[str] = field(default_factory=list)  # `imgpipe run -S key=value`, written to params.yaml
     committed: str = ""  # the git commit of dvc.lock and the .dvc files, or why none was made ("": not asked)
 
 
@@ -241,14 +240,13 @@ def _change_line(summary: TrainingSummary) -> str:
 
 
 @flow(name="training", log_prints=True)
-def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0, commit: bool | None = False,
-             set_params: dict[str, Any] | None = None) -> State:
+def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0, commit: bool | None = False) -> State:
     """Retrain when data, code or params changed: stages through DVC, gate against production, promote, report, push.
 
     commit: True commits dvc.lock and the .dvc files to git after a run that changed them (only those files);
     None does so when the folder is a git repository with nothing staged (the default of scheduled runs).
-    set_params: dotted params keys and values (`{"train.epochs": 5}`), checked and written into params.yaml
-    before the stages run, as `dvc exp run -S` does; they stay there.
+    The run uses params.yaml as it stands: the flow takes no params, so that a run created over Prefect's API
+    cannot change them (the owner changes them through git, or `imgpipe run -S`, which writes them first).
 
     Ends in a named state: Promoted, Refused, Unchanged, Nothing to do, Skipped (another run holds the
     repository), or the failed state Invalid data. Nothing is retried except pushes to the DVC remote.
@@ -256,11 +254,7 @@ def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0, comm
     root = Path(repo).resolve()
     try:
         with run_lock.workspace_lock(root, lock_timeout):
-            changes = params_file.write(root / "params.yaml", set_params) if set_params else []
-            for key, old_value, new_value in changes:
-                get_run_logger().info("params.yaml: %s %r -> %r (kept in params.yaml)", key, old_value, new_value)
             summary = _retrain(root, push, commit)
-            summary.params_changed = [f"{key}: {old_value!r} -> {new_value!r}" for key, old_value, new_value in changes]
     except run_lock.WorkspaceBusy as busy:
         get_run_logger().warning("%s", busy)
         return Completed(name="Skipped", message=str(busy), data={"repo": str(root), "outcome": "Skipped"})

@@ -87,11 +87,17 @@ def load_config(params_file: Path | None = None, overrides: dict[str, Any] | Non
     values = read_params(params_file)
     if overrides:
         values = apply_overrides(values, overrides)
+    return check_values(values, params_file)
+
+
+def check_values(values: dict[str, Any], params_file: Path) -> tuple[Config, Paths]:
+    """Every check that loading `values` as `params_file` makes (keys, ranges and the paths.* folders), without
+    reading or writing anything: a ValueError naming the file and the key."""
     try:
         config = parse_config(values)
+        return config, Paths(config.paths, params_file.parent)
     except ValueError as error:
         raise ValueError(f"{params_file}: {error}") from None
-    return config, Paths(config.paths, params_file.parent)
 
 
 class ArgumentError(ValueError):

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from tasks import atomic
-from tasks.config import apply_overrides, parse_config, read_params
+from tasks.config import apply_overrides, check_values, read_params
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
@@ -37,10 +37,7 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
 def check(params_file: Path, overrides: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """Validate the changed params as a whole (a bad key or value raises ValueError naming it); (key, old, new)."""
     values = read_params(params_file)
-    try:
-        parse_config(apply_overrides(values, overrides))
-    except ValueError as error:
-        raise ValueError(f"{params_file}: {error}") from None
+    check_values(apply_overrides(values, overrides), params_file.resolve())  # the paths.* folders too, as loading
     return [(key, _get(values, key), value) for key, value in overrides.items()]
 
 

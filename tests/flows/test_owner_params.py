@@ -1,0 +1,61 @@
+"""Params come from the owner only (issue 27 items 4 and 14): the training flow takes none over Prefect's API, and
+`imgpipe run -S` checks every change, the paths.* folders included, before params.yaml is written."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import pytest
+
+from flows import cli
+from tasks import params_file
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def _run_arguments(project, *assignments: str) -> argparse.Namespace:
+    return argparse.Namespace(repo=str(project), set_param=list(assignments), no_push=True, lock_timeout=0.0,
+                              commit=False)
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("paths.raw=/", "paths.raw"),
+    ("paths.models=.", "paths.models"),
+    ("train.epochs=-1", "train.epochs must be >= 1"),
+])
+def test_a_refused_change_leaves_params_yaml_as_it_was(project, assignment, message):
+    before = (project / "params.yaml").read_bytes()
+    with pytest.raises(ValueError, match=message):
+        params_file.write(project / "params.yaml", params_file.parse_assignments([assignment]))
+    with pytest.raises(ValueError, match=message):
+        cli._run(_run_arguments(project, "train.epochs=3", assignment))
+    assert (project / "params.yaml").read_bytes() == before
+
+
+def test_the_owners_change_is_written_by_the_command_before_the_flow(project):
+    changed = cli._write_params(str(project), params_file.parse_assignments(["train.epochs=3"]), 0.0)
+    assert changed and changed[0].startswith("train.epochs: ") and changed[0].endswith("-> 3")
+    assert "epochs: 3" in (project / "params.yaml").read_text()
+
+
+def test_the_training_flow_takes_no_params_over_the_api():
+    from flows.training import training
+
+    assert set(training.parameters.properties) == {"repo", "push", "lock_timeout", "commit"}
+    with pytest.raises(Exception, match="set_params"):  # what a flow run created over the API would be checked with
+        training.validate_parameters({"repo": ".", "set_params": {"ingest.scheduler": "tcp://127.0.0.1:8786"}})
+
+
+def test_a_deployment_of_the_training_flow_offers_no_params(project):
+    from flows.deploy import retrain_deployment
+
+    deployment = retrain_deployment(project, interval_seconds=60)
+    assert set(deployment._parameter_openapi_schema.properties) == {"repo", "push", "lock_timeout", "commit"}
+    assert deployment.enforce_parameter_schema  # a run with any other parameter is refused by the server
