@@ -103,3 +103,78 @@ def test_a_truncated_or_empty_model_file_is_called_damaged(saved, tmp_path, dama
     message = str(damaged.value)
     assert reason in message and str(model_file) in message and "File not found" not in message
     assert "dvc repro train" in message
+
+
+def _copy(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_truncated_model_file_is_called_damaged_when_loaded_for_a_run_not_changed(saved, tmp_path):
+    """Issue 27 item 14: a truncated model.keras said "changed during the run ... run again" on every run."""
+    folder = _copy(saved[0], tmp_path / "truncated")
+    info = model_folder.read_info(folder)
+    model_file = folder / model_folder.MODEL_FILE
+    model_file.write_bytes(model_file.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="damaged") as damaged:
+        model_folder.load_checked(info)
+    message = str(damaged.value)
+    assert "changed during the run" not in message and "run again" not in message
+    assert str(model_file) in message and "dvc repro train" in message and "dvc checkout" in message
+
+
+def test_a_model_file_replaced_under_its_card_is_named_with_what_to_do(saved, tmp_path):
+    """A whole, loadable model.keras that is not the version its card names: restore or retrain, not run again."""
+    folder = _copy(saved[0], tmp_path / "replaced")
+    info = model_folder.read_info(folder)
+    with (folder / model_folder.MODEL_FILE).open("ab") as handle:  # a zip archive tolerates trailing bytes
+        handle.write(b"\0")
+    with pytest.raises(ValueError, match="not the model its model_card.json names") as replaced:
+        model_folder.load_checked(info)
+    assert "run again" not in str(replaced.value) and "dvc repro train" in str(replaced.value)
+
+
+def test_checksums_cover_every_file_and_a_changed_export_is_refused_by_name(saved, tmp_path):
+    """Issue 27 item 5: an export or engines.json changed after train wrote them is refused, naming the file."""
+    folder = _copy(saved[0], tmp_path / "sealed")
+    version = model_folder.version_of(folder)
+    (folder / "model.onnx").write_bytes(b"onnx bytes as exported")
+    (folder / "openvino").mkdir()
+    (folder / "openvino" / "model.xml").write_bytes(b"<net/>")
+    (folder / "openvino" / "model.bin").write_bytes(b"\1\2\3\4")
+    model_folder.write_engines(folder, {"engines": []})
+    checksums = json.loads((folder / model_folder.CHECKSUMS_FILE).read_text())
+    assert checksums["complete"] and checksums["version"] == version
+    assert set(checksums["sha256"]) == {"model.keras", "labels.json", "model_card.json", "history.csv",
+                                        "model.onnx", "openvino/model.bin", "openvino/model.xml", "engines.json"}
+    model_folder.check_files(folder, ["model.onnx", "openvino/model.xml", "engines.json"], version, exports=True)
+    assert model_folder.read_engines(folder) == {"engines": []}
+
+    (folder / "model.onnx").write_bytes(b"onnx bytes permuted")
+    with pytest.raises(ValueError, match="model.onnx: changed or damaged since train wrote it") as refused:
+        model_folder.check_files(folder, ["model.onnx"], version, exports=True)
+    assert "dvc checkout" in str(refused.value) and "dvc repro train" in str(refused.value)
+    (folder / "openvino" / "model.bin").write_bytes(b"\4\3\2\1")  # the weights beside the IR count too
+    with pytest.raises(ValueError, match=r"openvino/model.bin: changed or damaged"):
+        model_folder.check_files(folder, ["openvino/model.xml"], version, exports=True)
+    (folder / "model.int8.onnx").write_bytes(b"added later")
+    with pytest.raises(ValueError, match="model.int8.onnx: not among the files train wrote"):
+        model_folder.check_files(folder, ["model.int8.onnx"], version, exports=True)
+    (folder / model_folder.ENGINES_FILE).write_text(json.dumps({"engines": [{"engine": "openvino"}]}))
+    with pytest.raises(ValueError, match="engines.json: changed or damaged"):
+        model_folder.read_engines(folder)
+    with pytest.raises(ValueError, match="written for the model .* but model.keras is the model 0123456789ab"):
+        model_folder.check_files(folder, ["engines.json"], "0123456789ab")
+    (folder / model_folder.CHECKSUMS_FILE).unlink()
+    with pytest.raises(ValueError, match="no checksums.json, so model.onnx cannot be checked"):
+        model_folder.check_files(folder, ["model.onnx"], version, exports=True)
+
+
+def test_while_train_is_still_writing_exports_only_listed_files_are_checked(saved, tmp_path):
+    folder = _copy(saved[0], tmp_path / "building")  # model_folder.write recorded what it wrote, not complete
+    assert not json.loads((folder / model_folder.CHECKSUMS_FILE).read_text())["complete"]
+    (folder / "model.onnx").write_bytes(b"just exported")
+    model_folder.check_files(folder, ["model.onnx"], exports=True)  # the engine check of train opens it
+    with pytest.raises(ValueError, match="engines.json: not among the files train wrote"):
+        (folder / model_folder.ENGINES_FILE).write_text(json.dumps({"engines": []}))
+        model_folder.read_engines(folder)

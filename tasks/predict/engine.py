@@ -6,6 +6,8 @@ engine and precision that train measured on the test split (engines.json in the 
 parity there: fp32 within MAX_FP32_DIFFERENCE of Keras's probabilities (softmax, or a multi-label model's
 sigmoids), bf16 and int8 agreeing on the top-1 label (a multi-label model: on the label set at its thresholds)
 of at least MIN_AGREEMENT of the images. Nothing is assumed: a folder without engines.json runs on Keras.
+What runs is what train wrote: model.keras by the version id, an export and engines.json by the folder's
+checksums.json (hashed once when the engine is opened), and a folder without checksums runs only model.keras.
 The heavy libraries are imported only by the engine that is opened.
 """
 
@@ -71,6 +73,9 @@ def unusable_reason(folder: Path, engine: str, precision: str) -> str | None:
     if model_file(folder, engine, precision) is None:
         wanted = " or ".join(FILES[engine][precision])
         return f"{folder} has no {wanted} (train writes it: train.exports, train.int8_calibration)"
+    if engine != "keras" and not model_folder.has_checksums(folder):
+        return (f"{folder} has no {model_folder.CHECKSUMS_FILE}, so its exports cannot be checked against the "
+                "model (retrain it to record them; model.keras, which the version id covers, runs on `engine` keras)")
     return None
 
 
@@ -129,9 +134,8 @@ def open_engine(info: model_folder.ModelInfo, engine: str, precision: str, threa
     reason = unusable_reason(info.folder, engine, precision)
     if reason or path is None:
         raise ArgumentError(f"`engine` {engine} at `precision` {precision}: {reason}")
-    if model_folder.compute_version(info.folder) != info.version:
-        raise ValueError(f"{info.folder / model_folder.MODEL_FILE}: the model changed during the run (version is "
-                         f"no longer {info.version}); run again to use the new model")
+    model_folder.check_unchanged(info)
+    model_folder.check_files(info.folder, [path.relative_to(info.folder).as_posix()], info.version, exports=True)
     if engine == "onnxruntime":
         from tasks.predict import onnxruntime_engine
 

@@ -1,5 +1,6 @@
 """Runs a model folder's TensorFlow-side files on uint8 batches: model.keras (the `keras` engine), and for the gate's
-export checks the SavedModel and the LiteRT file; reads them, writes nothing."""
+export checks the SavedModel and the LiteRT file (each checked against the folder's checksums.json when it has one);
+reads them, writes nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from tasks import model_folder
+
+
+def _check_export(path: Path) -> None:
+    """Refuse an export that is not what train wrote, when its model folder records checksums."""
+    if model_folder.has_checksums(path.parent):
+        model_folder.check_files(path.parent, [f"{path.name}/" if path.is_dir() else path.name], exports=True)
 
 
 def _empty(classes: int) -> np.ndarray:
@@ -36,6 +43,7 @@ class SavedModelRunner:
     def __init__(self, folder: Path, classes: int) -> None:
         import tensorflow as tf
 
+        _check_export(folder)
         self._tf = tf
         self.exported = tf.saved_model.load(str(folder))  # keep it: it owns the variables
         self.classes = classes
@@ -52,6 +60,7 @@ class LiteRtRunner:
     name, precision = "litert", "fp32"
 
     def __init__(self, path: Path, classes: int) -> None:
+        _check_export(path)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:

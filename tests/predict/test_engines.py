@@ -136,3 +136,61 @@ def test_a_damaged_engine_record_is_a_clear_error(exported_model, tmp_path):
     (folder / model_folder.ENGINES_FILE).write_text(json.dumps({"engines": "fast"}))
     with pytest.raises(ValueError, match="engines.json: must be a JSON object with an 'engines' list"):
         engine.choose(folder)
+
+
+def _sealed_copy(exported_model: Path, target: Path) -> Path:
+    """A copy of the exported model, finished as train finishes it: engines.json (here onnxruntime fp32 the
+    fastest, so that auto takes it) and the checksums of every file."""
+    import shutil
+
+    shutil.copytree(exported_model, target)
+    _record(target, [("onnxruntime", "fp32", 0.1, True), ("onnxruntime", "int8", 0.2, True),
+                     ("openvino", "fp32", 0.3, True), ("openvino", "int8", 0.4, True)])
+    return target
+
+
+def _permute_weights(path: Path) -> None:
+    """Reverse the largest weight tensor of an ONNX model: still a valid model, giving other labels."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph_model = onnx.load(str(path))
+    largest = max(graph_model.graph.initializer, key=lambda tensor: np.prod(tensor.dims))
+    values = numpy_helper.to_array(largest)
+    largest.CopyFrom(numpy_helper.from_array(values.reshape(-1)[::-1].reshape(values.shape).copy(), largest.name))
+    onnx.save(graph_model, str(path))
+
+
+def test_an_export_changed_after_training_is_refused_by_every_engine_naming_the_file(exported_model, tmp_path):
+    """Issue 27 item 5: permuted model.onnx and model.int8.onnx gave wrong labels through every engine, each row
+    stamped with the model's version id."""
+    folder = _sealed_copy(exported_model, tmp_path / "model")
+    source = write_class_folders(tmp_path / "photos", per_class=1)
+    for name, precision in [("auto", "auto"), ("onnxruntime", "fp32"), ("openvino", "fp32")]:  # untouched: runs
+        predict.run(source, tmp_path / f"{name}-{precision}.parquet", folder,
+                    predict.PredictOptions(engine=name, precision=precision))
+    _permute_weights(folder / model_folder.INT8_ONNX_FILE)
+    _permute_weights(folder / "model.onnx")
+    for name, precision, changed in [("auto", "auto", "model.onnx"), ("onnxruntime", "fp32", "model.onnx"),
+                                     ("openvino", "fp32", "model.onnx"), ("onnxruntime", "int8", "model.int8.onnx"),
+                                     ("openvino", "int8", "model.int8.onnx")]:
+        out = tmp_path / f"refused-{name}-{precision}.parquet"
+        with pytest.raises(ValueError, match=f"{folder / changed}: changed or damaged since train wrote it"):
+            predict.run(source, out, folder, predict.PredictOptions(engine=name, precision=precision))
+        assert not out.exists()
+    summary = predict.run(source, tmp_path / "keras.parquet", folder, predict.PredictOptions(engine="keras"))
+    assert summary.engine == "keras"  # model.keras is covered by the version id, and untouched
+
+
+def test_a_changed_engine_record_or_a_folder_without_checksums_runs_no_export(exported_model, tmp_path):
+    folder = _sealed_copy(exported_model, tmp_path / "model")
+    record = json.loads((folder / model_folder.ENGINES_FILE).read_text())
+    record["engines"][0]["ms_per_image"] = 0.0001  # engines.json trusted as written chose the engine
+    (folder / model_folder.ENGINES_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=f"{folder / model_folder.ENGINES_FILE}: changed or damaged"):
+        engine.choose(folder)
+    model_folder.write_engines(folder, record)
+    (folder / model_folder.CHECKSUMS_FILE).unlink()  # nothing to check the exports against: model.keras only
+    assert engine.choose(folder) == ("keras", "fp32")
+    with pytest.raises(ArgumentError, match="has no checksums.json, so its exports cannot be checked"):
+        engine.choose(folder, "onnxruntime", "fp32")
