@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, label_sets, model_folder
+from tasks import atomic, csv_cells, label_sets, model_folder
 from tasks.evaluate import metrics_file, multilabel, plots
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ def write(predictions: pd.DataFrame, info: model_folder.ModelInfo, history: pd.D
 
     output.mkdir(parents=True, exist_ok=True)
     table = prediction_table(predictions["path"].tolist(), truth, probabilities, labels, thresholds)
-    atomic.write_csv(output / "test_predictions.csv", table)
-    atomic.write_csv(output / "confusion_matrix.csv", outcomes)
+    atomic.write_csv(output / "test_predictions.csv", csv_cells.safe_table(table))
+    atomic.write_csv(output / "confusion_matrix.csv", csv_cells.safe_table(outcomes))
     per_class = pd.DataFrame([{"class": label, **scores} for label, scores in metrics["per_class"].items()])
-    atomic.write_csv(output / "per_class.csv", per_class)
+    atomic.write_csv(output / "per_class.csv", csv_cells.safe_table(per_class))
     plots.label_outcomes(outcomes, output / "confusion_matrix.png", normalised=False)
     plots.label_outcomes(outcomes, output / "confusion_matrix_normalised.png", normalised=True)
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")

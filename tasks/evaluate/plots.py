@@ -13,12 +13,14 @@ import pandas as pd
 from matplotlib.figure import Figure  # the object API draws with Agg and touches no global pyplot state
 
 from tasks import atomic
+from tasks.evaluate import confusion
 
 logger = logging.getLogger(__name__)
 
 DPI = 110
 MAX_ANNOTATED_CLASSES = 30  # above this, numbers in confusion-matrix cells become unreadable
 MAX_TICK_LABELLED_CLASSES = 80
+MAX_DRAWN_CLASSES = 50  # a confusion matrix draws at most this many classes: the most confused ones
 MAX_BAR_CLASSES = 50  # above this, per_class_bars shows the classes with the lowest F1
 PHASE_ORDER = ("head", "train", "simple_cnn", "fine_tune")  # a pretrained route's head, then its challengers
 THUMBNAIL_SIDE = 128
@@ -48,17 +50,25 @@ def _message_figure(title: str, message: str) -> Figure:
     return figure
 
 
-def confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, normalised: bool) -> None:
+def confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, normalised: bool,
+                     of_classes: int | None = None, row_totals: np.ndarray | None = None) -> None:
     """Save a confusion matrix (rows: actual class, columns: predicted) as a PNG.
 
-    `normalised` divides each row by its total, so a cell reads as the share of that actual class; otherwise
-    cells show image counts. A class with no test images has an all-zero row either way.
+    `normalised` divides each row by its total (`row_totals` when the matrix is a part of a larger one: every image
+    of the class), so a cell reads as the share of that actual class; otherwise cells show image counts. A class
+    with no test images has an all-zero row either way. At most MAX_DRAWN_CLASSES classes are drawn, the most
+    confused ones; `of_classes` says how many the whole matrix has when `matrix` is already such a part.
     """
     matrix = np.asarray(matrix)
     count = len(labels)
     if matrix.shape != (count, count):
         raise ValueError(f"confusion matrix of shape {matrix.shape} does not match {count} labels")
-    totals = matrix.sum(axis=1, keepdims=True)
+    totals = matrix.sum(axis=1, keepdims=True) if row_totals is None else np.asarray(row_totals).reshape(-1, 1)
+    if count > MAX_DRAWN_CLASSES:  # a picture of thousands of classes is unreadable and takes gigabytes to draw
+        errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diagonal(matrix)
+        drawn = confusion.most_confused(errors, MAX_DRAWN_CLASSES)
+        matrix, totals, labels = matrix[np.ix_(drawn, drawn)], totals[drawn], [labels[index] for index in drawn]
+        of_classes, count = of_classes or count, len(drawn)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
     values = shares if normalised else matrix
     top = 1.0 if normalised else max(1, int(matrix.max(initial=0)))
@@ -75,7 +85,11 @@ def confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, normalis
     axes.set_xlabel("predicted class")
     axes.set_ylabel("actual class")
     kind = "share of each actual class" if normalised else "image counts"
-    axes.set_title(f"Confusion matrix, {kind} (test split, {int(matrix.sum())} images)")
+    if of_classes is not None and of_classes > count:
+        axes.set_title(f"Confusion matrix, {kind}: the {count} most confused of {of_classes} classes (test split; "
+                       f"every count in confusion_matrix.csv)", fontsize=10)
+    else:
+        axes.set_title(f"Confusion matrix, {kind} (test split, {int(matrix.sum())} images)")
     if count <= MAX_ANNOTATED_CLASSES:
         font_size = 9 if count <= 12 else 7
         for row in range(count):
@@ -103,6 +117,12 @@ def label_outcomes(outcomes: pd.DataFrame, path: Path, normalised: bool) -> None
     true positives and false negatives as shares of the images that have the label (recall, miss rate), false
     positives and true negatives as shares of those that have not (false positive rate, specificity).
     """
+    title_part = ""
+    if len(outcomes) > MAX_DRAWN_CLASSES:  # one row per label: thousands would make a picture metres high
+        errors = (outcomes["false_negatives"] + outcomes["false_positives"]).to_numpy()
+        drawn = confusion.most_confused(errors, MAX_DRAWN_CLASSES)
+        title_part = f": the {len(drawn)} labels with the most mistakes of {len(outcomes)}"
+        outcomes = outcomes.iloc[drawn]
     labels = outcomes["label"].astype(str).tolist()
     counts = outcomes[[name for name, _ in OUTCOMES]].to_numpy(dtype=float)
     positives = counts[:, :2].sum(axis=1, keepdims=True)
@@ -123,7 +143,7 @@ def label_outcomes(outcomes: pd.DataFrame, path: Path, normalised: bool) -> None
                 axes.text(column, row, f"{value:.2f}" if normalised else str(int(value)), ha="center", va="center",
                           fontsize=8, color="white" if value > 0.55 * top else "black")
     kind = "shares of the images with (without) the label" if normalised else "image counts"
-    axes.set_title(f"Per-label outcomes, {kind} (test split)")
+    axes.set_title(f"Per-label outcomes{title_part}, {kind} (test split)")
     axes.set_ylabel("label")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share" if normalised else "images")
     figure.tight_layout()

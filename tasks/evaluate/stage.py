@@ -10,12 +10,11 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-from sklearn import metrics as sk_metrics
 
-from tasks import atomic, embedding_store, images, label_sets, model_folder, processed_store, stored_images
+from tasks import atomic, csv_cells, embedding_store, images, label_sets, model_folder, processed_store, stored_images
 from tasks.config import load_config
 from tasks.evaluate import metrics as metric_functions
-from tasks.evaluate import metrics_file, multilabel_report, plots
+from tasks.evaluate import confusion, metrics_file, multilabel_report, plots
 from tasks.params import EvaluateParams
 from tasks.paths import Paths
 from tasks.train import dataset
@@ -111,7 +110,7 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
     true_index = predictions["label_index"].to_numpy()
     predicted_index = probabilities.argmax(axis=1)
     metrics = metric_functions.compute_metrics(true_index, probabilities, labels, params.top_k, seed)
-    matrix = sk_metrics.confusion_matrix(true_index, predicted_index, labels=list(range(len(labels))))
+    pairs = confusion.pair_counts(true_index, predicted_index)  # sparse: 10,000 classes are 10^8 cells dense
 
     output = paths.evaluation
     output.mkdir(parents=True, exist_ok=True)
@@ -121,13 +120,18 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
         "predicted": [labels[index] for index in predicted_index],
         "confidence": probabilities.max(axis=1).round(6),
     })
-    atomic.write_csv(output / "test_predictions.csv", table)
-    atomic.write_csv(output / "confusion_matrix.csv",
-                     pd.DataFrame(matrix, index=pd.Index(labels, name="actual"), columns=labels).reset_index())
+    atomic.write_csv(output / "test_predictions.csv", csv_cells.safe_table(table))
+    atomic.write_csv(output / "confusion_matrix.csv", csv_cells.safe_table(confusion.csv_table(pairs, labels)))
     per_class = pd.DataFrame([{"class": label, **scores} for label, scores in metrics["per_class"].items()])
-    atomic.write_csv(output / "per_class.csv", per_class)
-    plots.confusion_matrix(matrix, labels, output / "confusion_matrix.png", normalised=False)
-    plots.confusion_matrix(matrix, labels, output / "confusion_matrix_normalised.png", normalised=True)
+    atomic.write_csv(output / "per_class.csv", csv_cells.safe_table(per_class))
+    # the picture shows at most plots.MAX_DRAWN_CLASSES classes: the most confused ones when there are more
+    drawn = confusion.most_confused(confusion.errors_per_class(pairs, len(labels)), plots.MAX_DRAWN_CLASSES)
+    matrix = confusion.sub_matrix(pairs, drawn)
+    drawn_labels = [labels[index] for index in drawn]
+    support = np.bincount(true_index, minlength=len(labels))[drawn]  # each drawn row's share is of all its images
+    for name, normalised in (("confusion_matrix.png", False), ("confusion_matrix_normalised.png", True)):
+        plots.confusion_matrix(matrix, drawn_labels, output / name, normalised=normalised, of_classes=len(labels),
+                               row_totals=support)
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
     plots.training_curves(model_folder.read_history(paths.candidate), output / "training_curves.png")
     plots.mistakes_gallery(table, stored_thumbnails(paths, max_pixels), output / "mistakes.png")
