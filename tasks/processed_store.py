@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from tasks import disk_space
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -63,12 +65,16 @@ def _record(sha256: str, pixels: np.ndarray) -> bytes:
 class ShardWriter:
     """Adds decoded images to new shards of at most about `shard_bytes` each (a context manager).
 
-    A shard is renamed into place when full and on a clean exit; on an error its temporary file is removed.
+    A shard is renamed into place when full and on a clean exit; on an error its temporary file is removed, also
+    when closing it fails too (a full disk fails the close as well). A full disk is raised as disk_space.DiskFull,
+    naming the folder and `needed_bytes` (what the whole write needs, when the caller knows), never as TensorFlow's
+    ResourceExhaustedError.
     """
 
-    def __init__(self, folder: Path, shard_bytes: int) -> None:
+    def __init__(self, folder: Path, shard_bytes: int, needed_bytes: int | None = None) -> None:
         self.folder = folder
         self.shard_bytes = shard_bytes
+        self.needed_bytes = needed_bytes
         names = shard_names(folder)
         self._serial = int(SHARD_PATTERN.fullmatch(names[-1])["serial"]) if names else 0
         self._writer: tf.io.TFRecordWriter | None = None
@@ -80,6 +86,10 @@ class ShardWriter:
     def _name(self) -> str:
         return f"decoded-{self._serial:06d}.tfrecord"
 
+    @property
+    def _temporary(self) -> Path:
+        return self.folder / f".{self._name}.partial"
+
     def __enter__(self) -> ShardWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
@@ -87,23 +97,25 @@ class ShardWriter:
     def __exit__(self, error_type: object, *rest: object) -> None:
         if error_type is None:
             self._finish()
-        elif self._writer is not None:
-            self._writer.close()
-            (self.folder / f".{self._name}.partial").unlink(missing_ok=True)
-            self._writer = None
+        else:
+            self._abandon()
 
     def add(self, sha256: str, pixels: np.ndarray) -> str:
         """Append one decoded image; return the name its shard will have."""
         record = _record(sha256, pixels)
         if self._writer is not None and self._size + len(record) + RECORD_OVERHEAD > self.shard_bytes:
             self._finish()
-        if self._writer is None:
-            self._serial += 1
-            import tensorflow as tf
+        try:
+            if self._writer is None:
+                self._serial += 1
+                import tensorflow as tf
 
-            self._writer = tf.io.TFRecordWriter(str(self.folder / f".{self._name}.partial"))
-            self._size = 0
-        self._writer.write(record)
+                self._writer = tf.io.TFRecordWriter(str(self._temporary))
+                self._size = 0
+            self._writer.write(record)
+        except Exception as error:
+            self._raise_disk_full(error)
+            raise
         self._size += len(record) + RECORD_OVERHEAD
         self.counts[self._name] = self.counts.get(self._name, 0) + 1
         return self._name
@@ -111,10 +123,31 @@ class ShardWriter:
     def _finish(self) -> None:
         if self._writer is None:
             return
-        self._writer.close()
-        os.replace(self.folder / f".{self._name}.partial", self.folder / self._name)
+        try:
+            self._writer.close()
+            os.replace(self._temporary, self.folder / self._name)
+        except Exception as error:
+            self._abandon()
+            self._raise_disk_full(error)
+            raise
         self.written.append(self._name)
         self._writer = None
+
+    def _abandon(self) -> None:
+        """Remove the shard being written, whatever closing it says."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # the write already failed; its error is the one to report
+            pass
+        finally:
+            self._temporary.unlink(missing_ok=True)
+            self._writer = None
+
+    def _raise_disk_full(self, error: Exception) -> None:
+        """Say a full disk in plain words: TensorFlow reports one as ResourceExhaustedError."""
+        if disk_space.is_full(error) or type(error).__name__ == "ResourceExhaustedError":
+            raise disk_space.DiskFull(self.folder, "the decoded image shards", self.needed_bytes) from error
 
 
 def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tasks import processed_store
 from tasks.train import dataset
@@ -32,3 +33,42 @@ def test_shards_are_bounded_written_once_and_read_back_in_order_by_the_split_tab
     assert [path.decode() for batch in batches for path in batch["path"].numpy()] == [f"label/{index}.png"
                                                                                        for index in range(0, 9, 2)]
     assert [int(label) for batch in batches for label in batch["label"].numpy()] == [0, 2, 1, 0, 2]
+
+
+class _FullDiskWriter:
+    """A TFRecordWriter on a disk that fills up: writes a little, then fails as TensorFlow does, close included."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self.path, self.error = path, tf.errors.ResourceExhaustedError
+        self.file = open(path, "wb")
+        self.records = 0
+
+    def write(self, record):
+        self.records += 1
+        if self.records > 2:
+            raise self.error(None, None, f"{self.path}; No space left on device")
+        self.file.write(record)
+
+    def close(self):
+        self.file.close()
+        raise self.error(None, None, f"{self.path}; No space left on device")
+
+
+def test_a_full_disk_is_said_in_plain_words_and_leaves_no_partial_shard(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from tasks import disk_space
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", _FullDiskWriter)
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(disk_space.DiskFull) as raised:
+        with processed_store.ShardWriter(tmp_path, 2**20, needed_bytes=5 * 2**20) as writer:
+            for index in range(5):
+                writer.add(f"{index:064x}", pixels)
+    message = str(raised.value)
+    assert message.startswith("[Errno 28] the disk is full: cannot write the decoded image shards in " + str(tmp_path))
+    assert "about 5 MiB needed" in message and "free space" in message
+    assert "ResourceExhaustedError" not in message and isinstance(raised.value, OSError)
+    assert list(tmp_path.iterdir()) == []  # the unfinished shard is gone although closing it failed too

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from tasks import manifest as manifest_file
-from tasks import atomic, dvc_outputs, images, label_sets, model_choice, pool, processed_store, progress, raw_store
+from tasks import atomic, disk_space, dvc_outputs, images, label_sets, model_choice, pool, processed_store, progress, raw_store
 from tasks import stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 # sha256-sized key per image would make this table, rewritten on every change, twice as large
 TABLE_COLUMNS = ["path", "label", "label_index", "split", "sha256", "shard"]
 OLD_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
+RECORD_BYTES = 256  # per decoded image beyond its pixels: sha256, protobuf and TFRecord framing (over-estimated)
 COMPACT_BELOW = 0.5  # a shard whose live share of records falls under this is rewritten without the dead ones
 
 
@@ -164,7 +165,11 @@ def _decode_new(table: pd.DataFrame, earlier: Earlier, params: PreprocessParams,
     decoder = stored_images.Decoder(paths.raw, params.image_size, params.resize, max_pixels)
     jobs = [(row.path, raw_store.location_of(row)) for row in new.itertuples(index=False)]
     placed: dict[str, str] = {}
-    with processed_store.ShardWriter(paths.processed, params.shard_megabytes * 2**20) as writer, \
+    needed = len(jobs) * (params.image_size ** 2 * 3 + RECORD_BYTES)
+    free = disk_space.free_bytes(paths.processed)
+    if jobs and free is not None and needed > free:  # say so now, not after hours of decoding
+        raise disk_space.DiskFull(paths.processed, f"{len(jobs)} decoded images", needed)
+    with processed_store.ShardWriter(paths.processed, params.shard_megabytes * 2**20, needed) as writer, \
             progress.bar(len(jobs), "image", "preprocess") as shown:
         for sha256, pixels in zip(new["sha256"], pool.ordered_map(decoder, jobs, params.workers, params.scheduler)):
             placed[sha256] = writer.add(sha256, pixels)

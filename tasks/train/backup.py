@@ -10,10 +10,8 @@ training restarts from the one before or from scratch.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ from typing import Any
 import h5py
 import keras
 from keras import ops
+
+from tasks import disk_space
 
 logger = logging.getLogger(__name__)
 
@@ -30,22 +30,6 @@ PARTIAL = ".latest.partial.weights.h5"  # Keras saves weights only to a name end
 EPOCH_ATTRIBUTE = "imgpipe_epochs_done"  # in the weights file itself, so a backup's weights and epoch never part
 DAMAGED_FOLDER = "damaged"  # beside the run folders: data/models/.runs/damaged/
 UNREADABLE = (OSError, ValueError, KeyError, RuntimeError)  # what h5py and Keras raise on a damaged file
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether an error from writing a file (h5py wraps the system's error in its message) means a full disk."""
-    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error) \
-        or "errno = 28" in str(error)
-
-
-def disk_full_message(folder: Path, needed_bytes: int | None, what: str) -> str:
-    """A full disk in plain words: which folder, how much it needs and has, and what to do."""
-    try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    needed = f", about {needed_bytes / 2**20:.0f} MiB needed" if needed_bytes else ""
-    return f"the disk is full: cannot write {what} in {folder} ({free}{needed}); free space on that disk and run again"
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -124,10 +108,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 os.replace(latest, previous)
             os.replace(temporary, latest)
         except (OSError, RuntimeError) as error:
-            if is_disk_full(error):
+            if disk_space.is_full(error):
                 size = latest.stat().st_size if latest.exists() else None
-                message = disk_full_message(self.folder, size, f"the training backup after epoch {epochs_done}")
-                raise OSError(errno.ENOSPC, f"{message}: training resumes from the last whole backup") from error
+                raise disk_space.DiskFull(self.folder, f"the training backup after epoch {epochs_done} (the last "
+                                          f"whole backup is kept: training resumes from it)", size) from error
             raise
         finally:
             temporary.unlink(missing_ok=True)

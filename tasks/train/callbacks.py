@@ -3,7 +3,6 @@ resumable run folder; writes only inside it."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -17,7 +16,7 @@ import keras
 import pandas as pd
 from keras import ops
 
-from tasks import atomic, progress
+from tasks import atomic, disk_space, progress
 from tasks.params import TrainParams
 from tasks.train import backup, selection
 
@@ -259,9 +258,9 @@ class BestWeights(keras.callbacks.Callback):
                 self.model.save_weights(temporary, overwrite=True)
                 os.replace(temporary, self.weights)
             except (OSError, RuntimeError) as error:
-                if backup.is_disk_full(error):
-                    message = backup.disk_full_message(self.weights.parent, None, "the best epoch's weights")
-                    raise OSError(errno.ENOSPC, f"{message}: training resumes from the last backup") from error
+                if disk_space.is_full(error):
+                    raise disk_space.DiskFull(self.weights.parent, "the best epoch's weights (training resumes "
+                                              "from the last backup)") from error
                 raise
             finally:
                 temporary.unlink(missing_ok=True)

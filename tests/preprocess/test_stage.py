@@ -213,3 +213,36 @@ def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_rec
     for batch in dataset.split_dataset(paths.processed, "train", 32, 4, training=False):
         assert batch[0].shape[1:] == (32, 32, 3)
         break
+
+
+def test_preprocess_on_a_full_disk_says_so_and_removes_its_partial_shards(shrunk_config, monkeypatch):
+    import pytest
+    import tensorflow as tf
+
+    from tasks import disk_space
+    from tests.test_processed_store import _FullDiskWriter
+
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    monkeypatch.setattr(tf.io, "TFRecordWriter", _FullDiskWriter)
+    with pytest.raises(disk_space.DiskFull, match="the disk is full: cannot write the decoded image shards in") as raised:
+        preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    assert str(paths.processed) in str(raised.value) and "needed" in str(raised.value)
+    assert not [path for path in paths.processed.rglob("*") if ".partial" in path.name]
+
+
+def test_preprocess_refuses_before_decoding_when_the_disk_cannot_hold_the_images(shrunk_config, monkeypatch):
+    import pytest
+
+    from tasks import disk_space
+
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 1000)
+    with pytest.raises(disk_space.DiskFull, match=r"cannot write 36 decoded images in .*free, about .* needed"):
+        preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    assert not processed_shards(paths)
+
+
+def processed_shards(paths):
+    return [path for path in paths.processed.glob("*.tfrecord")] if paths.processed.is_dir() else []
