@@ -16,6 +16,7 @@ from tasks.evaluate import metrics as metric_functions
 from tasks.evaluate import multilabel
 from tasks.params import GateParams
 from tasks.paths import Paths
+from tasks.release import lineage as data_lineage
 from tasks.release.export_parity import export_check, predict_stored
 from tasks.release.gate_record import check_record, failed_own_checks
 from tasks.release.gate_record import is_current  # noqa: F401  (callers ask the gate whether it is current)
@@ -248,7 +249,12 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
         else:  # no scores: the production model cannot be scored on classes it never knew
             champion = {"version": model_folder.version_of(paths.production), "metrics": None, "difference": None}
     passed = all(check["passed"] for check in checks)
+    lineage = data_lineage.compare(model_folder.read_card(paths.candidate), model_folder.read_card(paths.production)
+                                   if model_folder.exists(paths.production) else None)
     notes = split_notes(paths.candidate, metrics, params.metric)
+    if lineage["note"]:
+        logger.warning("gate: %s", lineage["note"])
+        notes.append(lineage["note"])
     gate = {
         "decision": "pass" if passed else "fail",
         "sentence": _sentence(passed, champion, checks, compared) + "".join(f" Note: {note}." for note in notes),
@@ -261,6 +267,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
                                    "micro_f1", "mean_average_precision") if key in metrics}},
         "champion": champion,
         "label_sets": compared,
+        "lineage": lineage,  # both models' data: source, manifest and data hashes, label set; grown or other data
         "checks": checks,
         "exports": exports,
         "fit_to_force": not failed_own_checks(checks),  # only the comparison with production refused it

@@ -257,7 +257,7 @@ def _gate_section(gate: dict[str, Any] | None) -> str:
                    ("candidate model version", str(candidate.get("version", "—"))),
                    ("champion model version", str(champion.get("version", "none: no production model yet"))),
                    ("decided at", str(gate.get("created_at", "—")))])
-    body += _label_sets_part(gate.get("label_sets"))
+    body += _label_sets_part(gate.get("label_sets")) + report_sections.data_lineage_part(gate.get("lineage"))
     checks = [[str(check.get("name", "")), "passed" if check.get("passed") else "FAILED", _number(check.get("value")),
                _number(check.get("threshold")), str(check.get("detail", ""))] for check in gate.get("checks") or []]
     body += "<h3>Checks</h3>" + (_table(["check", "result", "value", "threshold", "detail"], checks, numeric_from=2)
@@ -309,6 +309,7 @@ def markdown_summary(paths: Paths) -> str:
         if label_sets and not label_sets.get("same", True):
             lines += [f"Production labels: {_markdown_cell(', '.join(label_sets['production']))}  ",
                       f"Candidate labels: {_markdown_cell(', '.join(label_sets['candidate']))}", ""]
+        lines += report_sections.lineage_markdown(gate.get("lineage"))
     if metrics is None:
         return "\n".join(lines + ["No test metrics yet."]) + "\n"
     lines += ["| metric | value | interval |", "|---|---:|---|"]

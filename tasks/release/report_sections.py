@@ -1,5 +1,6 @@
-"""More sections of the run report: the training params, the augmentation preview and the production model's history;
-reads the candidate's model card, data/reports/augmentation_preview.png and registry/history.jsonl.
+"""More sections of the run report: the training params, the augmentation preview, the production model's history
+and the gate's record of both models' data; reads the candidate's model card, data/reports/augmentation_preview.png,
+registry/history.jsonl (and the lineage record of gate.json, given by tasks/release/report.py).
 
 Kept beside tasks/release/report.py (which lays out the page and owns its small HTML helpers) so that each
 module stays small.
@@ -91,6 +92,51 @@ def production_section(paths: Paths) -> str:
     return (f"<section id=\"production\"><h2>Production model</h2>{report._pairs([('in production now', current)])}"
             "<h3>Latest changes, newest first</h3>"
             + report._table(["at", "change", "version", "reason", "by"], rows, numeric_from=99) + "</section>")
+
+
+def _lineage_sentence(record: dict[str, Any]) -> tuple[str, bool]:
+    """What the gate found of the two models' data, and whether a person should look (other data, or unknown)."""
+    relation, kept = record.get("relation"), record.get("production_images_kept")
+    if relation == "same data":
+        return "Both models learnt from the same data (the same split table).", False
+    if relation == "grown" and isinstance(kept, (int, float)):
+        return (f"The candidate's data is the production model's data grown: {kept:.0%} of production's images "
+                f"(estimated on {record.get('compared_images')}) are in it.", False)
+    if record.get("note"):
+        return str(record["note"])[:1].upper() + str(record["note"])[1:] + ".", True
+    return "No production model: the candidate's data alone.", False
+
+
+def data_lineage_part(record: dict[str, Any] | None) -> str:
+    """The gate's record of both models' data (source, image count, manifest and split table hashes, labels), with
+    whether the candidate's data is production's data grown; nothing for a gate.json written before it kept one."""
+    from tasks.release import report
+
+    if not isinstance(record, dict) or not isinstance(record.get("candidate"), dict):
+        return ""
+    sentence, warn = _lineage_sentence(record)
+    models = [("candidate", record["candidate"])]
+    if isinstance(record.get("production"), dict):
+        models.append(("production", record["production"]))
+
+    def short(value: Any) -> str:
+        return str(value)[:12] if value else "not recorded"
+
+    rows = [[name, str(model.get("source") or "not recorded"), report._number(model.get("images")),
+             short(model.get("manifest_sha256")), short(model.get("data_sha256")), report._number(model.get("labels"))]
+            for name, model in models]
+    heading, style = ("The data differ", " class=\"note\"") if warn else ("The data behind each model", "")
+    return (f"<h3>{heading}</h3><p{style}>{html.escape(sentence)}</p>"
+            + report._table(["model", "source", "images", "manifest sha256", "split table sha256", "labels"], rows,
+                            numeric_from=99)
+            + f"<p>{html.escape(str(record.get('rule', '')))}.</p>")
+
+
+def lineage_markdown(record: dict[str, Any] | None) -> list[str]:
+    """The lines the Prefect artifact shows when the candidate's data is not shown to be production's data grown."""
+    if not isinstance(record, dict) or not record.get("note"):
+        return []
+    return [f"Data: {_lineage_sentence(record)[0]}".replace("|", "\\|").replace("\n", " "), ""]
 
 
 def sections(paths: Paths) -> list[str]:

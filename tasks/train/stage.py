@@ -22,7 +22,7 @@ from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import augment_preview, callbacks, export, model, on_features, on_pixels
+from tasks.train import augment_preview, callbacks, export, lineage, model, on_features, on_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         # what the model learnt from: every image's path, sha256, label and split (not where the raw store keeps
         # the bytes, which `imgpipe gc` may change without changing the data)
         "data_sha256": file_sha256(paths.processed / processed_store.SPLIT_TABLE),
+        "data_lineage": lineage.data_lineage(paths),  # its source, manifest hash and a sample of its images (the gate)
         "git_revision": git_revision(paths.root),
         "validation": {"phase": best["phase"], "epoch": int(best["epoch"]) + 1, "selected_on": params.select_on,
                        "val_loss": float(best["val_loss"]), "val_accuracy": float(best["val_accuracy"]),

@@ -68,6 +68,10 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
     # the same model against itself: no worse, so it passes the comparison
     same = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
     assert same["decision"] == "pass" and same["champion"]["difference"]["value"] == 0.0
+    assert same["lineage"]["relation"] == "same data" and same["lineage"]["note"] is None  # data lineage of both
+    assert same["lineage"]["production"]["source"] == same["lineage"]["candidate"]["source"] == str(paths.resolve(
+        config.ingest.source))
+    assert same["lineage"]["candidate"]["manifest_sha256"] and same["lineage"]["candidate"]["labels"] == 3
     with pytest.raises(ValueError, match="already the production model"):
         promote.promote(paths, reason="again")
 
@@ -165,6 +169,8 @@ def test_a_candidate_of_another_label_set_is_refused_whatever_its_scores(evaluat
     assert not any("not worse than production" in check["name"] or check["name"].startswith("F1 of")
                    for check in decision["checks"])
     assert json.loads(paths.gate.read_text())["label_sets"] == decision["label_sets"]
+    # a production model whose card keeps no lineage: the gate says it cannot tell whether the data grew
+    assert decision["lineage"]["relation"] == "unknown" and decision["lineage"]["note"] in decision["notes"]
     with pytest.raises(promote.PromotionRefused, match="label set differs"):
         promote.promote(paths, reason="passed")
     forced = promote.promote(paths, reason="the new task is intended", force=True)  # a person accepts it
