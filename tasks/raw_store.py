@@ -3,12 +3,16 @@
 Each shard is a plain tar file in the WebDataset layout: one member `<sha256>.<ext>` per image, in the order added,
 with fixed headers (USTAR, mtime 0, owner 0), so the same images added in the same order give the same bytes. A
 shard (`shard-NNNNNN.tar`, numbered on from the last) is written once under a temporary name, renamed into place
-when it reaches its size bound, and never rewritten. The manifest records each image's shard, the offset of its
-bytes in it and their length, so one `pread` returns them.
+when it reaches its size bound, made read-only (DVC hard-links it into its cache: a write to it would change the
+cache too), and never rewritten. The manifest records each image's shard, the offset of its bytes in it and their
+length, so one `pread` returns them, with the member's header just before them: every read checks the bytes against
+the sha256 that names the member (and the manifest), so a damaged shard fails naming itself instead of giving one
+image's pixels under another's label.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -25,6 +29,20 @@ class Location(NamedTuple):
     shard: str  # file name in the raw folder
     offset: int  # of the image's first byte
     bytes: int
+    sha256: str = ""  # what the manifest expects there; empty: the member's own name is the only check
+
+
+class DamagedShard(ValueError):
+    """A shard that does not hold what its index says (shorter, or a member's bytes not matching its sha256)."""
+
+    def __init__(self, folder: Path, shard: str, problem: str) -> None:
+        self.folder, self.shard, self.problem = folder, shard, problem
+        super().__init__(f"{folder / shard}: {problem}; the shard was changed or cut short after ingest wrote it (and "
+                         "DVC's cache with it: they are hard links). Run ingest again (imgpipe run, or python -m "
+                         "tasks.ingest): it rebuilds a damaged shard from the source files")
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str, str]]:  # raised in worker processes, pickled back
+        return DamagedShard, (self.folder, self.shard, self.problem)
 
 
 def shard_names(folder: Path) -> list[str]:
@@ -92,7 +110,7 @@ class ShardWriter:
         info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
         offset = self._archive.offset + BLOCK  # a USTAR header of a short ASCII name is exactly one block
         self._archive.addfile(info, io.BytesIO(data))
-        return Location(self._name, offset, len(data))
+        return Location(self._name, offset, len(data), sha256)
 
     @property
     def _name(self) -> str:
@@ -110,6 +128,8 @@ class ShardWriter:
         self._archive.close()  # writes the end-of-archive blocks; the file object stays ours
         self._handle.flush()
         os.fsync(self._handle.fileno())
+        # read-only from now on: only write bits are removed (the umask decided who may read; never widen it)
+        os.fchmod(self._handle.fileno(), os.fstat(self._handle.fileno()).st_mode & 0o7555)
         self._handle.close()
         os.replace(self._temporary, self.folder / self._name)
         self.written.append(self._name)
@@ -130,8 +150,16 @@ def read(folder: Path, location: Location) -> bytes:
 
 
 def location_of(row: object) -> Location:
-    """The location of a manifest row (anything with shard, offset and bytes attributes, such as an itertuples row)."""
-    return Location(str(row.shard), int(row.offset), int(row.bytes))
+    """The location of a manifest row (anything with shard, offset and bytes attributes, such as an itertuples row,
+    and the sha256 expected there when it has one)."""
+    return Location(str(row.shard), int(row.offset), int(row.bytes), str(getattr(row, "sha256", "")))
+
+
+def end_of(locations: list[Location]) -> int:
+    """The least size of a shard holding these members: the last one's bytes padded to a block, then the end blocks,
+    padded to a whole record (as tarfile writes them; a shard may be longer, holding images no manifest uses)."""
+    last = max(location.offset + -(-location.bytes // BLOCK) * BLOCK for location in locations)
+    return -(-(last + 2 * BLOCK) // END_OF_ARCHIVE) * END_OF_ARCHIVE
 
 
 class Reader:
@@ -150,15 +178,40 @@ class Reader:
         self._descriptors.clear()
 
     def read(self, location: Location) -> bytes:
+        """The bytes of one image, checked against its member's name (and the manifest's sha256, when given)."""
         descriptor = self._descriptors.get(location.shard)
         if descriptor is None:
             descriptor = os.open(self.folder / location.shard, os.O_RDONLY | os.O_CLOEXEC)
             self._descriptors[location.shard] = descriptor
-        data = os.pread(descriptor, location.bytes, location.offset)
-        if len(data) != location.bytes:
-            raise ValueError(f"{self.folder / location.shard}: shorter than the manifest says (offset "
-                             f"{location.offset}, {location.bytes} bytes); re-run ingest to rebuild it")
-        return data
+        if location.offset < BLOCK:
+            raise ValueError(f"{self.folder / location.shard}: no member starts at offset {location.offset}; the "
+                             "manifest is damaged: run ingest again")
+        # the member's header block and its bytes, in one read
+        block = os.pread(descriptor, BLOCK + location.bytes, location.offset - BLOCK)
+        if len(block) != BLOCK + location.bytes:
+            raise DamagedShard(self.folder, location.shard, f"shorter than the manifest says (a member at offset "
+                                                            f"{location.offset}, {location.bytes} bytes)")
+        return _checked(self.folder, location, block[:BLOCK], block[BLOCK:])
+
+
+def _checked(folder: Path, location: Location, header: bytes, data: bytes) -> bytes:
+    """`data` if its member header names it `<sha256>.<ext>` with its size and it hashes to that sha256."""
+    try:
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+    except tarfile.TarError:
+        raise DamagedShard(folder, location.shard, f"no valid member header before offset {location.offset}") from None
+    key = info.name.split(".", 1)[0]
+    if not re.fullmatch(r"[0-9a-f]{64}", key) or info.size != location.bytes:
+        raise DamagedShard(folder, location.shard, f"the member before offset {location.offset} is not the image "
+                                                   f"the manifest places there ({location.bytes} bytes)")
+    if location.sha256 and key != location.sha256:
+        raise DamagedShard(folder, location.shard, f"member {info.name} is where the manifest expects "
+                                                   f"{location.sha256}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != key:
+        raise DamagedShard(folder, location.shard, f"the bytes of member {info.name} have sha256 {actual}, not the "
+                                                   "sha256 of its name")
+    return data
 
 
 def contents(folder: Path, shard: str) -> dict[str, Location]:
@@ -168,7 +221,7 @@ def contents(folder: Path, shard: str) -> dict[str, Location]:
         for member in archive:
             key = member.name.split(".", 1)[0]
             if member.isfile() and re.fullmatch(r"[0-9a-f]{64}", key):
-                found[key] = Location(shard, member.offset_data, member.size)
+                found[key] = Location(shard, member.offset_data, member.size, key)
     return found
 
 

@@ -25,7 +25,10 @@ class Decoder:
 
     def __call__(self, job: Job) -> np.ndarray:
         name, location = job
-        data = raw_store.read(self.raw, location)
+        try:
+            data = raw_store.read(self.raw, location)  # checked against its sha256
+        except raw_store.DamagedShard as error:
+            raise raw_store.DamagedShard(error.folder, error.shard, f"{error.problem} (image {name})") from None
         return images.decode_array(data, name, self.image_size, self.resize_mode,  # type: ignore[arg-type]
                                    self.max_pixels)
 
@@ -34,11 +37,12 @@ def jobs_for(manifest: Path, names: list[str]) -> list[Job]:
     """The decode jobs of the images of these manifest paths, in the order given."""
     import pandas as pd
 
-    table = pd.read_parquet(manifest, columns=["path", "shard", "offset", "bytes"]).set_index("path")
+    table = pd.read_parquet(manifest, columns=["path", "sha256", "shard", "offset", "bytes"]).set_index("path")
     missing = [name for name in names if name not in table.index]
     if missing:
         raise ValueError(f"{manifest}: no image {missing[0]!r} (and {len(missing) - 1} more); the manifest and the "
                          "reports disagree: run the pipeline again (dvc repro)")
     rows = table.loc[names]
-    return [(name, raw_store.Location(shard, int(offset), int(size)))
-            for name, shard, offset, size in zip(names, rows["shard"], rows["offset"], rows["bytes"])]
+    return [(name, raw_store.Location(shard, int(offset), int(size), sha256))
+            for name, shard, offset, size, sha256 in zip(names, rows["shard"], rows["offset"], rows["bytes"],
+                                                          rows["sha256"])]

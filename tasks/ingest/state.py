@@ -57,7 +57,8 @@ def stored_locations(manifest: Path, raw: Path) -> tuple[dict[str, raw_store.Loc
     if manifest.is_file():
         table = pd.read_parquet(manifest)
         if set(LOCATION_COLUMNS) <= set(table.columns):
-            stored = zip(table["shard"].tolist(), table["offset"].tolist(), table["bytes"].tolist())
+            stored = zip(table["shard"].tolist(), table["offset"].tolist(), table["bytes"].tolist(),
+                         table["sha256"].tolist())
             locations = dict(zip(table["sha256"].tolist(), map(raw_store.Location._make, stored)))
             named = set(table["shard"])
         else:
