@@ -57,3 +57,13 @@ def test_a_cache_elsewhere_is_found_and_a_pruned_cache_means_building_afresh(tmp
         if path.is_file() and path.read_bytes() == b"second shard":
             path.unlink()
     assert dvc_outputs.restore(root, "ingest", [raw]) == [] and not raw.exists()
+
+
+def test_a_partial_restore_links_back_the_files_the_cache_still_has(tmp_path):
+    root, cache = project(tmp_path)
+    raw = root / "data" / "raw"
+    for path in (cache / "files" / "md5").rglob("*"):
+        if path.is_file() and path.read_bytes() == b"second shard":
+            path.unlink()
+    assert dvc_outputs.restore(root, "ingest", [raw], partial=True) == [raw]
+    assert sorted(os.listdir(raw)) == ["shard-000001.tar"]  # the stage rebuilds the other from its inputs

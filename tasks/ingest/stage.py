@@ -4,6 +4,7 @@ ingest_summary.json and data/reports/quarantine.csv.
 Incremental by design: the source is compared with the last run by path, size and modification time (a stat, no
 read); only new or changed files are read, each once, and only content the raw store does not hold yet is added, to
 new shards. When nothing changed, every output is left byte for byte as it was, so DVC skips every later stage.
+A shard found missing or damaged (tasks/ingest/repair.py) is rebuilt: what it held is read again from the source.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tasks import manifest as manifest_file
 from tasks import atomic, dvc_outputs, images, pool, progress, raw_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
-from tasks.ingest import label_table, layout, state
+from tasks.ingest import label_table, layout, repair, state
 from tasks.ingest.layout import SourceScan
 from tasks.ingest.duplicates import resolve_duplicates
 from tasks.ingest.examine import READ_REASONS, VERDICT_FIELDS, Examiner, FileJob, checks
@@ -159,12 +160,18 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     started = time.perf_counter()
     source = paths.resolve(params.source)
     paths.check_source(source, "ingest.source")
-    dvc_outputs.restore(paths.root, "ingest", outputs(paths))
+    # partial: shards the cache lost are rebuilt below from the source, the others linked back
+    dvc_outputs.restore(paths.root, "ingest", outputs(paths), partial=True)
     labels = paths.resolve(label_table.parse(params.labels)) if params.labels else None
     scan = layout.scan(source, params.layout, labels, params.follow_file_links)
     old_raw = _migrate_old_layout(paths.raw)
     raw_store.remove_temporary(paths.raw)
     locations, old_manifest = state.stored_locations(paths.manifest, paths.raw)
+    damaged = repair.damaged_shards(paths.raw, locations, paths.manifest)
+    forgotten = repair.forget(locations, damaged)
+    if damaged:  # the damaged bytes are DVC's cache object too (a hard link): no restore may link them back
+        present = [name for name in damaged if (paths.raw / name).exists()]
+        dvc_outputs.discard(paths.root, "ingest", paths.raw, present)
     earlier = state.empty() if old_manifest or old_raw else state.load(paths.ingest_state)
     settings = _settings(params, scan, labels)
     files = _scanned(scan)
@@ -175,7 +182,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
 
     summary_before = json.loads(paths.ingest_summary.read_text()) if paths.ingest_summary.is_file() else {}
     if (to_read.empty and len(earlier) == len(files) and paths.manifest.is_file() and not old_manifest
-            and summary_before.get("settings") == settings):
+            and not damaged and summary_before.get("settings") == settings):
         # The same files as last time, none changed: the manifest stands; only what the scan says may differ.
         found = {key: summary_before[key] for key in IMAGE_SUMMARY_KEYS}
         atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
@@ -205,6 +212,9 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
              "duplicates_dropped": len(duplicates), "duplicates": duplicates,
              "near_duplicate_groups": int((groups > 1).sum()), "labels": sorted(manifest["label"].unique().tolist())}
 
+    if damaged:
+        used_before = manifest_file.read(paths.manifest).groupby("sha256")["path"].apply(list).to_dict()
+        repair.report(paths.raw, damaged, forgotten, locations, used_before, set(files["source_path"]))
     # The shards are finished; what names them is written now, each file only if its content changed.
     manifest_file.write(paths.manifest, manifest, keep_if_same=True)
     atomic.write_csv(paths.quarantine, quarantine, keep_if_same=True)
