@@ -22,7 +22,7 @@ from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import augment_preview, callbacks, export, lineage, model, on_features, on_pixels
+from tasks.train import augment_preview, backup, callbacks, export, lineage, model, on_features, on_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
     image_size = int(preprocessing["image_size"])
     task = label_sets.decide_task(params.task, preprocessing.get("task") == label_sets.MULTI_LABEL)
     multi_label = task == label_sets.MULTI_LABEL
-    resuming = any((paths.models / ".runs").glob("*"))  # a run stopped mid-training (tasks/train/callbacks.py)
+    # a run stopped mid-training (tasks/train/callbacks.py); damaged backups set aside are no run to resume
+    resuming = any(path.name != backup.DAMAGED_FOLDER for path in (paths.models / ".runs").glob("*"))
     with Live(dir=str(paths.training_reports / "live"), dvcyaml=None, save_dvc_exp=False, report=None,
               resume=resuming) as live:
         live.log_params({"train": params.model_dump(mode="json"), "augment": augment.model_dump(), "seed": seed,

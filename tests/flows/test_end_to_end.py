@@ -224,7 +224,7 @@ def test_a_run_killed_while_releasing_is_finished_by_the_next_run(repo, prefect_
     from tasks.release.kill_point import VARIABLE
 
     # a new candidate, and a gate it passes whatever its scores
-    _set_params(repo, {"train.epochs": 5, "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_recall_drop": 1.0})
+    _set_params(repo, {"train.epochs": 5, "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_class_f1_drop": 1.0})
     production_before = _production_version(repo)
     killed = _imgpipe(repo, "run", **{VARIABLE: "release:judged"})  # the gate said pass; nothing promoted yet
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
