@@ -20,6 +20,8 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
+from tasks import disk_space
+
 SHARD_PATTERN = re.compile(r"shard-(?P<serial>\d{6})\.tar")
 BLOCK = tarfile.BLOCKSIZE  # 512: a member's header, and the unit its data is padded to
 END_OF_ARCHIVE = tarfile.RECORDSIZE  # at most: the end blocks, and the padding of the last record
@@ -93,11 +95,13 @@ class ShardWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
 
-    def __exit__(self, error_type: object, *rest: object) -> None:
+    def __exit__(self, error_type: object, error: BaseException | None, *rest: object) -> None:
         if error_type is None:
             self._finish()
-        else:
-            self._abandon()
+            return
+        self._abandon()
+        if error is not None and not isinstance(error, disk_space.DiskFull) and disk_space.is_full(error):
+            raise disk_space.DiskFull(self.folder, "the raw image shards", self.shard_bytes) from error
 
     def add(self, sha256: str, extension: str, data: bytes) -> Location:
         """Append one image and return where it will be once its shard is finished."""
@@ -125,22 +129,32 @@ class ShardWriter:
     def _finish(self) -> None:
         if self._archive is None:
             return
-        self._archive.close()  # writes the end-of-archive blocks; the file object stays ours
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        # read-only from now on: only write bits are removed (the umask decided who may read; never widen it)
-        os.fchmod(self._handle.fileno(), os.fstat(self._handle.fileno()).st_mode & 0o7555)
-        self._handle.close()
-        os.replace(self._temporary, self.folder / self._name)
+        try:
+            self._archive.close()  # writes the end-of-archive blocks; the file object stays ours
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            # read-only from now on: only write bits are removed (the umask decided who may read; never widen it)
+            os.fchmod(self._handle.fileno(), os.fstat(self._handle.fileno()).st_mode & 0o7555)
+            self._handle.close()
+            os.replace(self._temporary, self.folder / self._name)
+        except OSError as error:
+            self._abandon()
+            if disk_space.is_full(error):
+                raise disk_space.DiskFull(self.folder, "the raw image shards", self.shard_bytes) from error
+            raise
         self.written.append(self._name)
         self._archive = self._handle = self._temporary = None
 
     def _abandon(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        if self._temporary is not None:
-            self._temporary.unlink(missing_ok=True)
-        self._archive = self._handle = self._temporary = None
+        try:
+            if self._handle is not None:
+                self._handle.close()  # on a full disk the close itself may fail (buffered bytes)
+        except OSError:
+            pass
+        finally:
+            if self._temporary is not None:
+                self._temporary.unlink(missing_ok=True)
+            self._archive = self._handle = self._temporary = None
 
 
 def read(folder: Path, location: Location) -> bytes:

@@ -1,15 +1,17 @@
 """The raw store: every read checked against the member's sha256; finished shards read-only (umask respected)."""
 
+import errno
 import hashlib
 import io
 import os
 import pickle
 import stat
 import tarfile
+from pathlib import Path
 
 import pytest
 
-from tasks import raw_store, stored_images
+from tasks import disk_space, raw_store, stored_images
 from tests.conftest import make_image
 
 
@@ -112,3 +114,40 @@ def test_the_least_size_of_a_shard_is_where_tarfile_ends_it(tmp_path):
     locations = _store(raw, payloads)
     assert raw_store.end_of(locations) == os.path.getsize(raw / locations[0].shard)
     assert raw_store.end_of(locations[:2]) <= os.path.getsize(raw / locations[0].shard)
+
+
+class _FullDisk(io.RawIOBase):
+    """A file that takes `room` bytes and then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        self.position += len(data)
+        return len(data)
+
+
+def test_a_full_disk_leaves_no_partial_shard_and_says_so(tmp_path, monkeypatch):
+    real_open = Path.open
+
+    def open_full(self, mode="r", *args, **kwargs):
+        if self.name.endswith(".partial"):
+            real_open(self, mode).close()  # the temporary file exists, as on a real disk
+            return io.BufferedWriter(_FullDisk(room=3 * raw_store.BLOCK), buffer_size=64)
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_full)
+    with pytest.raises(disk_space.DiskFull, match="the disk is full: cannot write the raw image shards"):
+        with raw_store.ShardWriter(tmp_path, 1 << 20) as writer:
+            writer.add("a" * 64, ".png", b"x" * 4000)
+    assert list(tmp_path.iterdir()) == []
