@@ -98,6 +98,11 @@ class Paths:
         return self.evaluation / "gate.json"
 
     @property
+    def test_predictions(self) -> Path:
+        """Each test image's actual and predicted labels, exact (the CSV beside it is escaped for spreadsheets)."""
+        return self.evaluation / "test_predictions.parquet"
+
+    @property
     def production(self) -> Path:
         return self.models / "production"
 

@@ -49,6 +49,7 @@ def write(predictions: pd.DataFrame, info: model_folder.ModelInfo, history: pd.D
 
     output.mkdir(parents=True, exist_ok=True)
     table = prediction_table(predictions["path"].tolist(), truth, probabilities, labels, thresholds)
+    atomic.write_parquet(output / "test_predictions.parquet", table)  # exact labels and paths, which the gate reads
     atomic.write_csv(output / "test_predictions.csv", csv_cells.safe_table(table))
     atomic.write_csv(output / "confusion_matrix.csv", csv_cells.safe_table(outcomes))
     per_class = pd.DataFrame([{"class": label, **scores} for label, scores in metrics["per_class"].items()])

@@ -120,6 +120,7 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
         "predicted": [labels[index] for index in predicted_index],
         "confidence": probabilities.max(axis=1).round(6),
     })
+    atomic.write_parquet(paths.test_predictions, table)  # exact labels and paths, which the gate reads
     atomic.write_csv(output / "test_predictions.csv", csv_cells.safe_table(table))
     atomic.write_csv(output / "confusion_matrix.csv", csv_cells.safe_table(confusion.csv_table(pairs, labels)))
     per_class = pd.DataFrame([{"class": label, **scores} for label, scores in metrics["per_class"].items()])

@@ -232,8 +232,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     metrics = _read_json(paths.evaluation / "metrics.json")
     labels = model_folder.read_labels(paths.candidate)
     multi_label = model_folder.read_info(paths.candidate).multi_label
-    table = pd.read_csv(paths.evaluation / "test_predictions.csv", keep_default_na=False,
-                        dtype={"actual": str, "predicted": str})
+    table = pd.read_parquet(paths.test_predictions)  # exact: the CSV beside it is escaped for spreadsheets
     stored = stored_images.jobs_for(paths.manifest, table["path"].tolist())  # the test images, from the raw store
     parity, exports = export_check(params, paths.candidate, stored, paths.raw, max_pixels)
     checks = [parity]

@@ -109,6 +109,8 @@ def test_evaluate_with_many_classes_writes_bounded_files_and_spreadsheet_safe_cs
         assert not [cell for cell in cells if cell.startswith("-") and not cell[1:2].isdigit()], name
     per_class = pd.read_csv(paths.evaluation / "per_class.csv", keep_default_na=False)
     assert per_class["class"].head(4).tolist() == ["'=HYPERLINK(\"http://x\")", "'+1", "'-cmd", "'@SUM(A1)"]
+    exact = pd.read_parquet(paths.test_predictions)  # what the gate reads: labels and paths as they are
+    assert exact["actual"].head(4).tolist() == labels[:4] and exact["path"].tolist() == predictions["path"].tolist()
 
 
 @pytest.mark.parametrize("classes", [3, 100])
@@ -116,3 +118,4 @@ def test_a_small_confusion_matrix_csv_stays_square(classes):
     pairs = confusion.pair_counts(np.arange(classes), np.arange(classes))
     table = confusion.csv_table(pairs, [str(index) for index in range(classes)])
     assert table.shape == (classes, classes + 1)
+

@@ -30,10 +30,10 @@ def evaluated(shrunk_config, tmp_path, monkeypatch):
 
 def _make_candidate_worse(paths) -> None:
     """Pretend the candidate got every test image wrong (a unit test of the gate's arithmetic, not of training)."""
-    table = pd.read_csv(paths.evaluation / "test_predictions.csv")
+    table = pd.read_parquet(paths.test_predictions)  # what the gate reads (the CSV is for people)
     labels = sorted(table["actual"].unique())
     table["predicted"] = [labels[(labels.index(actual) + 1) % len(labels)] for actual in table["actual"]]
-    table.to_csv(paths.evaluation / "test_predictions.csv", index=False)
+    table.to_parquet(paths.test_predictions, index=False)
 
 
 def test_first_gate_uses_the_floors_and_always_writes_gate_json(evaluated):
