@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from tasks import manifest as manifest_file
-from tasks import atomic, dvc_outputs, images, pool, progress, raw_store
+from tasks import atomic, csv_cells, dvc_outputs, images, pool, progress, raw_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.ingest import label_table, layout, repair, state
@@ -217,7 +217,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
         repair.report(paths.raw, damaged, forgotten, locations, used_before, set(files["source_path"]))
     # The shards are finished; what names them is written now, each file only if its content changed.
     manifest_file.write(paths.manifest, manifest, keep_if_same=True)
-    atomic.write_csv(paths.quarantine, quarantine, keep_if_same=True)
+    atomic.write_csv(paths.quarantine, csv_cells.safe_table(quarantine), keep_if_same=True)  # paths, labels escaped
     atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
     state.write(paths.ingest_state, records.assign(checks=settings["checks"]))
     raw_store.remove(paths.raw, sorted(set(raw_store.shard_names(paths.raw)) - set(manifest["shard"])))

@@ -55,6 +55,18 @@ def test_a_broken_file_is_quarantined_and_the_run_continues(shrunk_config, tiny_
         "red/broken.jpg": "corrupt", "red/empty.png": "empty_file"}
 
 
+def test_the_quarantine_list_is_safe_to_open_in_a_spreadsheet(shrunk_config, tiny_source):
+    """A path that starts like a formula (a class folder named '=cmd') is written with a leading ' in quarantine.csv."""
+    config, paths = shrunk_config
+    (tiny_source / "=cmd").mkdir()
+    (tiny_source / "=cmd" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tiny_source / "red" / "empty.png").write_bytes(b"")
+    ingest.run(config.ingest, paths)
+
+    quarantine = pd.read_csv(paths.quarantine, dtype=str)
+    assert sorted(quarantine["source_path"]) == ["'=cmd/broken.jpg", "red/empty.png"]
+
+
 def _die_at(point: str, config_values: dict, root: str) -> None:
     """In a child process: ingest, and end abruptly (os._exit: no cleanup, as under kill -9) at `point`."""
     from tasks import raw_store as store
