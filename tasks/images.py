@@ -93,20 +93,25 @@ def _strict_pillow(path: Path | str, max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
+# The default limit on the size of an input file (ingest.max_file_bytes; prediction's limit): larger files are
+# refused before they are read, so that one huge or sparse file cannot fill the memory.
+MAX_FILE_BYTES = 1_000_000_000
+
 # Errors of the machine rather than of one file: they stop a stage (nothing is quarantined for them).
 MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EDQUOT,
                             errno.EROFS})
 
 
-def read_file(path: Path | str, dir_fd: int | None = None) -> bytes:
+def read_file(path: Path | str, dir_fd: int | None = None, max_bytes: int | None = MAX_FILE_BYTES) -> bytes:
     """The bytes of one regular file: the one way imgpipe reads an input file (`path` relative to the open folder
     `dir_fd` when given, as os.open takes it).
 
     The file is opened without following a link at its name (O_NOFOLLOW) and without blocking on a FIFO
-    (O_NONBLOCK), and read only after fstat says the open descriptor is a regular file: a name swapped for a link
-    or a FIFO after the tree was walked is refused, never followed or waited on. A file's own trouble (gone, not
-    permitted, a link, a FIFO) raises ImageError; trouble of the machine (disk full, I/O error, out of file
-    handles: MACHINE_ERRORS) raises the OSError itself, for the caller to stop on.
+    (O_NONBLOCK), and read only after fstat says the open descriptor is a regular file of at most `max_bytes`
+    (None: any size): a name swapped for a link or a FIFO after the tree was walked is refused, never followed or
+    waited on, and a huge (or sparse) file is refused before it fills the memory. A file's own trouble (gone, not
+    permitted, a link, a FIFO, too large) raises ImageError; trouble of the machine (disk full, I/O error, out of
+    file handles: MACHINE_ERRORS) raises the OSError itself, for the caller to stop on.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
@@ -118,16 +123,29 @@ def read_file(path: Path | str, dir_fd: int | None = None) -> bytes:
             raise ImageError(path, "link", "is a symbolic link; links are not followed") from None
         raise ImageError(path, "unreadable", f"cannot read file: {error.strerror or error}") from None
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        facts = os.fstat(descriptor)
+        if not stat.S_ISREG(facts.st_mode):
             raise ImageError(path, "special_file", "not a regular file (a FIFO, socket or device)")
+        if max_bytes is not None and facts.st_size > max_bytes:
+            raise too_large(path, facts.st_size, max_bytes)
         with open(descriptor, "rb", closefd=False) as handle:
-            return handle.read()
+            data = handle.read(facts.st_size + 1)  # one byte more than the size, to see whether it grew
+            if len(data) > facts.st_size:  # it grew after the fstat: the rest, up to just over the limit
+                data += handle.read(None if max_bytes is None else max(0, max_bytes + 1 - len(data)))
+        if max_bytes is not None and len(data) > max_bytes:
+            raise too_large(path, len(data), max_bytes)
+        return data
     except OSError as error:
         if error.errno in MACHINE_ERRORS:
             raise
         raise ImageError(path, "unreadable", f"cannot read file: {error.strerror or error}") from None
     finally:
         os.close(descriptor)
+
+
+def too_large(path: Path | str, size: int, max_bytes: int) -> ImageError:
+    """The ImageError of a file over the size limit (reason too_large); callers add their setting with `advice`."""
+    return ImageError(path, "too_large", f"{size} bytes, over the file size limit of {max_bytes} bytes")
 
 
 def open_image(data: bytes, name: Path | str, max_pixels: int) -> Image.Image:

@@ -5,7 +5,8 @@ One walker, one policy, for every folder imgpipe reads (ingest's source, predict
   folders being walked are held in memory;
 - hidden entries (a name starting with "." and macOS's "__MACOSX" folders) are skipped, with everything below them;
 - a link to a regular file inside the tree is read at its target (the link cannot be re-pointed between the walk and
-  the read); links to folders, links out of the tree and dangling links are skipped, so the walk never loops.
+  the read); links to folders, links out of the tree, dangling links and link loops are skipped, so the walk never
+  loops.
   With follow_file_links (a trust decision the caller makes: ingest.follow_file_links, predict's option), a link
   to a regular file is followed wherever it points, for trees of links that split tools build; never a link to a
   folder;
@@ -64,6 +65,15 @@ def _regular_file_stat(path: Path) -> os.stat_result | None:
     return facts if stat.S_ISREG(facts.st_mode) else None
 
 
+def _link_target(link: str) -> Path | None:
+    """Where a link leads, every link on the way resolved; None for a loop (`ln -s self.png self.png`) or a chain
+    that cannot be resolved: the link is skipped like a dangling one, and the walk goes on."""
+    try:
+        return Path(os.path.realpath(link, strict=True))
+    except (OSError, RuntimeError):  # ELOOP, a missing target, a folder on the way that cannot be searched
+        return None
+
+
 def walk(root: Path, on_skipped: SkipHandler | None = None, follow_file_links: bool = False) -> Iterator[TreeFile]:
     """Every file under `root` that the policy above lets through, in sorted order of its relative path."""
     for entry in entries(root, follow_file_links):
@@ -113,9 +123,9 @@ def entries(root: Path, follow_file_links: bool = False) -> Iterator[TreeFile]:
             else:
                 stack.append(below)
         elif entry.is_symlink():
-            target = Path(path).resolve()
-            inside = target.is_relative_to(root)
-            facts = _regular_file_stat(target) if inside or follow_file_links else None
+            target = _link_target(path)
+            inside = target is not None and target.is_relative_to(root)
+            facts = _regular_file_stat(target) if target is not None and (inside or follow_file_links) else None
             if facts is None:
                 yield TreeFile(path, relative, relative_bytes, "link")
             else:

@@ -367,3 +367,26 @@ def test_read_file_lets_errors_of_the_machine_through(tmp_path, monkeypatch):
     with pytest.raises(OSError) as error:
         images.load_rgb_array(path, 4, "stretch", 10_000)
     assert error.value.errno == errno.EMFILE and not isinstance(error.value, images.ImageError)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 12 GB sparse file was read whole into memory (MemoryError); fstat of the open file decides first (27.10)."""
+    sparse = tmp_path / "huge.png"
+    with open(sparse, "wb") as handle:
+        handle.truncate(50_000)  # sparse: no data written
+    reads = []
+    real_open = open
+
+    def watched_open(file, *arguments, **keywords):
+        handle = real_open(file, *arguments, **keywords)
+        reads.append(file)
+        return handle
+
+    monkeypatch.setattr("builtins.open", watched_open)
+    with pytest.raises(images.ImageError) as refused:
+        images.read_file(sparse, max_bytes=10_000)
+    monkeypatch.undo()
+    assert refused.value.reason == "too_large" and "50000 bytes" in refused.value.detail
+    assert reads == []  # refused on the descriptor's size, never opened for reading
+    assert images.read_file(sparse, max_bytes=50_000) == bytes(50_000)  # at the limit: read
+    assert len(images.read_file(sparse)) == 50_000  # the default limit, images.MAX_FILE_BYTES, is generous

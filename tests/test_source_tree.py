@@ -58,3 +58,16 @@ def test_entries_give_skipped_entries_in_their_sorted_place_with_exact_names(tmp
                      ("caf\\xe9.jpg", b"caf\xe9.jpg", "", False)]
     assert [file.relative for file in source_tree.walk(root)] == [relative for relative, _, skipped, _ in found
                                                                    if not skipped]
+
+
+def test_a_link_loop_is_skipped_as_a_link_and_the_walk_goes_on(tmp_path):
+    """`ln -s self.png self.png` (and a two-link loop) aborted ingest and predict with a RuntimeError (issue 27.10)."""
+    touch(tmp_path / "cat" / "a.png")
+    os.symlink("self.png", tmp_path / "cat" / "self.png")
+    os.symlink("pong.png", tmp_path / "cat" / "ping.png")
+    os.symlink("ping.png", tmp_path / "cat" / "pong.png")
+    skipped = []
+    files = [file.relative for file in source_tree.walk(tmp_path, lambda *reason_path: skipped.append(reason_path),
+                                                        follow_file_links=True)]
+    assert files == ["cat/a.png"]
+    assert skipped == [("link", "cat/ping.png"), ("link", "cat/pong.png"), ("link", "cat/self.png")]

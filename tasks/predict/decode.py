@@ -1,10 +1,11 @@
 """Hashes and decodes batches of image files for prediction; reads the files, writes nothing.
 
 Run in worker processes (tasks/pool.py), so kept free of TensorFlow imports. Each file is read once, with
-images.read_file, through folders opened without following links (tasks/predict/folders.py): the bytes hashed are
-the bytes decoded, and a file or folder swapped for a link or a FIFO after the walk is refused, never followed or
-waited on. A file's own trouble becomes an error result, never an exception; the machine's trouble (disk full, I/O
-error, out of file handles) raises OSError naming the file, for the run to stop on.
+images.read_file, through folders opened without following links (tasks/safe_open.py): the bytes hashed are
+the bytes decoded, a file or folder swapped for a link or a FIFO after the walk is refused, never followed or
+waited on, and a file over the size limit is refused before it is read. A file's own trouble becomes an error
+result, never an exception; the machine's trouble (disk full, I/O error, out of file handles) raises OSError
+naming the file, for the run to stop on.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import images
-from tasks.predict import folders
+from tasks import images, safe_open
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class DecodeSettings:
     image_size: int
     resize: str
     max_pixels: int
+    max_file_bytes: int = images.MAX_FILE_BYTES  # larger files get an error row (too_large) and are not read
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def _machine_error(error: OSError, path: Path) -> OSError:
     return OSError(error.errno, error.strerror, str(path))
 
 
-def read_file(job: FileJob, settings: DecodeSettings, tree: folders.Folders) -> tuple[FileResult, np.ndarray | None]:
+def read_file(job: FileJob, settings: DecodeSettings,
+              tree: safe_open.Folders) -> tuple[FileResult, np.ndarray | None]:
     """Describe, hash and decode one file (images.decode_array of the bytes read); a file's failure is returned."""
     if job.skipped:
         return FileResult("skipped", job.skipped, "", "", None, None), None
@@ -74,13 +76,13 @@ def read_file(job: FileJob, settings: DecodeSettings, tree: folders.Folders) -> 
         path = Path(os.fsdecode(job.file))
         parents, name = [], str(path)
     else:
-        *parents, name = folders.split(job.file)
+        *parents, name = safe_open.split(job.file)
         path = Path(settings.root, *parents, name)
     before_read(path)
     try:
         folder = None if followed else tree.open(tuple(parents))
         described = os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except folders.FolderError as error:
+    except safe_open.FolderError as error:
         return FileResult("error", error.reason, f"{error.folder}: {error.detail}", "", None, None), None
     except OSError as error:
         if error.errno in images.MACHINE_ERRORS:
@@ -95,8 +97,11 @@ def read_file(job: FileJob, settings: DecodeSettings, tree: folders.Folders) -> 
         detail = f"{path.suffix or 'no extension'} is not one of {', '.join(sorted(images.IMAGE_EXTENSIONS))}"
         return FileResult("error", "unsupported_format", detail, "", described.st_size, described.st_mtime_ns), None
     try:
-        data = images.read_file(name, dir_fd=folder)
+        data = images.read_file(name, dir_fd=folder, max_bytes=settings.max_file_bytes)
     except images.ImageError as error:
+        if error.reason == "too_large":  # described, not read
+            detail = f"{error.detail}; not read"
+            return FileResult("error", error.reason, detail, "", described.st_size, described.st_mtime_ns), None
         return FileResult("error", error.reason, error.detail, "", None, None), None
     except OSError as error:  # images.MACHINE_ERRORS only: read_file turns the file's own trouble into ImageError
         raise _machine_error(error, path) from None
@@ -120,13 +125,13 @@ def read_batch(jobs: list[FileJob], settings: DecodeSettings) -> BatchResult:
     """read_file for each job; the decoded images stacked into one array (one transfer from a worker)."""
     results, decoded = [], []
     try:
-        with folders.Folders(Path(settings.root)) as tree:
+        with safe_open.Folders(Path(settings.root)) as tree:
             for job in jobs:
                 result, pixels = read_file(job, settings, tree)
                 results.append(result)
                 if pixels is not None:
                     decoded.append(pixels)
-    except folders.FolderError as error:  # the folder classified is gone: every file of the batch with it
+    except safe_open.FolderError as error:  # the folder classified is gone: every file of the batch with it
         results = [FileResult("error", error.reason, str(error), "", None, None) for _ in jobs]
     size = settings.image_size
     stacked = np.stack(decoded) if decoded else np.zeros((0, size, size, 3), dtype=np.uint8)

@@ -1,8 +1,9 @@
 """The plan's rows for what the walk of a folder finds: reads the folder tree (names and file sizes), writes nothing.
 
 Every entry gets a row, so every entry gets a row in the table: a file to read, or an entry the walk skips
-(tasks/source_tree.py: hidden names and __MACOSX folders, links to folders, out of the tree or dangling, special
-files, folders that cannot be listed), with its reason. A skipped folder is one row, "name/", for all below it.
+(tasks/source_tree.py: hidden names and __MACOSX folders, links to folders, out of the tree, dangling or in a
+loop, special files, folders that cannot be listed), with its reason. A skipped folder is one row, "name/", for all
+below it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ logger = logging.getLogger(__name__)
 # What a `skipped` row says, by the walk's reason (tasks/source_tree.py).
 SKIPPED_DETAILS = {
     "hidden": "hidden (a name starting with '.' or __MACOSX); not classified, nor anything in it",
-    "link": "symbolic link to a folder, out of the folder classified, or dangling; links are not followed out of it "
-            "(links to files are with --follow-file-links; links to folders never)",
+    "link": "symbolic link to a folder, out of the folder classified, dangling or in a loop; links are not "
+            "followed out of it (links to files are with --follow-file-links; links to folders never)",
     "special_file": "not a regular file (a FIFO, socket or device); not read",
     "unreadable_folder": "folder cannot be listed; its files were not classified",
 }

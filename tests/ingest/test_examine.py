@@ -61,3 +61,40 @@ def test_an_error_of_the_machine_stops_the_stage_instead_of_quarantining(tmp_pat
     monkeypatch.setattr(examine.images.os, "open", disk_error)
     with pytest.raises(OSError, match="Input/output error"):
         examine.examine(job(path), 1000, 1)
+
+
+def test_a_class_folder_swapped_for_a_link_after_the_walk_is_refused_not_followed(tmp_path):
+    """Ingest read 200 outside images through a class folder swapped for a link after the walk (issue 27.7): under
+    the source root, each folder is opened from the root down without following a link."""
+    source = tmp_path / "source"
+    inside = save(make_image((200, 40, 40), seed=1, size=24), source / "cat" / "deep" / "a.png")
+    outside = save(make_image((1, 2, 3), seed=2, size=24), tmp_path / "private" / "deep" / "a.png")
+    examiner = examine.Examiner(1000, 1, root=str(source))
+    assert examiner(job(inside)).data == inside.read_bytes() != outside.read_bytes()
+    (source / "cat").rename(tmp_path / "moved")
+    (source / "cat").symlink_to(tmp_path / "private")  # the same names, other bytes
+    refused = examiner(job(source / "cat" / "deep" / "a.png"))
+    assert refused.data is None and refused.record["reason"] == "link"
+    assert refused.record["detail"] == f"its folder {source / 'cat'}: is a symbolic link; links are not followed"
+    assert refused.record["sha256"] == ""
+    assert examine.examine(job(outside), 1000, 1).data == outside.read_bytes()  # a path out of the root: as it is
+    (source / "cat").unlink()
+    (source / "cat").write_bytes(b"now a file")
+    assert examiner(job(source / "cat" / "deep" / "a.png")).record["reason"] == "not_a_folder"
+    assert "not_a_folder" in examine.READ_REASONS  # read again next run, like a link
+
+
+def test_a_file_over_the_size_limit_is_quarantined_without_being_read(tmp_path, monkeypatch):
+    """A 12 GB sparse file filled the memory (issue 27.10): ingest.max_file_bytes is checked before reading."""
+    sparse = tmp_path / "source" / "cat" / "huge.png"
+    sparse.parent.mkdir(parents=True)
+    with open(sparse, "wb") as handle:
+        handle.truncate(12 * 10**9)  # 12 GB that take no disk space
+    monkeypatch.setattr(examine.images, "inspect_bytes", lambda *arguments, **keywords: pytest.fail("decoded"))
+    for examiner in (examine.Examiner(1000, 1, max_file_bytes=5_000, root=str(tmp_path / "source")),
+                     examine.Examiner(1000, 1)):  # the default limit, images.MAX_FILE_BYTES, is 1 GB
+        refused = examiner(job(sparse, "cat/huge.png"))
+        assert refused.record["reason"] == "too_large" and refused.data is None
+        assert refused.record["detail"].startswith("12000000000 bytes, over the file size limit of ")
+        assert refused.record["detail"].endswith("; raise ingest.max_file_bytes to accept it")
+    assert examine.checks(1000, 1, 5_000) != examine.checks(1000, 1, 6_000)  # a verdict holds under its limit only

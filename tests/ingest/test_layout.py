@@ -136,3 +136,58 @@ def test_a_folder_that_is_not_a_dataset_gets_one_clear_error_and_a_short_log(tmp
             scan(tmp_path)
     assert len(caplog.records) <= 14  # ten folders named, the rest counted; one line for files, one for links
     assert "15 more folders" in caplog.text and "is ingest.source the folder of class folders?" in caplog.text
+
+
+def test_a_label_with_a_control_character_is_refused_with_its_row_named(tmp_path, caplog):
+    """A class folder or table label holding a newline passed ingest and crashed train on every run (issue 27.11)."""
+    touch(tmp_path / "cat" / "a.png")
+    touch(tmp_path / "ca\nt" / "b.png")
+    touch(tmp_path / "do\tg" / "deep" / "c.png")
+    touch(tmp_path / "caf\u00e9 \u200d" / "d.png")  # accents and a zero-width joiner are real text
+    with caplog.at_level(logging.WARNING):
+        found = scan(tmp_path)
+    assert {file.label for file in found.files} == {"cat", "caf\u00e9 \u200d"}
+    assert [(row["source_path"], row["reason"]) for row in found.unusable_rows] == [
+        ("ca\nt/b.png", "bad_label"), ("do\tg/deep/c.png", "bad_label")]
+    assert found.unusable_rows[0]["detail"] == ("its class folder's name holds U+000A (a control character) at "
+                                                "position 3; labels must be printable text: rename the folder")
+    assert found.empty_class_folders == []  # not "holds no image files": it is refused, and said so
+    assert "2 file(s) quarantined (reason bad_label)" in caplog.text and "'ca\\nt/b.png'" in caplog.text
+
+    source = tmp_path / "table"
+    for name in ("a.png", "b.png", "c.png"):
+        touch(source / name)
+    table = write_table(tmp_path / "labels.csv", [("a.png", "cat", "", ""), ("b.png", "secret\nlabel", "", ""),
+                                                  ("c.png", "dog;\u202eevil", "", "")])
+    found = scan(source, labels=table)
+    assert [file.source_path for file in found.files] == ["a.png"]
+    refused = {row["source_path"]: row for row in found.unusable_rows}
+    assert {path: row["reason"] for path, row in refused.items()} == {"b.png": "bad_label", "c.png": "bad_label"}
+    assert "U+000A (a control character) at position 7" in refused["b.png"]["detail"]
+    assert "U+202E (an invisible formatting character)" in refused["c.png"]["detail"]
+    assert not any("secret" in row["detail"] or "evil" in row["detail"] for row in found.unusable_rows)
+
+
+def test_split_folders_that_hold_images_directly_are_told_about_the_classes_layout(tmp_path, caplog):
+    """Class folders named train/ and test/ got advice about split folders only (issue 27.14)."""
+    touch(tmp_path / "train" / "locomotive.png")
+    touch(tmp_path / "test" / "exam.png")
+    with pytest.raises(ValueError, match="If test/, train/ are your classes, set ingest.layout: classes"):
+        scan(tmp_path)
+    assert {file.label for file in scan(tmp_path, layout="classes").files} == {"train", "test"}
+    touch(tmp_path / "train" / "cat" / "a.png")  # a split folder with a class folder, and a loose image beside
+    with caplog.at_level(logging.WARNING):
+        found = scan(tmp_path)
+    assert [file.source_path for file in found.files] == ["train/cat/a.png"]
+    assert "If test/, train/ are your classes, set ingest.layout: classes" in caplog.text
+
+
+@pytest.mark.parametrize("folders", [("val", "valid"), ("valid", "validation"), ("Train", "train")])
+def test_two_folders_for_one_split_are_refused_naming_both(tmp_path, folders):
+    """val/ and valid/ were merged silently (issue 27.14)."""
+    for folder in (*folders, "test"):
+        touch(tmp_path / folder / "cat" / "a.png")
+    first, second = sorted(folders)
+    with pytest.raises(ValueError, match=f"folders {first}/ and {second}/ both name the"):
+        scan(tmp_path)
+    assert len(scan(tmp_path, layout="classes").labels) == 3  # as classes, each is its own

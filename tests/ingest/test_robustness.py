@@ -128,12 +128,13 @@ def nasty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCap
 
     real_os_open = os.open
 
-    def watching_os_open(file: Any, *arguments: Any, **keywords: Any) -> Any:
-        path = Path(os.fsdecode(file)).resolve()
+    def watching_os_open(file: Any, *arguments: Any, dir_fd: int | None = None, **keywords: Any) -> Any:
+        folder = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else ""  # a name in an open folder
+        path = Path(folder, os.fsdecode(file)).resolve()
         opened.append(path)
         if path.is_relative_to(outside.resolve()):
             raise PermissionError(13, "the test forbids reading outside the source tree", str(file))
-        return real_os_open(file, *arguments, **keywords)
+        return real_os_open(file, *arguments, dir_fd=dir_fd, **keywords)
 
     monkeypatch.setattr(builtins, "open", watching_open)
     monkeypatch.setattr(io, "open", watching_open)  # pathlib opens through io.open
@@ -365,10 +366,11 @@ def test_a_file_quarantined_for_a_read_error_is_examined_again_next_run(tmp_path
     locked = source / "cat" / "000.png"
     real_read = images.read_file
 
-    def refuse_locked(path: Path) -> bytes:
-        if Path(path) == locked:
+    def refuse_locked(path: Path, dir_fd: int | None = None, **keywords: Any) -> bytes:
+        folder = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else ""  # a name in an open folder
+        if Path(folder, path) == locked:
             raise images.ImageError(path, "unreadable", "cannot read file: Permission denied")
-        return real_read(path)
+        return real_read(path, dir_fd=dir_fd, **keywords)
 
     monkeypatch.setattr(images, "read_file", refuse_locked)
     config = config_for(source)

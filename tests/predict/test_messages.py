@@ -78,10 +78,10 @@ def test_an_io_error_while_reading_stops_the_run_naming_the_file(tmp_path, one_l
     source = write_class_folders(tmp_path / "photos", per_class=1)
     real_read_file = images.read_file
 
-    def failing_disk(name, dir_fd=None):
+    def failing_disk(name, dir_fd=None, **keywords):
         if str(name) == "green_000.png":
             raise OSError(errno.EIO, "Input/output error", name)
-        return real_read_file(name, dir_fd=dir_fd)
+        return real_read_file(name, dir_fd=dir_fd, **keywords)
 
     monkeypatch.setattr(decode.images, "read_file", failing_disk)
     out = tmp_path / "out.parquet"

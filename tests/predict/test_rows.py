@@ -142,3 +142,34 @@ def test_an_interrupted_run_does_not_resume_with_other_pixel_settings(tmp_path):
     fresh = tmp_path / "fresh.parquet"
     classify.run(source, fresh, model, options())
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(fresh))
+
+
+def test_a_link_loop_and_a_huge_sparse_file_get_a_row_each_and_the_run_goes_on(tmp_path, one_label_model):
+    """`ln -s self.png self.png` aborted predict, and a 12 GB sparse file was read whole into memory (issue 27.10)."""
+    source = write_class_folders(tmp_path / "photos", per_class=1)
+    os.symlink("self.png", source / "red" / "self.png")
+    with open(source / "red" / "huge.png", "wb") as handle:
+        handle.truncate(12 * 10**9)  # over predict's limit (images.MAX_FILE_BYTES), and no disk space taken
+    out = tmp_path / "out.parquet"
+    summary = classify.run(source, out, one_label_model("thing"), options())
+    table = pd.read_parquet(out).set_index("path")
+    assert table.at["red/self.png", "status"] == "skipped" and table.at["red/self.png", "reason"] == "link"
+    assert "in a loop" in table.at["red/self.png", "detail"]
+    huge = table.loc["red/huge.png"]
+    assert (huge["status"], huge["reason"], huge["bytes"]) == ("error", "too_large", 12 * 10**9)
+    assert huge["detail"] == "12000000000 bytes, over the file size limit of 1000000000 bytes; not read"
+    assert summary.ok == 3
+
+
+def test_the_size_limit_is_checked_on_the_open_file_before_reading(tmp_path):
+    from tasks.predict import decode
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    make_image((200, 40, 40), seed=1).save(source / "a.png")
+    size = (source / "a.png").stat().st_size
+    settings = decode.DecodeSettings(str(source), 16, "crop", 10**6, max_file_bytes=size - 1)
+    result = decode.read_batch([decode.FileJob(b"a.png", True, "")], settings).files[0]
+    assert (result.status, result.reason, result.bytes) == ("error", "too_large", size)
+    at_the_limit = decode.DecodeSettings(str(source), 16, "crop", 10**6, max_file_bytes=size)
+    assert decode.read_batch([decode.FileJob(b"a.png", True, "")], at_the_limit).files[0].status == "ok"
