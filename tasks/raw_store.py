@@ -20,8 +20,6 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
-from tasks import disk_space
-
 SHARD_PATTERN = re.compile(r"shard-(?P<serial>\d{6})\.tar")
 BLOCK = tarfile.BLOCKSIZE  # 512: a member's header, and the unit its data is padded to
 END_OF_ARCHIVE = tarfile.RECORDSIZE  # at most: the end blocks, and the padding of the last record
@@ -95,13 +93,11 @@ class ShardWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
 
-    def __exit__(self, error_type: object, error: BaseException | None, *rest: object) -> None:
+    def __exit__(self, error_type: object, *rest: object) -> None:
         if error_type is None:
             self._finish()
-            return
-        self._abandon()
-        if error is not None and not isinstance(error, disk_space.DiskFull) and disk_space.is_full(error):
-            raise disk_space.DiskFull(self.folder, "the raw image shards", self.shard_bytes) from error
+        else:
+            self._abandon()
 
     def add(self, sha256: str, extension: str, data: bytes) -> Location:
         """Append one image and return where it will be once its shard is finished."""
@@ -137,10 +133,8 @@ class ShardWriter:
             os.fchmod(self._handle.fileno(), os.fstat(self._handle.fileno()).st_mode & 0o7555)
             self._handle.close()
             os.replace(self._temporary, self.folder / self._name)
-        except OSError as error:
-            self._abandon()
-            if disk_space.is_full(error):
-                raise disk_space.DiskFull(self.folder, "the raw image shards", self.shard_bytes) from error
+        except OSError:
+            self._abandon()  # ingest says a full disk in plain words (tasks/ingest/stage.py)
             raise
         self.written.append(self._name)
         self._archive = self._handle = self._temporary = None

@@ -59,7 +59,7 @@ def _migrate_old_layout(raw: Path) -> Path | None:
 
 def _settings(params: IngestParams, scan: SourceScan, labels: Path | None) -> dict[str, Any]:
     """Every param and input that shapes the outputs beyond the files' own verdicts (a changed label table counts)."""
-    return {"checks": checks(params.max_pixels, params.min_side), "on_label_conflict": params.on_label_conflict,
+    return {"checks": checks(params.max_pixels, params.min_side, params.max_file_bytes), "on_label_conflict": params.on_label_conflict,
             "near_duplicate_distance": params.near_duplicate_distance, "layout": scan.layout,
             "labels_sha256": file_sha256(labels) if labels is not None else None,
             "follow_file_links": params.follow_file_links}
@@ -101,11 +101,11 @@ def _earlier_verdict(earlier: pd.DataFrame, source_path: str, settings: str) -> 
 
 
 def _examine_and_store(jobs: list[FileJob], params: IngestParams, raw: Path,
-                       locations: dict[str, raw_store.Location]) -> pd.DataFrame:
+                       locations: dict[str, raw_store.Location], root: str) -> pd.DataFrame:
     """Examine the files that need it (over all cores, or a Dask cluster) and add new content to new shards, in
     the order of the jobs, so the same source gives the same shards however it was spread."""
     records = []
-    examiner = Examiner(params.max_pixels, params.min_side)
+    examiner = Examiner(params.max_pixels, params.min_side, params.max_file_bytes, root)
     with raw_store.ShardWriter(raw, params.shard_megabytes * 2**20) as writer, \
             progress.bar(len(jobs), "file", "ingest") as shown:
         for examined in pool.ordered_map(examiner, jobs, params.workers, params.scheduler):
@@ -192,7 +192,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
 
     jobs = [FileJob(row.read_from, row.source_path, _earlier_verdict(earlier, row.source_path, settings["checks"]))
             for row in to_read.itertuples(index=False)]
-    examined = _examine_and_store(jobs, params, paths.raw, locations).set_index("source_path")
+    examined = _examine_and_store(jobs, params, paths.raw, locations, scan.root).set_index("source_path")
     verdicts = pd.concat([earlier.loc[files.loc[reusable, "source_path"], ["sha256", "bytes", *VERDICT_FIELDS]],
                           examined[["sha256", "bytes", *VERDICT_FIELDS]]])
     records = files[["source_path", "label", "split", "subject", "link_target", "size", "mtime_ns"]].join(

@@ -1,7 +1,7 @@
 """Copies (or hard-links) each classified file into DIR/<label>/<path>: reads a predictions table and the source folder, writes DIR.
 
 Nothing is ever written outside DIR: every folder below it is opened without following links (a link at DIR/4 is
-refused, not written through: tasks/predict/folders.py), whatever already has a target's name (a different file, a
+refused, not written through: tasks/safe_open.py), whatever already has a target's name (a different file, a
 link, dangling or not) is left alone, and each file is written under a short temporary name, then linked to its
 name, which never replaces anything. A file that cannot be placed (a link or a file where a folder should be, a label
 or name the file system refuses) is counted with its reason and the next one goes on: nothing stops the later copies.
@@ -24,9 +24,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tasks import images
+from tasks import images, safe_open
 from tasks.config import ArgumentError
-from tasks.predict import folders, machine, store
+from tasks.predict import machine, store
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _target_names(label: str, relative: bytes) -> tuple[str, ...]:
         raise _NotPlaced("refused", f"{problem}; rename it in the model's labels.json, or classify without "
                                     "`copy_into`")
     try:
-        return (label, *folders.split(relative))
+        return (label, *safe_open.split(relative))
     except ValueError as error:
         raise _NotPlaced("refused", f"the table's path {error}") from None
 
@@ -153,11 +153,11 @@ def _write_temporary(file: Path, sha256: str, folder: int, link: bool) -> str | 
     return temporary
 
 
-def _place(file: Path, sha256: str, names: tuple[str, ...], target: folders.Folders, link: bool) -> str:
+def _place(file: Path, sha256: str, names: tuple[str, ...], target: safe_open.Folders, link: bool) -> str:
     """Put `file` at DIR/names without replacing anything; return placed, already_there or changed."""
     try:
         folder = target.open(names[:-1])
-    except folders.FolderError as error:
+    except safe_open.FolderError as error:
         advice = "; nothing is written through it: remove it, or choose another `copy_into`" if error.reason in (
             "link", "not_a_folder") else ""
         raise _NotPlaced("refused", f"{error.folder}: {error.detail}{advice}") from None
@@ -195,8 +195,8 @@ def copy_into(table: Path, source: Path, destination: Path, link: bool = False) 
                                                "the files already placed are recognised and kept")
     with stopping, contextlib.ExitStack() as stack:
         try:
-            target = stack.enter_context(folders.Folders(destination, create=True))
-        except folders.FolderError as error:
+            target = stack.enter_context(safe_open.Folders(destination, create=True))
+        except safe_open.FolderError as error:
             raise ArgumentError(f"`copy_into` {error}") from None
         for path, relative, label, sha256 in _ok_rows(table):
             try:

@@ -70,8 +70,6 @@ def _swapping_scan(monkeypatch: pytest.MonkeyPatch, swap: Any) -> None:
     monkeypatch.setattr(ingest.layout, "scan", scan_then_swap)
 
 
-@pytest.mark.xfail(strict=True, reason="needs tasks/ingest/stage.py to give the Examiner the walked root "
-                                       "(scan.root) and ingest.max_file_bytes: see helper E's report on issue 27.7")
 def test_a_class_folder_swapped_for_a_link_after_the_walk_is_not_followed(tmp_path, monkeypatch):
     """Ingest read 200 outside images into data/raw through a class folder swapped for a link (issue 27.7)."""
     source = class_folders(tmp_path / "source")
@@ -94,8 +92,6 @@ def test_a_class_folder_swapped_for_a_link_after_the_walk_is_not_followed(tmp_pa
     assert (bad["detail"] == f"its folder {source / 'cat'}: is a symbolic link; links are not followed").all()
 
 
-@pytest.mark.xfail(strict=True, reason="needs tasks/ingest/stage.py to give the Examiner ingest.max_file_bytes "
-                                       "(and checks() the limit): see helper E's report on issue 27.10")
 def test_ingest_max_file_bytes_is_the_limit(tmp_path):
     source = class_folders(tmp_path / "source")
     with open(source / "dog" / "sparse.png", "wb") as handle:
