@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import PIL
 
-from tasks import images, label_sets, model_folder, pool, progress
+from tasks import images, label_sets, model_folder, pool, progress, registry
 from tasks.config import ArgumentError
 from tasks.paths import Paths
 from tasks.predict import decode, engine, entries, machine, store
@@ -106,9 +106,12 @@ def _shown(path: Path) -> str:
 
 
 def default_model(paths: Paths) -> Path:
-    """The production model; never a model nobody chose (a candidate the gate may have refused)."""
-    if model_folder.exists(paths.production):
-        return paths.production
+    """The production model as history.jsonl commits it (the registry's copy while a stopped rollback or
+    promotion left the production folder behind); never a model nobody chose (a candidate the gate may have
+    refused)."""
+    production = registry.production_model(paths)
+    if production is not None:
+        return production
     if model_folder.exists(paths.candidate):
         raise ArgumentError(
             f"{paths.production}: no production model. The candidate model in {paths.candidate} was not promoted (the "

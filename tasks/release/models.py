@@ -2,7 +2,8 @@
 
 One entry per registry version, in the order they were first promoted: when, the headline test metrics the gate
 saw, the gate's decision (or that the promotion was forced), whether it was rolled back, and which version is in
-production; then the candidate, when it is not in the registry.
+production; then the versions the registry folder holds that history.jsonl does not name (a missing or damaged
+history is named, never a reason to fail); then the candidate, when it is not in the registry.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks import model_folder
+from tasks import model_folder, registry
 from tasks.paths import Paths
 from tasks.release import gate_record, promote
 
@@ -53,6 +54,11 @@ def list_models(paths: Paths) -> tuple[list[ModelEntry], dict[str, Any] | None]:
                 entry.notes.append(f"forced: {event.get('reason', '')}")
         elif event["action"] == "rollback":
             entry.notes.append(f"rolled back {event.get('at', '')}: {event.get('reason', '')}")
+    if paths.registry.is_dir():
+        for folder in sorted(paths.registry.iterdir()):
+            if folder.name not in entries and not folder.name.startswith(".") and model_folder.exists(folder):
+                entries[folder.name] = ModelEntry(folder.name, trained=_trained(folder), notes=[
+                    f"in {paths.registry.name}/, but no record of it in {registry.HISTORY_FILE}"])
     for version, entry in entries.items():
         entry.production = version == current
     candidate = None

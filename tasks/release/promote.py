@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, model_folder
+from tasks import atomic, model_folder, registry
 from tasks.config import ArgumentError
 from tasks.paths import Paths
 from tasks.release import kill_point, leftovers
@@ -25,7 +25,10 @@ from tasks.release.gate_record import is_current
 
 logger = logging.getLogger(__name__)
 
-VERSION_FILE = "version.json"  # in the production folder: which registry version it is a copy of
+VERSION_FILE = registry.VERSION_FILE
+# the registry's record, read by tasks/registry.py (predict reads the committed pointer there too)
+read_history, active_versions = registry.read_history, registry.active_versions
+current_version, installed_version = registry.current_version, registry.installed_version
 
 
 class PromotionRefused(ValueError):
@@ -37,45 +40,17 @@ def _now() -> datetime.datetime:
 
 
 def _history_file(paths: Paths) -> Path:
-    return paths.registry / "history.jsonl"
-
-
-def read_history(paths: Paths) -> list[dict[str, Any]]:
-    path = _history_file(paths)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return registry.history_file(paths)
 
 
 def _commit(paths: Paths, event: dict[str, Any]) -> None:
-    """Append `event` to the history: one atomic rename, after which the change counts as made."""
-    atomic.write_text(_history_file(paths), "".join(json.dumps(item, sort_keys=True) + "\n"
-                                                    for item in [*read_history(paths), event]))
-
-
-def active_versions(history: list[dict[str, Any]]) -> list[str]:
-    """The production versions as a stack: a promotion pushes, a rollback pops; the last one is live."""
-    stack: list[str] = []
-    for event in history:
-        if event["action"] == "promote":
-            stack.append(event["version"])
-        elif event["action"] == "rollback" and stack:
-            stack.pop()
-    return stack
-
-
-def current_version(paths: Paths) -> str | None:
-    stack = active_versions(read_history(paths))
-    return stack[-1] if stack else None
-
-
-def installed_version(paths: Paths) -> str | None:
-    """The registry version the production folder holds a copy of, or None when it holds none."""
-    try:
-        version = json.loads((paths.production / VERSION_FILE).read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return version if isinstance(version, str) and model_folder.exists(paths.production) else None
+    """Append `event` to the history: one atomic rename, after which the change counts as made. The lines before
+    it are kept as they are, a damaged one too (it is named on every read until someone fixes it)."""
+    path = _history_file(paths)
+    before = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if before and not before.endswith("\n"):
+        before += "\n"
+    atomic.write_text(path, before + json.dumps(event, sort_keys=True) + "\n")
 
 
 def _install(paths: Paths, version: str) -> None:
@@ -98,30 +73,62 @@ def _register(paths: Paths, version: str) -> None:
             shutil.copytree(paths.candidate, building, dirs_exist_ok=True)
 
 
+def _kept_reason(paths: Paths, history: registry.History, version: str) -> str | None:
+    """Why the registry version `version`, which no promotion in the history names, must stay; None when it is
+    only the copy a promotion killed before its commit made of the candidate (which still holds it)."""
+    if not history.exists:
+        return f"{history.path} is missing, so nothing says which versions were promoted"
+    if history.damaged:
+        return f"{history.path} has lines that cannot be read ({'; '.join(history.damaged)})"
+    if any(version in (event.get("version"), event.get("restored")) for event in history.events):
+        return f"{history.path} names it"
+    if installed_version(paths) == version:
+        return f"{paths.production} holds it ({VERSION_FILE})"
+    named = registry.versions_in_dvc(paths)
+    if named is None or version in named:
+        return f"{registry.dvc_file(paths)} names it" if named is not None else \
+            f"{registry.dvc_file(paths)} may name it (its listing is not in DVC's cache)"
+    if not model_folder.exists(paths.candidate) or model_folder.version_of(paths.candidate) != version:
+        return f"it is the only copy of that model ({paths.candidate} holds another)"
+    return None
+
+
 def recover(paths: Paths) -> list[str]:
     """Finish or undo what a killed promotion or rollback left; return what was repaired (nothing, usually).
 
-    The history decides: production is made a copy of the version it names, registry versions it never names
-    (copied by a promotion killed before its commit) are removed, and so are half-copied folders.
-    Call it while holding the run lock.
+    The history decides: production is made a copy of the version it names, and the copy of the candidate that a
+    promotion killed before its commit made is removed, and so are half-copied folders. A registry version that
+    the history does not name is never removed while anything else may still need it (the production folder,
+    registry.dvc, a missing or damaged history, no other copy of it). Call it while holding the run lock.
     """
-    history = read_history(paths)
+    history = registry.read(paths)
     repairs = [f"removed {folder.name}" for folder in leftovers.remove([paths.production])]
     if paths.registry.is_dir():
-        promoted = {event["version"] for event in history if event["action"] == "promote"}
+        promoted = {event["version"] for event in history.events if event["action"] == "promote"}
         repairs += [f"removed {folder.name}" for folder in leftovers.remove_within(paths.registry)]
         for folder in [item for item in paths.registry.iterdir() if item.is_dir() and not item.name.startswith(".")]:
-            if folder.name not in promoted:
+            if folder.name in promoted:
+                continue
+            kept = _kept_reason(paths, history, folder.name)
+            if kept is None:
                 shutil.rmtree(folder)
-                repairs.append(f"removed registry version {folder.name}, which no promotion recorded")
-    current = current_version(paths)
-    if current is not None and installed_version(paths) != current:
+                repairs.append(f"removed registry version {folder.name}, the copy of the candidate that a "
+                               "promotion stopped before its commit made")
+            else:
+                logger.warning("%s: no promotion in %s records it; kept, because %s", folder, history.path.name,
+                               kept)
+    stack = active_versions(history.events)
+    current = stack[-1] if stack else None
+    if current is not None and history.damaged:
+        logger.warning("production left as it is: %s has lines that cannot be read, so which version it names is "
+                       "not certain", history.path)
+    elif current is not None and installed_version(paths) != current:
         _install(paths, current)
         repairs.append(f"installed version {current} in production, as the history says")
-    if current is not None and paths.gate.is_file():
+    if current is not None and paths.gate.is_file() and not history.damaged:
         gate = json.loads(paths.gate.read_text(encoding="utf-8"))
         if not gate.get("promoted") and gate.get("candidate", {}).get("version") == current and \
-                history[-1]["action"] == "promote" and history[-1]["version"] == current:
+                history.events[-1]["action"] == "promote" and history.events[-1]["version"] == current:
             atomic.write_json(paths.gate, gate | {"promoted": True})
             repairs.append(f"recorded the promotion of {current} in {paths.gate.name}")
     for repair in repairs:
@@ -176,7 +183,17 @@ def promote(paths: Paths, reason: str, force: bool = False, requested_by: str | 
 def rollback(paths: Paths, reason: str, requested_by: str | None = None) -> dict[str, Any]:
     """Put the previous production model back. Call it while holding the run lock."""
     recover(paths)
-    stack = active_versions(read_history(paths))
+    history = registry.read(paths)
+    if history.damaged:
+        raise ValueError(f"{history.path}: cannot tell which model came before with lines that cannot be read "
+                         f"({'; '.join(history.damaged)}); fix or remove them (or restore the file: `git checkout`, "
+                         "`dvc checkout data/models/registry.dvc`), then roll back again")
+    stack = active_versions(history.events)
+    if not history.exists and paths.registry.is_dir() and any(
+            model_folder.exists(item) for item in paths.registry.iterdir()):
+        raise ValueError(f"{history.path}: missing, though {paths.registry} holds model versions, so which one came "
+                         "before is not known; restore it (`git checkout`, `dvc checkout data/models/registry.dvc`)"
+                         ", then roll back again")
     if len(stack) < 2:
         raise ValueError(f"{_history_file(paths)}: no earlier production model to roll back to")
     restored = stack[-2]

@@ -150,3 +150,78 @@ def test_promote_and_rollback_take_the_run_lock(tmp_path):
             result = subprocess.run([imgpipe, *command, "--repo", str(tmp_path)], capture_output=True, text=True,
                                     timeout=300)
             assert result.returncode == 1 and "another imgpipe run is using" in result.stderr, result.stderr
+
+
+def test_predict_serves_the_committed_model_after_a_rollback_killed_at_its_commit(two_promoted, tmp_path):
+    """Issue 27 item 14: predict served the withdrawn model from the production folder until the next run."""
+    from tasks.predict import classify
+    from tests.conftest import write_class_folders
+
+    paths, (first, second, _) = two_promoted
+    _killed(paths, "rollback", **{kill_point.VARIABLE: "rollback:committed"})
+    assert _production(paths) == second  # the folder as the killed rollback left it
+    model = classify.default_model(paths)
+    assert model == paths.registry / first
+    source = write_class_folders(tmp_path / "photos", per_class=1)
+    classify.run(source, tmp_path / "predictions.parquet", model, classify.PredictOptions(top_k=1))
+    assert set(pd.read_parquet(tmp_path / "predictions.parquet")["model_version"]) == {first}
+    promote.recover(paths)  # the next command finishes the rollback: the production folder again
+    assert classify.default_model(paths) == paths.production and _production(paths) == first
+
+
+def _registry_versions(paths: Paths) -> set[str]:
+    return {item.name for item in paths.registry.iterdir() if item.is_dir() and not item.name.startswith(".")}
+
+
+def test_without_its_history_a_rollback_deletes_no_registry_version(two_promoted):
+    """Issue 27 item 12: with history.jsonl missing, a rollback deleted every registry version."""
+    paths, (first, second, _) = two_promoted
+    (paths.registry / "history.jsonl").unlink()
+    with pytest.raises(ValueError, match="history.jsonl: missing, though .* holds model versions"):
+        promote.rollback(paths, reason="test")
+    assert _registry_versions(paths) == {first, second} and _production(paths) == second
+    promote.recover(paths)
+    assert _registry_versions(paths) == {first, second}
+    from tasks.release import models
+
+    entries, _ = models.list_models(paths)  # still listed, with why they are not in the history
+    assert {entry.version for entry in entries} == {first, second}
+    assert all("no record of it in history.jsonl" in entry.notes[0] for entry in entries)
+
+
+def test_a_registry_version_that_registry_dvc_or_production_names_is_never_deleted(two_promoted):
+    paths, (first, second, third) = two_promoted
+    shutil.copytree(paths.candidate, paths.registry / third)  # as a promotion killed before its commit left it
+    history = (paths.registry / "history.jsonl").read_text()
+    (paths.registry / "history.jsonl").write_text(history.splitlines(keepends=True)[0])  # lost its last line
+    listing = [{"md5": "0" * 32, "relpath": f"{version}/model.keras"} for version in (first, second, third)]
+    cache = paths.root / ".dvc" / "cache" / "files" / "md5" / "ab"
+    cache.mkdir(parents=True)
+    (cache / ("c" * 30 + ".dir")).write_text(json.dumps(listing))
+    (paths.registry.parent / "registry.dvc").write_text(f"outs:\n- md5: ab{'c' * 30}.dir\n  path: registry\n")
+    promote.recover(paths)  # second: production holds it; third: registry.dvc names it
+    assert _registry_versions(paths) == {first, second, third}
+    (paths.registry.parent / "registry.dvc").unlink()
+    promote.recover(paths)  # the candidate still holds third: its registry copy was only a leftover
+    assert _registry_versions(paths) == {first, second}
+
+
+def test_a_damaged_history_line_is_named_and_skipped_and_never_acted_on(two_promoted, caplog):
+    """Issue 27 item 12: one corrupt line made every command fail without naming the file."""
+    from tasks.release import models
+
+    paths, (first, second, third) = two_promoted
+    history_file = paths.registry / "history.jsonl"
+    lines = history_file.read_text().splitlines(keepends=True)
+    history_file.write_text(lines[0] + '{"action": "promote", "vers\n' + lines[1])
+    assert [event["version"] for event in promote.read_history(paths)] == [first, second]
+    assert f"{history_file} line 2: not a valid registry record (not JSON" in caplog.text
+    assert '"vers' not in caplog.text  # the line is named, its content never echoed
+    entries, _ = models.list_models(paths)
+    assert [entry.version for entry in entries] == [first, second] and entries[1].production
+    with pytest.raises(ValueError, match=f"{history_file}: cannot tell which model came before .* line 2: not JSON"):
+        promote.rollback(paths, reason="test")
+    assert _registry_versions(paths) == {first, second} and _production(paths) == second
+    promote.promote(paths, reason="works around the damaged line", force=True)
+    _consistent(paths, third)
+    assert history_file.read_text().splitlines()[1] == '{"action": "promote", "vers'  # kept for a person to fix
