@@ -80,7 +80,7 @@ def _write_params(repo: str, overrides: dict[str, Any], lock_timeout: float) -> 
 def _run(arguments: argparse.Namespace) -> int:
     overrides = _check_params(arguments.repo, arguments.set_param)
     params_changed = _write_params(arguments.repo, overrides, arguments.lock_timeout) if overrides else []
-    prefect_setup.use_project(Path(arguments.repo).resolve())
+    prefect_setup.use_project(Path(arguments.repo).resolve(), temporary_server=True)
     from prefect.exceptions import FailedRun
 
     from flows.training import training
@@ -118,7 +118,8 @@ def _server(arguments: argparse.Namespace) -> int:
     if arguments.action == "start":
         prefect_setup.use_project(root)
         server, started = local_server.ensure(root, prefect_setup.startup_timeout())
-        sys.stdout.write(f"{'started' if started else 'already running:'} {server.ui_url} (log {server.log})\n")
+        sys.stdout.write(f"{'started' if started else 'already running:'} {server.ui_url} (log {server.log}; it "
+                         f"asks for the secret in {local_server.auth_file(root)})\n")
     elif arguments.action == "stop":
         server = local_server.stop(root)
         sys.stdout.write(f"stopped the Prefect server at {server.ui_url}\n" if server else "no Prefect server of this "
@@ -126,7 +127,8 @@ def _server(arguments: argparse.Namespace) -> int:
     else:
         server = local_server.running(root)
         sys.stdout.write(f"running at {server.ui_url} (pid {server.pid}, database "
-                         f"{local_server.home(root) / 'prefect.db'}, log {server.log})\n" if server else
+                         f"{local_server.home(root) / 'prefect.db'}, log {server.log}, secret "
+                         f"{local_server.auth_file(root)})\n" if server else
                          "not running; `imgpipe serve` starts it, or `imgpipe server start`\n")
     return 0
 
@@ -250,7 +252,7 @@ def _predict(arguments: argparse.Namespace) -> int:
                              min_files_per_worker=arguments.min_files_per_worker)[0]:
             arguments.workers = 1
     if arguments.workers > 1 or arguments.scheduler:  # Prefect's Dask task runner shards the files
-        prefect_setup.use_project(prefect_setup.find_project(repo))
+        prefect_setup.use_project(prefect_setup.find_project(repo), temporary_server=True)
         from flows.classify import classify_directory
 
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a line per worker event otherwise

@@ -4,13 +4,20 @@ Prefect's temporary server (what a command gets without PREFECT_API_URL) runs no
 never fires on it. `imgpipe serve` therefore starts this one when no API is configured: a `prefect server start`
 in the background, with its SQLite database in the project (.dvc/tmp/prefect/prefect.db), its log beside it, and
 its address in server.json, where later commands find it and use it while it runs. `imgpipe server stop` ends it.
+
+Only its owner may use it: every server imgpipe starts (this one, and the temporary one of a single command, which
+dies with that command) requires Prefect's API auth string, a random secret kept in .dvc/tmp/prefect/api-auth
+(mode 0600, in a folder of mode 0700); imgpipe gives it to its own clients (flows/prefect_setup.py). server.json
+names the project it belongs to, so that a copy of the project (`cp -a`) never uses or stops the original's server.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,9 +53,58 @@ class LocalServer:
         return self.api_url.removesuffix("/api")
 
 
+AUTH_FILE_NAME = "api-auth"
+# a `prefect server start` that gets SIGTERM when the process that started it dies, even by kill -9 (Linux)
+_DIE_WITH_PARENT = """import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG; kept through the exec below
+if os.getppid() != parent:  # the parent died before the line above
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
 def home(root: Path) -> Path:
     """Where this project keeps Prefect's files: inside the project, under a folder git and DVC already ignore."""
     return root / ".dvc" / "tmp" / "prefect"
+
+
+def make_home(root: Path) -> Path:
+    """The project's Prefect folder, made if missing, readable by its owner only (database, logs, the secret)."""
+    folder = home(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def auth_file(root: Path) -> Path:
+    return home(root) / AUTH_FILE_NAME
+
+
+def auth_string(root: Path) -> str:
+    """The project's API secret (made on first use): every server imgpipe starts asks for it, its clients send it."""
+    file = auth_file(root)
+    make_home(root)
+    if not file.is_file():
+        temporary = file.with_name(f".{file.name}.{os.getpid()}.partial")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as output:
+            output.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(temporary, file)  # never replaces a secret another command made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+    details = file.lstat()
+    if details.st_uid != os.getuid() or not file.is_file():
+        raise ValueError(f"{file}: the project's Prefect API secret is not a file of yours; remove it and run again")
+    if details.st_mode & 0o077:
+        os.chmod(file, 0o600)
+    secret = file.read_text(encoding="ascii").strip()
+    if len(secret) < 32:
+        raise ValueError(f"{file}: the project's Prefect API secret is too short; remove it and run again")
+    return secret
 
 
 def _state_file(root: Path) -> Path:
@@ -73,12 +129,39 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _read_state(root: Path) -> LocalServer | None:
+def _read_record(root: Path) -> dict | None:
     try:
         state = json.loads(_state_file(root).read_text(encoding="utf-8"))
-        return LocalServer(int(state["pid"]), str(state["api_url"]), Path(state["log"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return state if isinstance(state, dict) else None
+    except (OSError, ValueError):
         return None
+
+
+def _server_of(state: dict) -> LocalServer | None:
+    try:
+        return LocalServer(int(state["pid"]), str(state["api_url"]), Path(state["log"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_state(root: Path) -> LocalServer | None:
+    """The server that server.json records for this very project: a copy of the project (`cp -a`) holds the
+    original's record, which names the original's folder and is not this project's."""
+    state = _read_record(root)
+    if state is None or state.get("root") != str(root.resolve()):
+        return None
+    return _server_of(state)
+
+
+def _unowned_legacy_server(root: Path) -> LocalServer | None:
+    """A server recorded by an imgpipe that neither named the project nor asked for the secret, still running."""
+    state = _read_record(root)
+    if state is None or "root" in state:
+        return None
+    server = _server_of(state)
+    if server is None or not _alive(server.pid) or not _is_prefect_server(server.pid):
+        return None
+    return server
 
 
 def running(root: Path) -> LocalServer | None:
@@ -89,8 +172,8 @@ def running(root: Path) -> LocalServer | None:
     return server
 
 
-def _free_port() -> int:
-    for port in (PREFERRED_PORT, 0):
+def _free_port(preferred: int = PREFERRED_PORT) -> int:
+    for port in (preferred, 0):
         with socket.socket() as probe:
             # as the server itself will: a port left in TIME_WAIT by a server stopped a moment ago is free for it
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,6 +188,9 @@ def _free_port() -> int:
 def _server_environment(root: Path) -> dict[str, str]:
     environment = dict(os.environ)
     environment.pop("PREFECT_API_URL", None)
+    secret = auth_string(root)
+    environment["PREFECT_SERVER_API_AUTH_STRING"] = secret  # the server refuses a request without it (401)
+    environment["PREFECT_API_AUTH_STRING"] = secret  # and its own services send it
     environment.setdefault("PREFECT_HOME", str(home(root)))
     environment.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not any(name in environment for name in ("PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -113,18 +199,31 @@ def _server_environment(root: Path) -> dict[str, str]:
     return environment
 
 
-def _start(root: Path, timeout: float) -> LocalServer:
-    home(root).mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log = home(root) / "server.log"
+def _launch(root: Path, temporary: bool) -> tuple[subprocess.Popen, LocalServer]:
+    make_home(root)
+    port = _free_port(0 if temporary else PREFERRED_PORT)  # a command's own server leaves 4200 to the project's
+    log = home(root) / ("temporary-server.log" if temporary else "server.log")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("ab") as output:
-        output.write(f"\n--- {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(command)}\n".encode())
+    environment = _server_environment(root)
+    if temporary:
+        # as Prefect's own temporary server: the services a command needs (no scheduler), no UI
+        environment["PREFECT__SERVER_EPHEMERAL"] = "1"
+        if sys.platform.startswith("linux"):
+            command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command[1:]]
+    descriptor = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "ab") as output:
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        output.write(f"\n--- {started} {' '.join(command[command.index('-m'):])}\n".encode())
         output.flush()
         # its own session: a Ctrl-C in the terminal that started it stops the command, not the server
-        process = subprocess.Popen(command, cwd=root, env=_server_environment(root), stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(command, cwd=root, env=environment, stdin=subprocess.DEVNULL,
                                    stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    server = LocalServer(process.pid, f"http://127.0.0.1:{port}/api", log)
+    return process, LocalServer(process.pid, f"http://127.0.0.1:{port}/api", log)
+
+
+def _start(root: Path, timeout: float, temporary: bool = False) -> LocalServer:
+    process, server = _launch(root, temporary)
+    log = server.log
     deadline = time.monotonic() + timeout
     try:
         while not _healthy(server.api_url):
@@ -138,9 +237,24 @@ def _start(root: Path, timeout: float) -> LocalServer:
     except BaseException:  # not started, or Ctrl-C: leave no server that nothing records
         _terminate(process.pid)
         raise
+    if temporary:
+        return server
     from tasks import atomic  # here: every imgpipe command imports this module, and tasks.atomic imports pandas
 
-    atomic.write_json(_state_file(root), {"pid": server.pid, "api_url": server.api_url, "log": str(log)})
+    atomic.write_json(_state_file(root), {"pid": server.pid, "api_url": server.api_url, "log": str(log),
+                                          "root": str(root.resolve())})
+    return server
+
+
+def start_temporary(root: Path, timeout: float) -> LocalServer:
+    """A server for this command alone, asking for the project's secret: stopped when the command exits, and
+    (on Linux) when it is killed outright, so that a kill -9 leaves no server behind; server.json never names it."""
+    with filelock.FileLock(str(make_home(root) / "server.lock"), timeout=timeout + 30):
+        try:
+            server = _start(root, timeout, temporary=True)
+        except ServerExited:  # its port, free a moment ago, was taken since: once more on another
+            server = _start(root, timeout, temporary=True)
+    atexit.register(_terminate, server.pid)
     return server
 
 
@@ -156,11 +270,13 @@ def ensure(root: Path, timeout: float) -> tuple[LocalServer, bool]:
     if not (root / ".dvc").is_dir():
         raise ValueError(f"{root}: not an imgpipe project (no .dvc folder); run from the project folder or pass "
                          "--repo")
-    home(root).mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(home(root) / "server.lock"), timeout=timeout + 30):
+    with filelock.FileLock(str(make_home(root) / "server.lock"), timeout=timeout + 30):
         server = running(root)
         if server is not None:
             return server, False
+        legacy = _unowned_legacy_server(root)
+        if legacy is not None:  # it lets anyone on this machine in: stopped, and one that asks for the secret started
+            _terminate(legacy.pid)
         try:
             return _start(root, timeout), True
         except ServerExited:  # most often its port, free a moment ago, was taken since: once more on another
@@ -197,7 +313,7 @@ def stop(root: Path) -> LocalServer | None:
     if not home(root).is_dir():
         return None
     with filelock.FileLock(str(home(root) / "server.lock"), timeout=STOP_WAIT_SECONDS + 30):
-        server = _read_state(root)
+        server = _read_state(root) or _unowned_legacy_server(root)  # never the server of the project copied
         if server is not None and _alive(server.pid) and (_healthy(server.api_url) or _is_prefect_server(server.pid)):
             _terminate(server.pid)
         else:

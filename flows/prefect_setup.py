@@ -5,7 +5,10 @@ Prefect's home (database, results, artifacts' files) in the project, .dvc/tmp/pr
 set, so that one project's runs never show in another's; keeps the user's profiles (~/.prefect/profiles.toml)
 so that a server configured there is still used; and gives the temporary server a start-up time a busy machine
 can meet. The API is, in order: PREFECT_API_URL (environment or profile); the project's own long-lived server
-(flows/local_server.py) when it runs, or when a schedule needs one; else Prefect's temporary server.
+(flows/local_server.py) when it runs, or when a schedule needs one; else a temporary server of the command's own
+(one that dies with it), or Prefect's temporary server. Every server of the project asks for the project's secret
+(.dvc/tmp/prefect/api-auth, mode 0600), which this sets as the client's PREFECT_API_AUTH_STRING: no other user of
+the machine can list or start runs, or read their states.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _set_environment(root: Path | None) -> None:
         if "PREFECT_PROFILES_PATH" not in os.environ and user_profiles.is_file():
             os.environ["PREFECT_PROFILES_PATH"] = str(user_profiles)
         os.environ["PREFECT_HOME"] = str(local_server.home(root))
-        local_server.home(root).mkdir(parents=True, exist_ok=True)
+        local_server.make_home(root)
     os.environ.setdefault(_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, and none wanted
 
@@ -56,6 +59,16 @@ def _configured_api_url() -> str | None:
     return Settings().api.url or None
 
 
+def _use_secret(root: Path) -> None:
+    """The project's secret for the servers this process starts (Prefect's temporary one too) and its clients."""
+    secret = local_server.auth_string(root)
+    os.environ["PREFECT_SERVER_API_AUTH_STRING"] = secret
+    os.environ["PREFECT_API_AUTH_STRING"] = secret
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()  # Prefect may have read its settings already
+
+
 def _use_api(url: str) -> None:
     from prefect.context import refresh_global_settings_context
 
@@ -63,11 +76,13 @@ def _use_api(url: str) -> None:
     refresh_global_settings_context()  # Prefect read its settings when imported
 
 
-def use_project(root: Path | None, need_scheduler: bool = False) -> str | None:
+def use_project(root: Path | None, need_scheduler: bool = False, temporary_server: bool = False) -> str | None:
     """Set Prefect up for the project at `root` (None: no project; the home is left alone); return the API URL.
 
     need_scheduler: a schedule will be served, so a temporary server will not do: start the project's server
-    when no API is configured. Returns None when the command will use Prefect's temporary server.
+    when no API is configured. temporary_server: a flow will run: without the project's server, start one for
+    this command that stops with it, even when it is killed (Prefect's own would outlive a kill -9).
+    Returns None when the command will use Prefect's temporary server.
     """
     if root is not None and not (root / ".dvc").is_dir():
         root = None  # not an imgpipe project (the command will say so): write nothing into it
@@ -77,12 +92,19 @@ def use_project(root: Path | None, need_scheduler: bool = False) -> str | None:
         return configured
     if root is None:
         return None
+    _use_secret(root)
     server = local_server.running(root)
     if server is None and need_scheduler:
         logger.info("starting the project's Prefect server (database %s)", local_server.home(root) / "prefect.db")
         server, _ = local_server.ensure(root, startup_timeout())
         logger.info("the project's Prefect server (and its UI) is at %s; it keeps running after this command "
-                    "(`imgpipe server stop` stops it)", server.ui_url)
+                    "(`imgpipe server stop` stops it); it asks for the secret in %s", server.ui_url,
+                    local_server.auth_file(root))
+    elif server is None and temporary_server:
+        server = local_server.start_temporary(root, startup_timeout())
+        logger.debug("this command's own Prefect server is at %s", server.api_url)
+        _use_api(server.api_url)
+        return server.api_url
     if server is None:
         return None
     logger.info("using the project's Prefect server at %s", server.ui_url)
