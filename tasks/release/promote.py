@@ -21,7 +21,7 @@ from tasks import atomic, model_folder, registry
 from tasks.config import ArgumentError
 from tasks.paths import Paths
 from tasks.release import kill_point, leftovers
-from tasks.release.gate_record import is_current
+from tasks.release import gate_record
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,15 @@ def recover(paths: Paths) -> list[str]:
     return repairs
 
 
+def _forcing_hint(gate: dict[str, Any]) -> str:
+    """Suggest a forced promotion only for a candidate that reaches what every model must (the floors, exports)."""
+    failed = gate_record.failed_own_checks(gate.get("checks", []))
+    if not failed:
+        return " To promote it anyway, force the promotion with a reason."
+    return (f" It fails {', '.join(check['name'] for check in failed)}, which every model must pass: retrain it "
+            "rather than force it.")
+
+
 def promote(paths: Paths, reason: str, force: bool = False, requested_by: str | None = None) -> dict[str, Any]:
     """Make the candidate the production model: allowed by a passing gate, or forced with a reason.
 
@@ -151,14 +160,13 @@ def promote(paths: Paths, reason: str, force: bool = False, requested_by: str | 
         raise PromotionRefused(f"this candidate ({version}) was rolled back at {rolled_back[-1]['at']} "
                                f"({rolled_back[-1]['reason']}); retrain, or force the promotion with a reason")
     gate = json.loads(paths.gate.read_text(encoding="utf-8")) if paths.gate.is_file() else None
-    gate_is_current = gate is not None and is_current(paths)
+    gate_is_current = gate is not None and gate_record.is_current(paths)
     if not force:
         if not gate_is_current:
             raise PromotionRefused(f"{paths.gate}: no gate decision for this candidate; run the gate first "
                                    "(or force the promotion with a reason)")
         if gate["decision"] != "pass":
-            raise PromotionRefused(f"the gate refused this candidate: {gate['sentence']} "
-                                   "To promote it anyway, force the promotion with a reason.")
+            raise PromotionRefused(f"the gate refused this candidate: {gate['sentence']}{_forcing_hint(gate)}")
     elif not reason.strip():
         raise ArgumentError("a forced promotion (`force`) needs a `reason` saying why the gate is overruled")
     if current_version(paths) == version:

@@ -52,8 +52,11 @@ def test_first_gate_uses_the_floors_and_always_writes_gate_json(evaluated):
     assert all(item["images"] == test_images and item["agreement"] == 1.0 for item in exports.values())
     assert any("test split is too small for a decision" in note for note in decision["notes"])
     assert "Note: the test split is too small" in decision["sentence"]
-    with pytest.raises(promote.PromotionRefused, match="the gate refused"):
+    with pytest.raises(promote.PromotionRefused, match="the gate refused") as refused:
         promote.promote(paths, reason="try")
+    # under a floor: forcing is not suggested (issue 27, item 3), the failing floor is named
+    assert "It fails accuracy floor" in str(refused.value) and "retrain it rather than force it" in str(refused.value)
+    assert "force the promotion with a reason" not in str(refused.value)
     assert not paths.production.exists()
 
 
