@@ -207,6 +207,7 @@ def run(folder: Path, formats: list[str], processed: Path, calibration_images: i
         calibration = np.concatenate(list(_images(processed, "train", image_size, calibration_images, seed,
                                                   multi_label)))
     write_exports(folder, formats, calibration)
+    model_folder.seal(folder, complete=False)  # the engine check below runs exports already on the list
     record = engine_check.measure_engines(folder, _images(processed, "test", image_size, ENGINE_CHECK_IMAGES, seed,
                                                           multi_label))
     model_folder.write_engines(folder, record)
