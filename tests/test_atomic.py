@@ -1,4 +1,4 @@
-"""tasks/atomic.py: outputs get the modes that open() and mkdir() give under the umask, never wider (issue 27 item 4)."""
+"""tasks/atomic.py: outputs get the modes open() and mkdir() give under the umask, never wider (issue 27 item 4)."""
 
 from __future__ import annotations
 

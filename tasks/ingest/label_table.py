@@ -80,8 +80,9 @@ def read(file: Path) -> dict[str, Row]:
     for index, path, label, split, subject in zip(table.index, paths, table["label"], splits, subjects):
         row = Row(canonical_labels(label), SPLIT_NAMES.get(split, ""), subject)
         if path in rows and rows[path] != row:
-            raise ValueError(f"ingest.labels: {file} lists {path!r} twice, differently ({_where(file, first_row[path])} "
-                             f"and {_where(file, index)}); keep one row per file")
+            first = _where(file, first_row[path])
+            raise ValueError(f"ingest.labels: {file} lists {path!r} twice, differently ({first} and "
+                             f"{_where(file, index)}); keep one row per file")
         rows[path] = row
         first_row.setdefault(path, index)
     return rows
