@@ -14,11 +14,20 @@ import pandas as pd
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _escaped(value: Any) -> bool:
+    """Whether `value` needs a `'` in a CSV: it starts like a formula, or is quotes before such a start (so that
+    reading back removes exactly the one `'` that writing added)."""
+    return isinstance(value, str) and value.lstrip("'").startswith(FORMULA_STARTS)
+
+
 def safe_cell(value: Any) -> Any:
     """A text value that a spreadsheet would run as a formula, prefixed with `'`; anything else unchanged."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    return "'" + value if _escaped(value) else value
+
+
+def exact_cell(value: Any) -> Any:
+    """The value `safe_cell` was given: what imgpipe reads back from its own CSV files."""
+    return value[1:] if _escaped(value) and value.startswith("'") else value
 
 
 def safe_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -28,3 +37,12 @@ def safe_table(table: pd.DataFrame) -> pd.DataFrame:
         if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column].dtype):
             safe[column] = safe[column].map(safe_cell)
     return safe
+
+
+def exact_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A table read from a CSV file that `safe_table` wrote, with its text cells and column names as they were."""
+    exact = table.rename(columns=exact_cell)
+    for column in exact.columns:
+        if exact[column].dtype == object or pd.api.types.is_string_dtype(exact[column].dtype):
+            exact[column] = exact[column].map(exact_cell)
+    return exact

@@ -19,3 +19,11 @@ def test_a_table_keeps_its_numbers_and_escapes_its_text_and_column_names():
     assert safe["class"].tolist() == ["'=cmd", "dog"] and safe["'=head"].tolist() == ["'+x", "y"]
     assert safe["f1"].tolist() == [-0.5, 1.0]
     assert table["class"].tolist() == ["=cmd", "dog"]  # the caller's table is untouched (Parquet stays exact)
+
+
+def test_reading_back_gives_every_value_exactly_as_it_was():
+    values = ["=1+1", "'=1+1", "''@x", "'plain", "plain", "", "-", "'", "+", 3, None]
+    for value in values:
+        assert csv_cells.exact_cell(csv_cells.safe_cell(value)) == value
+    table = pd.DataFrame({"label": ["=cmd", "'=cmd", "dog"], "=head": ["+x", "y", "'z"]})
+    assert csv_cells.exact_table(csv_cells.safe_table(table)).equals(table)

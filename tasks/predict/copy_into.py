@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tasks import images, safe_open
+from tasks import csv_cells, images, safe_open
 from tasks.config import ArgumentError
 from tasks.predict import machine, store
 
@@ -69,8 +69,8 @@ def _ok_rows(table: Path) -> Iterator[tuple[str, bytes, str, str]]:
     if store.output_format(table) == "parquet":
         batches = (batch.to_pylist() for batch in pq.ParquetFile(table).iter_batches(8192, columns=_COLUMNS))
     else:
-        batches = (chunk.to_dict("records") for chunk in pd.read_csv(table, chunksize=8192, dtype=str,
-                                                                     keep_default_na=False, usecols=_COLUMNS))
+        batches = (csv_cells.exact_table(chunk).to_dict("records")  # as written, before the spreadsheet escapes
+                   for chunk in pd.read_csv(table, chunksize=8192, dtype=str, keep_default_na=False, usecols=_COLUMNS))
     for batch in batches:
         for row in batch:
             if row["status"] == "ok":

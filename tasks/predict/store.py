@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import atomic
+from tasks import atomic, csv_cells
 from tasks.config import ArgumentError
 from tasks.predict import machine
 
@@ -200,9 +200,9 @@ def _read_rows(out: Path) -> tuple[list[str], Iterator[dict[str, Any]]]:
     if FORMATS[out.suffix.lower()] == "parquet":
         table = pq.ParquetFile(out)
         return table.schema_arrow.names, (row for batch in table.iter_batches(_READ_ROWS) for row in batch.to_pylist())
-    columns = list(pd.read_csv(out, nrows=0).columns)
+    columns = [csv_cells.exact_cell(name) for name in pd.read_csv(out, nrows=0).columns]
     chunks = pd.read_csv(out, chunksize=_READ_ROWS, dtype=str, keep_default_na=False)
-    return columns, (row for chunk in chunks for row in chunk.to_dict("records"))
+    return columns, (row for chunk in chunks for row in csv_cells.exact_table(chunk).to_dict("records"))
 
 
 class PreviousOutput:
@@ -284,7 +284,8 @@ def merge(state: Path, chunks: int, out: Path, top_k: int) -> dict[tuple[str, st
                     handle.write(",".join(schema.names) + "\n")
                 for index in range(chunks):
                     table = pq.read_table(part_file(state, index), schema=schema)
-                    table.to_pandas().to_csv(handle, header=index == 0, index=False)
+                    # paths and labels that start like a formula are escaped (OWASP); Parquet stays exact
+                    csv_cells.safe_table(table.to_pandas()).to_csv(handle, header=index == 0, index=False)
                     _count(table, counts)
     shutil.rmtree(state, ignore_errors=True)
     return counts

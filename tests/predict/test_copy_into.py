@@ -110,3 +110,23 @@ def test_names_that_are_not_utf8_are_copied_exactly(tmp_path, one_label_model):
         with open(os.path.join(placed, name), "rb") as copy, open(os.path.join(os.fsencode(source / "inbox"), name),
                                                                   "rb") as original:
             assert copy.read() == original.read()
+
+
+def test_a_csv_table_escapes_formula_cells_and_copy_into_reads_them_back_exactly(tmp_path, one_label_model):
+    """Issue 27 item 14: a label or path that starts like a formula is written with a leading ' in the CSV output
+    (spreadsheets show it as text); what imgpipe reads back from it (a re-run, --copy-into) is the exact value."""
+    source = tmp_path / "photos"
+    (source / "@inbox").mkdir(parents=True)
+    for seed in range(2):
+        make_image((30, 90, 90), seed=seed).save(source / "@inbox" / f"{seed}.png")
+    model = one_label_model("=cmd")
+    source, out = _classified(tmp_path, model, source, "out.csv")
+    first = out.read_bytes()
+    written = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert set(written["label"]) == {"'=cmd"} and all(path.startswith("'@inbox/") for path in written["path"])
+
+    classify.run(source, out, model, options())  # a re-run reads the earlier rows back: nothing changes
+    assert out.read_bytes() == first
+    summary = copy_into.copy_into(out, source, tmp_path / "sorted")
+    assert summary.placed == 2, summary
+    assert sorted(os.listdir(tmp_path / "sorted" / "=cmd" / "@inbox")) == ["0.png", "1.png"]
