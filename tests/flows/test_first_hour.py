@@ -31,7 +31,7 @@ def project(tmp_path_factory) -> Path:
                        "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25, "train.epochs": 2,
                        "train.min_epochs": 1, "train.batch_size": 8, "train.width": 4, "train.depth": 2,
                        "evaluate.gate.min_accuracy": 0.0, "evaluate.gate.min_macro_f1": 0.0,
-                       "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_recall_drop": 1.0})
+                       "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_class_f1_drop": 1.0})
     _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "--quiet", "-am", "my data")
     return repo
 
@@ -151,6 +151,10 @@ def test_the_log_is_quiet_and_a_bad_param_is_one_line(project, prefect_server):
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "train.epochs must be >= 1, got -1" in bad.stderr, bad.stderr
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 4  # nothing written
+    before = (project / "params.yaml").read_bytes()
+    outside = _imgpipe(project, "run", "-S", "train.epochs=5", "-S", "paths.raw=/")  # refused before it is written
+    assert outside.returncode == 1 and "paths.raw" in outside.stderr, outside.stderr
+    assert (project / "params.yaml").read_bytes() == before
 
 
 def test_dvc_commands_work_from_a_shell_without_the_venv_activated(project):
