@@ -47,3 +47,12 @@ def test_a_usual_umask_gives_usual_modes(tmp_path):
     finally:
         os.umask(previous)
     assert _mode(tmp_path / "table.csv") == 0o644 and _mode(tmp_path / "shards") == 0o755
+
+
+def test_converted_backbone_weights_stay_within_the_umask(private_umask, tmp_path):
+    """Converted backbone weights are written as open() would make them under the umask, not 0644."""
+    from tasks.backbones import pretrained
+
+    weights = tmp_path / "cache" / "weights.h5"
+    pretrained._write_atomically(weights, lambda path: path.write_bytes(b"weights"), ".h5")
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o600

@@ -101,6 +101,6 @@ def _export(backbone: str, image_size: int, paths: dict[str, Path], network: Any
                                "openvino": openvino.get_version()},
                   "sha256": {name: file_sha256(path) for name, path in written.items()}}
         for name, path in written.items():
-            os.chmod(path, 0o644)
+            os.chmod(path, 0o666 & ~atomic.umask())  # as open() would make it: never wider than the umask
             os.replace(path, paths[name])
     atomic.write_json(paths["record"], record)

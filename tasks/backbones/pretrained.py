@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks import atomic
 from tasks.hashing import file_sha256
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def _write_atomically(path: Path, write: Any, suffix: str) -> None:
     temporary = Path(name)
     try:
         write(temporary)
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o666 & ~atomic.umask())  # as open() would make it: never wider than the umask
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

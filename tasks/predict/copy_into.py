@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tasks import csv_cells, images, safe_open
+from tasks import atomic, csv_cells, images, safe_open
 from tasks.config import ArgumentError
 from tasks.predict import machine, store
 
@@ -145,7 +145,8 @@ def _write_temporary(file: Path, sha256: str, folder: int, link: bool) -> str | 
         try:
             handle.write(data)
             handle.flush()
-            os.fchmod(handle.fileno(), stat.S_IMODE(source_stat.st_mode))
+            # the source's mode, never wider than the umask (a copy is no more readable than either allows)
+            os.fchmod(handle.fileno(), stat.S_IMODE(source_stat.st_mode) & ~atomic.umask())
             os.utime(handle.fileno(), ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))
         except BaseException:
             os.unlink(temporary, dir_fd=folder)  # a disk-full copy is not left taking space

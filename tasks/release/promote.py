@@ -127,7 +127,9 @@ def recover(paths: Paths) -> list[str]:
         repairs.append(f"installed version {current} in production, as the history says")
     if current is not None and paths.gate.is_file() and not history.damaged:
         gate = json.loads(paths.gate.read_text(encoding="utf-8"))
+        judged_against_itself = (gate.get("champion") or {}).get("version") == current  # nothing was promoted
         if not gate.get("promoted") and gate.get("candidate", {}).get("version") == current and \
+                not judged_against_itself and \
                 history.events[-1]["action"] == "promote" and history.events[-1]["version"] == current:
             atomic.write_json(paths.gate, gate | {"promoted": True})
             repairs.append(f"recorded the promotion of {current} in {paths.gate.name}")

@@ -130,3 +130,18 @@ def test_a_csv_table_escapes_formula_cells_and_copy_into_reads_them_back_exactly
     summary = copy_into.copy_into(out, source, tmp_path / "sorted")
     assert summary.placed == 2, summary
     assert sorted(os.listdir(tmp_path / "sorted" / "=cmd" / "@inbox")) == ["0.png", "1.png"]
+
+
+def test_a_copy_is_never_wider_than_the_umask(tmp_path, one_label_model):
+    source = write_class_folders(tmp_path / "photos", per_class=1)
+    for image in source.rglob("*.*"):
+        image.chmod(0o644)
+    source, out = _classified(tmp_path, one_label_model("4"), source)
+    previous = os.umask(0o077)
+    try:
+        summary = copy_into.copy_into(out, source, tmp_path / "sorted")
+    finally:
+        os.umask(previous)
+    copies = [path for path in (tmp_path / "sorted").rglob("*") if path.is_file()]
+    assert summary.placed == len(copies) > 0
+    assert {oct(path.stat().st_mode & 0o777) for path in copies} == {oct(0o600)}

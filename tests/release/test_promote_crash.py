@@ -225,3 +225,16 @@ def test_a_damaged_history_line_is_named_and_skipped_and_never_acted_on(two_prom
     promote.promote(paths, reason="works around the damaged line", force=True)
     _consistent(paths, third)
     assert history_file.read_text().splitlines()[1] == '{"action": "promote", "vers'  # kept for a person to fix
+
+
+def test_a_gate_that_judged_production_against_itself_is_not_taken_for_an_unfinished_promotion(tmp_path):
+    """Issue 27 item 13: a candidate identical to production ends as 'Nothing to do'; the next command must not log
+    that it finished an interrupted promotion of it (nor mark the gate 'promoted')."""
+    paths = Paths(PathsParams(), tmp_path)
+    version = _save_candidate(paths, 1)
+    promote.promote(paths, reason="set-up", force=True)
+    gate = {"decision": "pass", "candidate": {"version": version}, "champion": {"version": version}}
+    paths.gate.parent.mkdir(parents=True, exist_ok=True)
+    paths.gate.write_text(json.dumps(gate))
+    assert promote.recover(paths) == []
+    assert json.loads(paths.gate.read_text()) == gate
