@@ -3,6 +3,7 @@
 The tests of this module share one copy and run in order: build, skip, retrain, fail, overlap, schedule.
 """
 
+import base64
 import http.server
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -302,10 +304,13 @@ def real_prefect_server(tmp_path):
     _stop(server)
 
 
-def _scheduled_runs(api_url: str, states: list[str]) -> list[dict]:
-    """The deployment's flow runs in these state types, latest first."""
+def _scheduled_runs(api_url: str, states: list[str], secret: str | None = None) -> list[dict]:
+    """The deployment's flow runs in these state types, latest first (`secret`: the project's server asks for it)."""
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
     request = urllib.request.Request(
-        f"{api_url}/flow_runs/filter", method="POST", headers={"Content-Type": "application/json"},
+        f"{api_url}/flow_runs/filter", method="POST", headers=headers,
         data=json.dumps({"limit": 20, "sort": "START_TIME_DESC",
                          "flow_runs": {"state": {"type": {"any_": states}}}}).encode())
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -328,17 +333,18 @@ def _wait_for(condition, seconds: float, serving: subprocess.Popen, log_file: Pa
     return None
 
 
-def _interrupt_a_run_and_check(serving: subprocess.Popen, log_file: Path, api_url: str, stop) -> None:
+def _interrupt_a_run_and_check(serving: subprocess.Popen, log_file: Path, api_url: str, stop,
+                               secret: str | None = None) -> None:
     """Stop serve while a scheduled run is in flight; then serve has exited cleanly and no run is left Running."""
-    assert _wait_for(lambda: _scheduled_runs(api_url, ["RUNNING"]), 60, serving, log_file), \
+    assert _wait_for(lambda: _scheduled_runs(api_url, ["RUNNING"], secret), 60, serving, log_file), \
         "no scheduled run started:\n" + log_file.read_text()[-3000:]
     time.sleep(2)  # into its stages
     stop()
     assert serving.wait(timeout=120) == 0, log_file.read_text()[-3000:]
     output = log_file.read_text()
     assert "RuntimeWarning" not in output and "Traceback" not in output, output[-3000:]
-    assert _scheduled_runs(api_url, _UNFINISHED) == [], "a run is left shown as unfinished:\n" + output[-3000:]
-    assert _scheduled_runs(api_url, ["CANCELLED"]), output[-3000:]
+    assert _scheduled_runs(api_url, _UNFINISHED, secret) == [], "a run is left shown as unfinished:\n" + output[-3000:]
+    assert _scheduled_runs(api_url, ["CANCELLED"], secret), output[-3000:]
 
 
 def test_a_served_schedule_triggers_a_real_run(repo, real_prefect_server, tmp_path):
@@ -382,12 +388,16 @@ def test_serve_needs_no_setup_and_its_server_serves_later_commands(repo, tmp_pat
     try:
         api_url = _wait_for(lambda: (_local_server(repo) or {}).get("api_url"), 60, serving, log_file)
         assert api_url, "no local Prefect server:\n" + log_file.read_text()[-3000:]
-        finished = _wait_for(lambda: _scheduled_runs(api_url, _FINISHED), 60 - (time.monotonic() - started),
+        # the project's server answers its owner only: without the secret, nothing (issue 27 item 4)
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            _scheduled_runs(api_url, _FINISHED)
+        secret = (repo / ".dvc/tmp/prefect/api-auth").read_text().strip()
+        finished = _wait_for(lambda: _scheduled_runs(api_url, _FINISHED, secret), 60 - (time.monotonic() - started),
                              serving, log_file)
         assert finished, "no scheduled run finished within a minute:\n" + log_file.read_text()[-3000:]
         assert finished[0]["state"]["name"] == "Nothing to do", finished[0]["state"]
         _interrupt_a_run_and_check(serving, log_file, api_url,
-                                   lambda: os.killpg(serving.pid, signal.SIGINT))  # Ctrl-C in its terminal
+                                   lambda: os.killpg(serving.pid, signal.SIGINT), secret)  # Ctrl-C in its terminal
 
         # the server outlives serve; later commands use it, and their runs are kept in the project
         assert (repo / ".dvc/tmp/prefect/prefect.db").is_file()
