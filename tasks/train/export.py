@@ -194,7 +194,7 @@ def _images(processed: Path, split: str, image_size: int, limit: int | None, see
 def run(folder: Path, formats: list[str], processed: Path, calibration_images: int, seed: int) -> None:
     """Exports, the int8 model calibrated on training images (shuffled, not augmented), and engines.json from the
     test split."""
-    from tasks.predict import engine_check
+    from tasks.engines import engine_check
 
     # the converters' own chatter: TensorFlow's "Assets written to" and its warning about a table initializer that
     # it calls "probably safe to ignore" (its errors still show), tf2onnx's opset and optimizer lines

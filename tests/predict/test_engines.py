@@ -13,7 +13,7 @@ import pytest
 from tasks import model_folder
 from tasks.config import ArgumentError
 from tasks.predict import classify as predict
-from tasks.predict import engine
+from tasks.engines import engine
 from tests.conftest import write_class_folders
 
 LABELS = ["blue", "green", "red"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tasks import model_folder
-from tasks.predict import engine, engine_check, keras_engine
+from tasks.engines import engine, engine_check, keras_engine
 from tasks.train import export, model
 
 LABELS = ["a", "b", "c"]
