@@ -13,10 +13,10 @@ import pandas as pd
 
 from tasks import atomic, csv_cells, embedding_store, images, label_sets, model_folder, processed_store, stored_images
 from tasks.config import load_config
-from tasks.evaluate import metrics as metric_functions
 from tasks.evaluate import confusion, metrics_file, multilabel_report, plots
 from tasks.params import EvaluateParams
 from tasks.paths import Paths
+from tasks.scoring import metrics as metric_functions
 from tasks.train import dataset
 
 logger = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from dvclive import Live
 
-from tasks.evaluate import metrics as metric_functions
-from tasks.evaluate import multilabel
 from tasks.params import TrainParams
-from tasks.train import callbacks, dataset, selection
+from tasks.scoring import metrics as metric_functions
+from tasks.scoring import multilabel, selection
+from tasks.train import callbacks, dataset
 
 logger = logging.getLogger(__name__)
 

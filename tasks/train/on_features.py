@@ -20,7 +20,8 @@ from dvclive import Live
 from tasks import embedding_store, model_choice, processed_store
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import callbacks, dataset, fitting, model, on_pixels, selection, transfer
+from tasks.scoring import selection
+from tasks.train import callbacks, dataset, fitting, model, on_pixels, transfer
 from tasks.train.fitting import Trained
 
 logger = logging.getLogger(__name__)

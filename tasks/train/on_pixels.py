@@ -15,7 +15,8 @@ from dvclive import Live
 from tasks import label_sets
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import accelerator, callbacks, dataset, fitting, model, selection
+from tasks.scoring import selection
+from tasks.train import accelerator, callbacks, dataset, fitting, model
 from tasks.train.fitting import Trained
 
 logger = logging.getLogger(__name__)

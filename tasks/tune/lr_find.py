@@ -22,7 +22,8 @@ from tasks import atomic, model_choice
 from tasks.config import ArgumentError
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import accelerator, dataset, model, selection
+from tasks.scoring import selection
+from tasks.train import accelerator, dataset, model
 from tasks.tune import plots
 
 logger = logging.getLogger(__name__)

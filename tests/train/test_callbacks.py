@@ -60,7 +60,7 @@ def test_early_stopping_waits_for_min_epochs_and_counts_patience_from_the_best_e
 
 
 def test_macro_f1_metric_matches_the_evaluation_for_indices_and_one_hot_labels():
-    from tasks.evaluate import metrics as metric_functions
+    from tasks.scoring import metrics as metric_functions
 
     generator = np.random.default_rng(3)
     actual = generator.integers(0, 4, 50)
