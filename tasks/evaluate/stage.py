@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, csv_cells, embedding_store, images, label_sets, model_folder, processed_store, stored_images
+from tasks import atomic, csv_cells, embedding_store, images, label_sets, model_folder, processed_store
+from tasks import shard_reader, stored_images
 from tasks.config import load_config
 from tasks.evaluate import confusion, metrics_file, multilabel_report, plots
 from tasks.params import EvaluateParams
 from tasks.paths import Paths
 from tasks.scoring import metrics as metric_functions
-from tasks.train import dataset
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ def predict_split(model: keras.Model, processed_dir: Path, split: str, image_siz
     """Run the model over one split in shard order; one row per image with its true label (`label_index`, or for a
     multi-label model the multi-hot row `labels`) and probabilities."""
     rows: list[pd.DataFrame] = []
-    for batch in dataset.split_dataset(processed_dir, split, image_size, 256, training=False, with_paths=True,
-                                       multi_label=multi_label):
+    for batch in shard_reader.split_batches(processed_dir, split, image_size, 256, with_paths=True,
+                                            multi_label=multi_label):
         probabilities = model.predict_on_batch(batch["image"].numpy())
         truth = batch["label"].numpy()
         rows.append(pd.DataFrame({
