@@ -9,14 +9,13 @@ import sys
 import pandas as pd
 import pytest
 
-from tasks import model_folder
-from tasks.train import model
+from tasks import model_folder, networks
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("candidate")
-    network = model.simple_cnn(16, 2, depth=1, width=4, dropout=0.0)
+    network = networks.simple_cnn(16, 2, depth=1, width=4, dropout=0.0)
     version = model_folder.write(folder, network, ["cat", "dog"], {"image_size": 16, "resize": "crop"},
                                  pd.DataFrame({"epoch": [0], "loss": [1.0]}))
     return folder, version

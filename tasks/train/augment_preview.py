@@ -16,10 +16,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tasks import atomic, processed_store, shard_reader
+from tasks import atomic, augment, processed_store, shard_reader
 from tasks.params import AugmentParams
 from tasks.paths import Paths
-from tasks.train import augment
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import Any
 import keras
 from dvclive import Live
 
-from tasks import atomic, label_sets, model_choice, model_folder, processed_store
+from tasks import atomic, label_sets, model_choice, model_folder, networks, processed_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import augment_preview, backup, callbacks, export, lineage, model, on_features, on_pixels
+from tasks.train import augment_preview, backup, callbacks, export, lineage, on_features, on_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         logger.info("train: train.model %s is %s (%s)", params.model, choice.model, choice.reason)
     weights = params.weights
     if weights == "auto":  # the installed ImageNet weights belong to the features route; elsewhere random weights
-        weights = model.IMAGENET if choice.on_features else None
-    elif weights not in (None, model.IMAGENET):
+        weights = networks.IMAGENET if choice.on_features else None
+    elif weights not in (None, networks.IMAGENET):
         weights = str(paths.resolve(weights))
     params = params.model_copy(update={"model": choice.model, "weights": weights})
     labels: list[str] = preprocessing["labels"]

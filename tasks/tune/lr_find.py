@@ -18,12 +18,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, model_choice
+from tasks import accelerator, atomic, model_choice, networks, training_batches
 from tasks.config import ArgumentError
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
 from tasks.scoring import selection
-from tasks.train import accelerator, dataset, model
 from tasks.tune import plots
 
 logger = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
                          "regression, has no learning rate to find; lr-find is for networks trained on pixels "
                          "(train.model simple_cnn, mobilenet_v3_small, efficientnet_v2_b0, resnet50)")
     weights = None if params.weights == "auto" else params.weights
-    if weights not in (None, model.IMAGENET):
+    if weights not in (None, networks.IMAGENET):
         weights = str(paths.resolve(weights))
     params = params.model_copy(update={"model": choice if params.model == "auto" else params.model,
                                        "weights": weights})
@@ -88,14 +87,15 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
     training_plan = accelerator.plan(params.precision, params.jit_compile)
     distribution = accelerator.apply(training_plan)
     with distribution.scope():
-        network = model.build(params, image_size, len(preprocessing["labels"]))
+        network = networks.build(params, image_size, len(preprocessing["labels"]))
         # as in train's first phase: a pretrained backbone stays frozen while the new head learns
-        model.set_backbone_trainable(network, 0 if params.weights is not None else None)
+        networks.set_backbone_trainable(network, 0 if params.weights is not None else None)
         network.compile(optimizer=keras.optimizers.Adam(learning_rate=min_rate),
                         loss="categorical_crossentropy" if augment.mixing else "sparse_categorical_crossentropy",
                         jit_compile=training_plan.jit_compile)
-    batches = dataset.split_dataset(paths.processed, "train", image_size, batch_size * distribution.replicas,
-                                    training=True, augment=augment, seed=seed).repeat()
+    batches = training_batches.split_dataset(paths.processed, "train", image_size,
+                                             batch_size * distribution.replicas, training=True, augment=augment,
+                                             seed=seed).repeat()
     rates = np.geomspace(min_rate, max_rate, steps)
     losses: list[float] = []
     average, lowest = 0.0, math.inf

@@ -20,11 +20,10 @@ import pandas as pd
 import pytest
 
 from flows.run_lock import workspace_lock
-from tasks import model_folder
+from tasks import model_folder, networks
 from tasks.params import PathsParams
 from tasks.paths import Paths
 from tasks.release import kill_point, promote
-from tasks.train import model
 from tests.conftest import PROJECT_ROOT
 
 CHILD = textwrap.dedent("""
@@ -68,7 +67,7 @@ def _save_candidate(paths: Paths, seed: int) -> str:
     import keras
 
     keras.utils.set_random_seed(seed)
-    network = model.simple_cnn(16, 3, depth=1, width=4, dropout=0.0)
+    network = networks.simple_cnn(16, 3, depth=1, width=4, dropout=0.0)
     shutil.rmtree(paths.candidate, ignore_errors=True)
     paths.candidate.mkdir(parents=True)
     return model_folder.write(paths.candidate, network, ["blue", "green", "red"],

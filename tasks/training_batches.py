@@ -7,10 +7,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tasks import shard_reader
+from tasks import augment as augmentation
+from tasks import class_balance, shard_reader
 from tasks.params import AugmentParams
-from tasks.train import augment as augmentation
-from tasks.train import balance
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -42,14 +41,14 @@ def split_dataset(
     reproducible and each epoch draws afresh. With `with_paths`, batches are dictionaries holding `image`,
     `label` and `path` (for reports).
 
-    `class_weight: balanced` adds each image's loss weight (tasks/train/balance.py) as a third element (or `weight`),
+    `class_weight: balanced` adds each image's loss weight (tasks/class_balance.py) as a third element (or `weight`),
     which Keras applies to the loss as a sample weight. `sampling: balanced` (single-label, training) draws every
     class equally often.
     """
     rows = shard_reader.split_rows(processed_dir, split)
     vocabulary = shard_reader.vocabulary(processed_dir)
     shard_reader.check_single_label(processed_dir, split, rows, multi_label)
-    weights = (tf.constant(balance.image_weights(rows["label"].astype(str).tolist(), vocabulary))
+    weights = (tf.constant(class_balance.image_weights(rows["label"].astype(str).tolist(), vocabulary))
                if class_weight == "balanced" else None)
     dataset = shard_reader.examples(processed_dir, rows, image_size, training=training, seed=seed)
     if training and sampling == "balanced":
