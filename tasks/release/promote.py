@@ -17,10 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, model_folder, registry
+from tasks import atomic, kill_point, leftovers, model_folder, registry
 from tasks.config import ArgumentError
 from tasks.paths import Paths
-from tasks.release import kill_point, leftovers
 from tasks.release import gate_record
 
 logger = logging.getLogger(__name__)
