@@ -7,7 +7,6 @@ augmentation around the same pieces (tasks/training_batches.py), so both see the
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ def fits_in_memory(size_bytes: int) -> bool:
 
 def vocabulary(processed_dir: Path) -> list[str]:
     """The labels of the processed store (labels.json), in class index order."""
-    return json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8"))
+    return processed_store.read_labels(processed_dir)
 
 
 def num_classes(processed_dir: Path) -> int:
@@ -79,7 +78,7 @@ def _records(processed_dir: Path, rows: pd.DataFrame, image_size: int, training:
 def _records_from_raw(processed_dir: Path, rows: pd.DataFrame, image_size: int) -> tf.data.Dataset:
     """The same elements as _records, decoded from the raw store (over all cores) when preprocess kept no pixels (a
     head on a pretrained backbone's features: only fine-tuning and checks need pixels, at the backbone's size)."""
-    summary = json.loads((processed_dir / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    summary = processed_store.read_summary(processed_dir)
     manifest = (processed_dir / summary["manifest"]).resolve()
     decoder = stored_images.Decoder((processed_dir / summary["raw_store"]).resolve(), image_size, summary["resize"],
                                     int(summary["max_pixels"]))
@@ -95,10 +94,9 @@ def _records_from_raw(processed_dir: Path, rows: pd.DataFrame, image_size: int) 
 
 def has_pixels(processed_dir: Path) -> bool:
     """Whether preprocess kept decoded pixels (else images are decoded from the raw store when read)."""
-    summary_file = processed_dir / processed_store.SUMMARY_FILE
-    if not summary_file.is_file():  # a folder of shards and a split table alone (written by hand, or older)
+    if not processed_store.summary_file(processed_dir).is_file():  # shards and a split table alone (by hand, or older)
         return True
-    return bool(json.loads(summary_file.read_text(encoding="utf-8")).get("pixels", True))
+    return bool(processed_store.read_summary(processed_dir).get("pixels", True))
 
 
 def _multi_hot_lookup(cells: tf.Tensor, labels: list[str]) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def predict_split_from_features(model: keras.Model, store: Path, processed_dir: 
     # the model's own head (its Dense layer and activation) on the features: the rest of the model, run by Keras
     probabilities = np.asarray(model.get_layer("probabilities")(features), dtype=np.float64)
     if multi_label:
-        vocabulary = json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8"))
+        vocabulary = processed_store.read_labels(processed_dir)
         truth = list(label_sets.multi_hot(rows["label"].astype(str).tolist(), vocabulary).astype(np.float32))
     else:
         truth = rows["label_index"].to_numpy()

@@ -7,7 +7,6 @@ partners taken from the same rows); the settings that made them are written unde
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -102,7 +101,7 @@ def row_label(label: np.ndarray, names: list[str]) -> str:
 
 def run(params: AugmentParams, seed: int, paths: Paths, image_count: int = 8, draws: int = 5) -> Path:
     """Write the preview grid of the first `image_count` training images (in shard order) and return its path."""
-    summary = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    summary = processed_store.read_summary(paths.processed)
     image_size = int(summary["image_size"])
     first = next(iter(shard_reader.split_batches(paths.processed, "train", image_size, image_count, with_paths=True,
                                                  multi_label=summary.get("task") == "multi_label")))

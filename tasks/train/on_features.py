@@ -87,7 +87,8 @@ def _fine_tune(head: Trained, params: TrainParams, augment: AugmentParams, seed:
     head_digest = hashlib.sha256(network.get_layer("probabilities").get_weights()[0].tobytes()).hexdigest()
     key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "phase": FINE_TUNE,
                                      "head": head_digest},
-                            [paths.processed / processed_store.SUMMARY_FILE, paths.processed / processed_store.SPLIT_TABLE])
+                            [processed_store.summary_file(paths.processed),
+                             processed_store.table_file(paths.processed)])
     run_dir = paths.models / ".runs" / key
     run_dir.mkdir(parents=True, exist_ok=True)
     networks.set_backbone_trainable(network, params.fine_tune.unfreeze_layers)

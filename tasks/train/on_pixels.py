@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from dvclive import Live
 
-from tasks import accelerator, label_sets, networks, training_batches
+from tasks import accelerator, label_sets, networks, processed_store, training_batches
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
 from tasks.scoring import selection
@@ -53,7 +53,8 @@ def train(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, 
     key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "plan": str(training_plan),
                                      "multi_label": multi_label,
                                      "image_size": image_size},
-                            [paths.processed / "preprocess.json", paths.processed / "split.parquet"])
+                            [processed_store.summary_file(paths.processed),
+                             processed_store.table_file(paths.processed)])
     run_dir = paths.models / ".runs" / key
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -7,7 +7,6 @@ The network preprocess settled on (tasks/model_choice.py) learns by one of two r
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import warnings
@@ -67,7 +66,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
     """Train the network preprocess settled on (a head on cached features, challenged where it leaves room, or a
     network on pixels with early stopping on val), then write the candidate model folder."""
     _setting_up(params, seed)
-    preprocessing = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    preprocessing = processed_store.read_summary(paths.processed)
     choice = _choice(preprocessing, params)
     if choice.model != params.model:
         logger.info("train: train.model %s is %s (%s)", params.model, choice.model, choice.reason)
@@ -105,7 +104,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         "params": {"train": params.model_dump(mode="json"), "augment": augment.model_dump(), "seed": seed},
         # what the model learnt from: every image's path, sha256, label and split (not where the raw store keeps
         # the bytes, which `imgpipe gc` may change without changing the data)
-        "data_sha256": file_sha256(paths.processed / processed_store.SPLIT_TABLE),
+        "data_sha256": file_sha256(processed_store.table_file(paths.processed)),
         "data_lineage": lineage.data_lineage(paths),  # its source, manifest hash and a sample of its images (the gate)
         "git_revision": git_revision(paths.root),
         "validation": {"phase": best["phase"], "epoch": int(best["epoch"]) + 1, "selected_on": params.select_on,

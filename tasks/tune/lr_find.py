@@ -8,7 +8,6 @@ the curve, safely before the loss blows up (Smith, "Cyclical learning rates", 20
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import accelerator, atomic, model_choice, networks, training_batches
+from tasks import accelerator, atomic, model_choice, networks, processed_store, training_batches
 from tasks.config import ArgumentError
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
@@ -66,12 +65,12 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
         max_rate: float = 1.0, steps: int = 200) -> RangeTest:
     """Train on the training split with a growing learning rate; write the loss curve and return the suggestion."""
     _check(min_rate, max_rate, steps)
-    preprocessing_file = paths.processed / "preprocess.json"
+    preprocessing_file = processed_store.summary_file(paths.processed)
     if not preprocessing_file.is_file():
         raise ValueError(f"{preprocessing_file}: not found; the training split is built by the preprocess stage "
                          "(`imgpipe lr-find` runs it first; with Python, `dvc repro preprocess`)")
     keras.utils.set_random_seed(seed)
-    preprocessing = json.loads(preprocessing_file.read_text(encoding="utf-8"))
+    preprocessing = processed_store.read_summary(paths.processed)
     choice = (preprocessing.get("model") or {}).get("model", params.model)
     if (preprocessing.get("model") or {}).get("route") == model_choice.HEAD_ON_FEATURES:
         raise ValueError(f"train.model {params.model} is {choice}: a head on its cached features, fitted by logistic "
