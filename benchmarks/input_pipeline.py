@@ -4,7 +4,7 @@
   (b) keras.utils.image_dataset_from_directory: decodes and resizes every JPEG on every epoch (batch 64);
       for reference also with params' augmentation as Keras layers (RandomRotation, ...) mapped over it
   (c) imgpipe's training input: tf.data from TFRecord shards of decoded uint8 images, shuffled, cached, with the
-      augmentation of params.yaml (`dataset.split_dataset(..., training=True, augment=...)`)
+      augmentation of params.yaml (`training_batches.split_dataset(..., training=True, augment=...)`)
   (d) the training step rate of the default model (train section defaults) on this machine, from memory
 
 Targets: (c) >= 5x (b) and (c) >= 3x (d), so the input never limits training; exits 1 when one is missed.
@@ -173,9 +173,10 @@ def write_shards(files: list[Path], image_size: int, folder: Path, max_pixels: i
 
 
 def imgpipe_input(folder: Path, image_size: int, augment: Any, seed: int) -> Any:
-    from tasks.train import dataset
+    from tasks import training_batches
 
-    return dataset.split_dataset(folder, "train", image_size, BATCH_SIZE, training=True, augment=augment, seed=seed)
+    return training_batches.split_dataset(folder, "train", image_size, BATCH_SIZE, training=True, augment=augment,
+                                          seed=seed)
 
 
 def training_steps(image_size: int, num_classes: int, min_seconds: float = 8.0) -> tuple[float, float, float]:
@@ -183,11 +184,11 @@ def training_steps(image_size: int, num_classes: int, min_seconds: float = 8.0) 
     import keras
 
     from tasks.params import TrainParams
-    from tasks.train import accelerator, model
+    from tasks import accelerator, networks
 
     params = TrainParams()
     plan = accelerator.plan(params.precision, params.jit_compile)
-    network = model.build(params, image_size, num_classes)
+    network = networks.build(params, image_size, num_classes)
     network.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy",
                     metrics=["accuracy"], jit_compile=plan.jit_compile)
     generator = np.random.default_rng(0)

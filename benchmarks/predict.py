@@ -186,7 +186,7 @@ def decode_limit(files: list[Path], image_size: int, cores: int):
 
 
 def predict_limit(pixels, runner, batch_size: int, cores: int) -> tuple[float, float]:
-    """An engine's rate on decoded batches (tasks.predict.engine: Keras's predict_on_batch, or another)."""
+    """An engine's rate on decoded batches (tasks.engines.engine: Keras's predict_on_batch, or another)."""
     runner.probabilities(pixels[:batch_size])  # traced or compiled once before timing
     with Clock() as clock:
         for start in range(0, len(pixels), batch_size):
@@ -215,7 +215,7 @@ def main() -> int:
     import pandas as pd
 
     from tasks import model_folder, pool
-    from tasks.predict import engine as engines
+    from tasks.engines import engine as engines
 
     cores = pool.available_cores()
     work = Path(tempfile.mkdtemp(prefix="imgpipe-bench-predict-"))

@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tasks.params import TrainParams  # noqa: E402
-from tasks.train import accelerator, model  # noqa: E402
+from tasks import accelerator, networks  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -75,7 +75,7 @@ def measure(model_name: str, image_size: int, arguments: argparse.Namespace) -> 
     params = TrainParams(model=model_name)
 
     keras.mixed_precision.set_global_policy("float32")
-    plain = model.build(params, image_size, NUM_CLASSES)
+    plain = networks.build(params, image_size, NUM_CLASSES)
     plain.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     plain_rate = images_per_second(plain, uint8_images.astype(np.float32), labels, arguments.batch_size,
                                    arguments.epochs)
@@ -84,7 +84,7 @@ def measure(model_name: str, image_size: int, arguments: argparse.Namespace) -> 
 
     plan = accelerator.plan("auto", "auto")
     accelerator.apply(plan)
-    fed = model.build(params, image_size, NUM_CLASSES)
+    fed = networks.build(params, image_size, NUM_CLASSES)
     fed.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=plan.jit_compile,
                 steps_per_execution=arguments.steps_per_execution)
     fed_rate = images_per_second(fed, uint8_images, labels, arguments.batch_size, arguments.epochs)
@@ -97,7 +97,7 @@ def measure(model_name: str, image_size: int, arguments: argparse.Namespace) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["simple_cnn", *model.BACKBONES])
+    parser.add_argument("--models", nargs="+", default=["simple_cnn", *networks.BACKBONES])
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 224])
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -117,7 +117,7 @@ def main() -> int:
               f"{row['speedup']:>7.2f}  {row['precision']:<16} {mfu}")
     if arguments.out:
         arguments.out.write_text(json.dumps(results, indent=2))
-    short = [row for row in results if row["model"] in model.BACKBONES and row["speedup"] < arguments.target]
+    short = [row for row in results if row["model"] in networks.BACKBONES and row["speedup"] < arguments.target]
     return 1 if short else 0
 
 

@@ -279,9 +279,9 @@ def _predict(arguments: argparse.Namespace) -> int:
 
 
 def _fetch_weights(arguments: argparse.Namespace) -> int:
-    from tasks.train import model
+    from tasks import networks
 
-    saved = model.fetch_weights(arguments.name, arguments.out)
+    saved = networks.fetch_weights(arguments.name, arguments.out)
     sys.stdout.write(f"saved the ImageNet weights of {arguments.name} (no top) to {saved}; set train.weights to "
                      "this file's path on the training machine\n")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from flows import console_log
-from tasks.release import kill_point
+from tasks import kill_point
 
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")

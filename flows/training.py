@@ -13,9 +13,9 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows import git_commit, journal, notify, run_lock, stage_runner
-from tasks import model_folder
+from tasks import kill_point, leftovers, model_folder
 from tasks.config import load_config
-from tasks.release import gate, kill_point, leftovers, promote, report
+from tasks.release import gate, promote, report
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The model folder format: writes and reads model.keras, labels.json, model_card.json, history.csv, the exports,
-engines.json and checksums.json.
+engines.json and checksums.json, and version.json in a copy of a registry version (the production folder).
 
 The one owner of the folder that train writes (data/models/candidate/) and that promotion copies into the
 registry and production. A model's version id is the first 12 hex digits of a hash of its weights file and its
@@ -47,6 +47,8 @@ ENGINES_FILE = "engines.json"
 # {"version": id, "complete": bool, "sha256": {path in the folder: hash}}; complete once train wrote engines.json
 # (before that train is still adding exports, which are then checked only if listed)
 CHECKSUMS_FILE = "checksums.json"
+# in a copy of a registry version (the production folder), written by promotion: {"version": the version it copies}
+VERSION_FILE = "version.json"
 RESTORE = ("restore the model folder (`dvc checkout`, `dvc pull`, or from data/models/registry/) or retrain it "
            "(`dvc repro train`)")
 
@@ -111,6 +113,21 @@ def write_engines(folder: Path, record: dict[str, Any]) -> None:
     """Write engines.json, the last file train writes, and record the checksums of the whole folder."""
     atomic.write_json(folder / ENGINES_FILE, record)
     seal(folder)
+
+
+def write_installed_version(folder: Path, version: str) -> None:
+    """Record in `folder`, a copy of registry/<version> being built, which registry version it is a copy of."""
+    atomic.write_json(folder / VERSION_FILE, {"version": version})
+
+
+def read_installed_version(folder: Path) -> str | None:
+    """The registry version `folder` is a copy of (its version.json), or None when it records none or cannot be
+    read."""
+    try:
+        version = json.loads((folder / VERSION_FILE).read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 def _files(folder: Path) -> list[str]:

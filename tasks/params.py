@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # The networks train.model may name: auto (tasks/model_choice.py decides from the images), simple_cnn, a pretrained
 # backbone whose ImageNet weights install with imgpipe (tasks/backbones/: a head trained on its cached features), or a
-# keras.applications backbone trained on images (tasks/train/model.py builds them).
+# keras.applications backbone trained on images (tasks/networks.py builds them).
 ModelName = Literal["auto", "simple_cnn", "efficientnet_lite0", "efficientnet_lite2", "mobilenet_v3_small",
                     "efficientnet_v2_b0", "resnet50"]
 

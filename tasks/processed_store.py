@@ -5,20 +5,23 @@ A shard (`decoded-NNNNNN.tfrecord`) holds records of (sha256, pixels) for one no
 mode, decoder version), is written once under a temporary name and never rewritten; shards know nothing of splits
 or labels, so adding images, relabelling or re-splitting never moves a decoded image. split.parquet maps each
 image (by sha256) to its path, label, split and shard; readers keep the records the table names and drop the rest.
+labels.json holds the labels in class index order, preprocess.json what preprocess settled and kept (image size,
+resize, labels, counts, the network). This module alone names, writes and reads these files.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from tasks import disk_space
+from tasks import atomic, disk_space
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -170,9 +173,43 @@ def records(folder: Path, name: str, image_size: int) -> Iterator[tuple[str, np.
             yield sha256.decode("ascii"), pixels
 
 
-def read_table(folder: Path) -> pd.DataFrame:
-    """The split table: path, label, label_index, split, group, unit, sha256, shard (one row per image used)."""
-    path = folder / SPLIT_TABLE
+def summary_file(folder: Path) -> Path:
+    """preprocess.json: what preprocess settled and kept (image size, resize, labels, counts, the network)."""
+    return folder / SUMMARY_FILE
+
+
+def table_file(folder: Path) -> Path:
+    """split.parquet: the split table."""
+    return folder / SPLIT_TABLE
+
+
+def write_split(folder: Path, table: pd.DataFrame, labels: list[str], summary: dict[str, Any]) -> None:
+    """The split table, labels.json and preprocess.json, each atomically and only rewritten when changed; the
+    summary last, so that it names a table and labels already in place."""
+    atomic.write_parquet(table_file(folder), table, keep_if_same=True)
+    atomic.write_json(folder / LABELS_FILE, labels, keep_if_same=True)
+    atomic.write_json(summary_file(folder), summary, keep_if_same=True)
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """preprocess.json as written by write_split."""
+    return json.loads(summary_file(folder).read_text(encoding="utf-8"))
+
+
+def read_earlier_summary(folder: Path) -> dict[str, Any]:
+    """preprocess.json of an earlier run, or {} when there is none yet."""
+    return read_summary(folder) if summary_file(folder).is_file() else {}
+
+
+def read_labels(folder: Path) -> list[str]:
+    """labels.json: the labels in class index order."""
+    return json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
+
+
+def read_table(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The split table: path, label, label_index, split, group, unit, sha256, shard (one row per image used), or
+    only `columns` of it."""
+    path = table_file(folder)
     if not path.is_file():
         raise ValueError(f"{path}: not found; run the preprocess stage first")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, columns=columns)

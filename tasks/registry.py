@@ -1,5 +1,6 @@
 """The model registry's record: reads data/models/registry/history.jsonl (which version is in production), the
-production folder's version.json and data/models/registry.dvc with DVC's listing of it; writes nothing.
+production folder's version.json (through tasks/model_folder.py) and data/models/registry.dvc with DVC's listing
+of it; writes nothing.
 
 history.jsonl is the committed pointer: its latest live promotion is the production model, whatever a production
 folder left half-way by a killed promotion or rollback holds. A line that is not a valid record is skipped with a
@@ -23,7 +24,6 @@ from tasks.paths import Paths
 logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.jsonl"
-VERSION_FILE = "version.json"  # in the production folder: which registry version it is a copy of
 ACTIONS = ("promote", "rollback")
 _warned: set[tuple[str, int, str]] = set()
 
@@ -105,11 +105,8 @@ def current_version(paths: Paths) -> str | None:
 
 def installed_version(paths: Paths) -> str | None:
     """The registry version the production folder holds a copy of, or None when it holds none."""
-    try:
-        version = json.loads((paths.production / VERSION_FILE).read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return version if isinstance(version, str) and model_folder.exists(paths.production) else None
+    version = model_folder.read_installed_version(paths.production)
+    return version if version is not None and model_folder.exists(paths.production) else None
 
 
 def production_model(paths: Paths) -> Path | None:

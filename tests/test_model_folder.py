@@ -9,14 +9,13 @@ import sys
 import pandas as pd
 import pytest
 
-from tasks import model_folder
-from tasks.train import model
+from tasks import model_folder, networks
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("candidate")
-    network = model.simple_cnn(16, 2, depth=1, width=4, dropout=0.0)
+    network = networks.simple_cnn(16, 2, depth=1, width=4, dropout=0.0)
     version = model_folder.write(folder, network, ["cat", "dog"], {"image_size": 16, "resize": "crop"},
                                  pd.DataFrame({"epoch": [0], "loss": [1.0]}))
     return folder, version
@@ -178,3 +177,13 @@ def test_while_train_is_still_writing_exports_only_listed_files_are_checked(save
     with pytest.raises(ValueError, match="engines.json: not among the files train wrote"):
         (folder / model_folder.ENGINES_FILE).write_text(json.dumps({"engines": []}))
         model_folder.read_engines(folder)
+
+
+def test_the_installed_version_is_written_and_read_back_here_and_unreadable_reads_as_none(tmp_path):
+    assert model_folder.read_installed_version(tmp_path) is None  # no version.json: a folder that copies nothing
+    model_folder.write_installed_version(tmp_path, "0123456789ab")
+    assert json.loads((tmp_path / "version.json").read_text()) == {"version": "0123456789ab"}
+    assert model_folder.read_installed_version(tmp_path) == "0123456789ab"
+    for damaged in ("{not json", "[]", '{"version": 3}'):
+        (tmp_path / "version.json").write_text(damaged)
+        assert model_folder.read_installed_version(tmp_path) is None

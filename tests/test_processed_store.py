@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import processed_store
-from tasks.train import dataset
+from tasks import processed_store, shard_reader
 
 
 def test_shards_are_bounded_written_once_and_read_back_in_order_by_the_split_table(tmp_path):
@@ -27,7 +26,7 @@ def test_shards_are_bounded_written_once_and_read_back_in_order_by_the_split_tab
                           "sha256": keys[:9], "shard": shards[:9]})
     table.to_parquet(tmp_path / processed_store.SPLIT_TABLE)
     (tmp_path / processed_store.LABELS_FILE).write_text('["a", "b", "c"]')
-    batches = list(dataset.split_dataset(tmp_path, "test", 8, 4, training=False, with_paths=True))
+    batches = list(shard_reader.split_batches(tmp_path, "test", 8, 4, with_paths=True))
     np.testing.assert_array_equal(np.concatenate([batch["image"].numpy() for batch in batches]),
                                   np.stack(pixels[0:9:2]))
     assert [path.decode() for batch in batches for path in batch["path"].numpy()] == [f"label/{index}.png"

@@ -9,7 +9,6 @@ settled on learns from pixels (simple_cnn), the stage has nothing to do and says
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -68,7 +67,7 @@ def run(params: EmbedParams, max_pixels: int, paths: Paths) -> dict[str, Any]:
     """Compute the features of the images whose features are not stored yet; drop those of images gone."""
     started = time.perf_counter()
     folder = paths.embeddings
-    preprocessing = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    preprocessing = processed_store.read_summary(paths.processed)
     choice = model_choice.Choice.from_record(preprocessing.get("model"))
     dvc_outputs.restore(paths.root, "embed", [folder])
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from tasks import atomic, csv_cells, label_sets, model_folder
-from tasks.evaluate import metrics_file, multilabel, plots
+from tasks.evaluate import metrics_file, plots
+from tasks.scoring import multilabel
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,13 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, csv_cells, embedding_store, images, label_sets, model_folder, processed_store, stored_images
+from tasks import atomic, csv_cells, embedding_store, images, label_sets, model_folder, processed_store
+from tasks import shard_reader, stored_images
 from tasks.config import load_config
-from tasks.evaluate import metrics as metric_functions
 from tasks.evaluate import confusion, metrics_file, multilabel_report, plots
 from tasks.params import EvaluateParams
 from tasks.paths import Paths
-from tasks.train import dataset
+from tasks.scoring import metrics as metric_functions
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +28,8 @@ def predict_split(model: keras.Model, processed_dir: Path, split: str, image_siz
     """Run the model over one split in shard order; one row per image with its true label (`label_index`, or for a
     multi-label model the multi-hot row `labels`) and probabilities."""
     rows: list[pd.DataFrame] = []
-    for batch in dataset.split_dataset(processed_dir, split, image_size, 256, training=False, with_paths=True,
-                                       multi_label=multi_label):
+    for batch in shard_reader.split_batches(processed_dir, split, image_size, 256, with_paths=True,
+                                            multi_label=multi_label):
         probabilities = model.predict_on_batch(batch["image"].numpy())
         truth = batch["label"].numpy()
         rows.append(pd.DataFrame({
@@ -54,7 +53,7 @@ def predict_split_from_features(model: keras.Model, store: Path, processed_dir: 
     # the model's own head (its Dense layer and activation) on the features: the rest of the model, run by Keras
     probabilities = np.asarray(model.get_layer("probabilities")(features), dtype=np.float64)
     if multi_label:
-        vocabulary = json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8"))
+        vocabulary = processed_store.read_labels(processed_dir)
         truth = list(label_sets.multi_hot(rows["label"].astype(str).tolist(), vocabulary).astype(np.float32))
     else:
         truth = rows["label_index"].to_numpy()

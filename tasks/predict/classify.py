@@ -27,8 +27,9 @@ import PIL
 
 from tasks import images, label_sets, model_folder, pool, progress, registry
 from tasks.config import ArgumentError
+from tasks.engines import engine
 from tasks.paths import Paths
-from tasks.predict import decode, engine, entries, machine, store
+from tasks.predict import decode, entries, machine, store
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class PredictOptions:
     batch_size: int = 64
     chunk_size: int = 1024  # files per committed part: what a killed run can lose
     max_pixels: int = DEFAULT_MAX_PIXELS
-    engine: str = "auto"  # auto | keras | onnxruntime | openvino (tasks/predict/engine.py); prepare() resolves auto
+    engine: str = "auto"  # auto | keras | onnxruntime | openvino (tasks/engines/engine.py); prepare() resolves auto
     precision: str = "auto"  # auto | fp32 | bf16 | int8
     follow_file_links: bool = False  # read links to files wherever they point (a trust decision; folder links never)
 

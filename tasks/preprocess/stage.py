@@ -12,7 +12,6 @@ whose images were mostly removed are compacted (their live records copied, not d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -83,8 +82,7 @@ def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path, c
     if native is not None:
         logger.info("preprocess.image_size auto: %d px, the size %s was trained at", native, choice.model)
         return native
-    summary_file = folder / processed_store.SUMMARY_FILE
-    earlier = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    earlier = processed_store.read_earlier_summary(folder)
     same_network = (earlier.get("model") or {}).get("model", choice.model) == choice.model
     if earlier.get("auto_max_size") == params.auto_max_size and isinstance(earlier.get("image_size"), int) \
             and same_network:
@@ -99,8 +97,7 @@ def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path, c
 def _settle_network(manifest: pd.DataFrame, model: str, weights: str | None, folder: Path) -> model_choice.Choice:
     """The network train.model stands for: as an earlier run settled it for the same train.model and train.weights
     (new images must not switch a scheduled retrain to another network), else chosen from the images now."""
-    summary_file = folder / processed_store.SUMMARY_FILE
-    earlier = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    earlier = processed_store.read_earlier_summary(folder)
     if earlier.get("model_asked") == {"model": model, "weights": weights} and "model" in earlier:
         choice = model_choice.Choice.from_record(earlier["model"])
         logger.info("train.model %s: %s, as an earlier run settled it (%s)", model, choice.model, choice.reason)
@@ -135,11 +132,10 @@ def _earlier(paths: Paths, params: PreprocessParams, seed: int) -> Earlier:
     are whole. Unfinished shards of a killed run are removed."""
     folder = paths.processed
     processed_store.remove_temporary(folder)
-    summary_file, table_file = folder / processed_store.SUMMARY_FILE, folder / processed_store.SPLIT_TABLE
-    if not (summary_file.is_file() and table_file.is_file()):
+    if not (processed_store.summary_file(folder).is_file() and processed_store.table_file(folder).is_file()):
         return Earlier()
-    summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    table = pd.read_parquet(table_file)
+    summary = processed_store.read_summary(folder)
+    table = processed_store.read_table(folder)
     if "shard" not in table.columns or not isinstance(summary.get("shard_records"), dict):
         logger.info("%s: written before the incremental store; every image is decoded again", folder)
         for old in folder.glob("*.tfrecord"):  # per-split shards of that layout (train-00000-of-00002.tfrecord)
@@ -241,9 +237,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
         if missing:
             logger.warning("split %s has no images of class(es) %s; add images or change the fractions", split, missing)
     folder = paths.processed
-    atomic.write_parquet(folder / processed_store.SPLIT_TABLE, table[TABLE_COLUMNS], keep_if_same=True)
-    atomic.write_json(folder / processed_store.LABELS_FILE, labels, keep_if_same=True)
-    atomic.write_json(folder / processed_store.SUMMARY_FILE, {
+    processed_store.write_split(folder, table[TABLE_COLUMNS], labels, {
         "image_size": params.image_size,
         "auto_max_size": params.auto_max_size if chosen_automatically else None,  # image_size chosen by auto
         "resize": params.resize,
@@ -267,7 +261,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
         "counts": {split: int((table["split"] == split).sum()) for split in SPLITS},
         "counts_per_class": counts,
         "group_by": None if params.group_by is None else str(params.group_by),
-    }, keep_if_same=True)
+    })
     processed_store.remove(folder, sorted(set(processed_store.shard_names(folder)) - set(table["shard"])))
     atomic.write_json(paths.reports / "split.json",
                       split_report(table, seed, params.val_fraction, params.test_fraction, params.group_by),

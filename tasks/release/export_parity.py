@@ -12,7 +12,7 @@ import numpy as np
 
 from tasks import model_folder, pool, stored_images
 from tasks.params import GateParams
-from tasks.predict import engine, engine_check
+from tasks.engines import engine, engine_check
 from tasks.release.gate_record import check_record
 
 PARITY_BATCH = 64
@@ -50,7 +50,7 @@ def predict_stored(folder: Path, images: list[stored_images.Job], raw: Path, max
 def _export_runner(folder: Path, name: str, classes: int) -> Any:
     """What runs export `name` for its check: TensorFlow for the SavedModel and LiteRT, ONNX Runtime (else
     OpenVINO) for ONNX, OpenVINO at fp32 for its IR."""
-    from tasks.predict import keras_engine, onnxruntime_engine, openvino_engine
+    from tasks.engines import keras_engine, onnxruntime_engine, openvino_engine
 
     path = model_folder.export_path(folder, name)
     if not path.exists():
@@ -70,7 +70,7 @@ def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,
                   max_pixels: int) -> list[engine_check.Figures]:
     """Each export the model card lists (train.exports), and each faster engine precision that engines.json lets
     `imgpipe predict --engine auto` use, against the .keras model on every test image."""
-    from tasks.predict import keras_engine
+    from tasks.engines import keras_engine
 
     info = model_folder.read_info(folder)
     card = model_folder.read_card(folder)

@@ -12,15 +12,14 @@ import numpy as np
 import pandas as pd
 
 from tasks import atomic, label_sets, model_folder, stored_images
-from tasks.evaluate import metrics as metric_functions
-from tasks.evaluate import multilabel
 from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.release import lineage as data_lineage
 from tasks.release.export_parity import export_check, predict_stored
 from tasks.release.gate_record import check_record, failed_own_checks
 from tasks.release.gate_record import is_current  # noqa: F401  (callers ask the gate whether it is current)
-from tasks.train import selection
+from tasks.scoring import metrics as metric_functions
+from tasks.scoring import multilabel, selection
 
 logger = logging.getLogger(__name__)
 

@@ -17,15 +17,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, model_folder, registry
+from tasks import atomic, kill_point, leftovers, model_folder, registry
 from tasks.config import ArgumentError
 from tasks.paths import Paths
-from tasks.release import kill_point, leftovers
 from tasks.release import gate_record
 
 logger = logging.getLogger(__name__)
 
-VERSION_FILE = registry.VERSION_FILE
 # the registry's record, read by tasks/registry.py (predict reads the committed pointer there too)
 read_history, active_versions = registry.read_history, registry.active_versions
 current_version, installed_version = registry.current_version, registry.installed_version
@@ -62,7 +60,7 @@ def _install(paths: Paths, version: str) -> None:
                          "again")
     with atomic.atomic_directory(paths.production) as building:
         shutil.copytree(source, building, dirs_exist_ok=True)
-        atomic.write_json(building / VERSION_FILE, {"version": version})
+        model_folder.write_installed_version(building, version)
 
 
 def _register(paths: Paths, version: str) -> None:
@@ -83,7 +81,7 @@ def _kept_reason(paths: Paths, history: registry.History, version: str) -> str |
     if any(version in (event.get("version"), event.get("restored")) for event in history.events):
         return f"{history.path} names it"
     if installed_version(paths) == version:
-        return f"{paths.production} holds it ({VERSION_FILE})"
+        return f"{paths.production} holds it ({model_folder.VERSION_FILE})"
     named = registry.versions_in_dvc(paths)
     if named is None or version in named:
         return f"{registry.dvc_file(paths)} names it" if named is not None else \

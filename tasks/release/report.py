@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, model_folder
+from tasks import atomic, model_folder, processed_store
 from tasks.paths import Paths
 from tasks.hashing import file_sha256
 from tasks.release import report_sections
@@ -120,7 +120,7 @@ def collect_lineage(paths: Paths, lineage: dict[str, str] | None) -> dict[str, s
     gate = _read_json(paths.evaluation / "gate.json") or {}
     found = {
         "git_revision": card.get("git_revision"),
-        "data_sha256": card.get("data_sha256") or _sha256(paths.processed / "split.parquet"),
+        "data_sha256": card.get("data_sha256") or _sha256(processed_store.table_file(paths.processed)),
         "model_version": card.get("version") or (gate.get("candidate") or {}).get("version"),
         "prefect_flow_run_id": None,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -277,7 +277,7 @@ def render(paths: Paths, lineage: dict[str, str]) -> str:
     metrics = _read_json(paths.evaluation / "metrics.json")
     multi_label = (metrics or {}).get("task") == "multi_label"
     sections = [_header(gate, lineage), _lineage_section(lineage), _validation_section(paths),
-                _splits_section(_read_json(paths.processed / "preprocess.json")),
+                _splits_section(_read_json(processed_store.summary_file(paths.processed))),
                 _metrics_section(read_metrics(paths)), _figures_section(paths, multi_label),
                 _gate_section(gate), *report_sections.sections(paths)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -7,7 +7,6 @@ partners taken from the same rows); the settings that made them are written unde
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -16,10 +15,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tasks import atomic, processed_store
+from tasks import atomic, augment, processed_store, shard_reader
 from tasks.params import AugmentParams
 from tasks.paths import Paths
-from tasks.train import augment, dataset
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +101,14 @@ def row_label(label: np.ndarray, names: list[str]) -> str:
 
 def run(params: AugmentParams, seed: int, paths: Paths, image_count: int = 8, draws: int = 5) -> Path:
     """Write the preview grid of the first `image_count` training images (in shard order) and return its path."""
-    summary = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    summary = processed_store.read_summary(paths.processed)
     image_size = int(summary["image_size"])
-    first = next(iter(dataset.split_dataset(paths.processed, "train", image_size, image_count, training=False,
-                                            with_paths=True, multi_label=summary.get("task") == "multi_label")))
+    first = next(iter(shard_reader.split_batches(paths.processed, "train", image_size, image_count, with_paths=True,
+                                                 multi_label=summary.get("task") == "multi_label")))
     images, labels = first["image"].numpy(), first["label"].numpy()
     if not augment.is_active(params):
         logger.info("augmentation is off (every preprocess.augment strength is 0): the draws equal the originals")
-    rows = preview_rows(images, labels, params, seed, draws, dataset.num_classes(paths.processed))
+    rows = preview_rows(images, labels, params, seed, draws, shard_reader.num_classes(paths.processed))
     names = summary.get("labels") or []
     row_labels = [row_label(label, names) for label in labels]
     scale = max(1, math.ceil(MIN_CELL_PIXELS / image_size))

@@ -18,7 +18,8 @@ from keras import ops
 
 from tasks import atomic, disk_space, progress
 from tasks.params import TrainParams
-from tasks.train import backup, selection
+from tasks.scoring import selection
+from tasks.train import backup
 
 logger = logging.getLogger(__name__)
 

@@ -175,11 +175,11 @@ def _images(processed: Path, split: str, image_size: int, limit: int | None, see
             multi_label: bool) -> Iterator[np.ndarray]:
     """Batches of uint8 images of a split, up to `limit` of them: the test split in order, or shuffled training
     images."""
-    from tasks.train import dataset
+    from tasks import training_batches
 
     training = split == "train"
-    batches = dataset.split_dataset(processed, split, image_size, 64, training=training, seed=seed,
-                                    multi_label=multi_label)
+    batches = training_batches.split_dataset(processed, split, image_size, 64, training=training, seed=seed,
+                                             multi_label=multi_label)
     taken = 0
     for images, _ in batches:
         pixels = images.numpy()
@@ -194,7 +194,7 @@ def _images(processed: Path, split: str, image_size: int, limit: int | None, see
 def run(folder: Path, formats: list[str], processed: Path, calibration_images: int, seed: int) -> None:
     """Exports, the int8 model calibrated on training images (shuffled, not augmented), and engines.json from the
     test split."""
-    from tasks.predict import engine_check
+    from tasks.engines import engine_check
 
     # the converters' own chatter: TensorFlow's "Assets written to" and its warning about a table initializer that
     # it calls "probably safe to ignore" (its errors still show), tf2onnx's opset and optimizer lines

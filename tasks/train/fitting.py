@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from dvclive import Live
 
-from tasks.evaluate import metrics as metric_functions
-from tasks.evaluate import multilabel
+from tasks import training_batches
 from tasks.params import TrainParams
-from tasks.train import callbacks, dataset, selection
+from tasks.scoring import metrics as metric_functions
+from tasks.scoring import multilabel, selection
+from tasks.train import callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def validation_probabilities(network: keras.Model, processed: Path, image_size: 
                              multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
     """The val split's truth and the model's probabilities, from its images."""
     truth, probabilities = [], []
-    for images, classes in dataset.split_dataset(processed, "val", image_size, batch_size, training=False,
-                                                 multi_label=multi_label):
+    for images, classes in training_batches.split_dataset(processed, "val", image_size, batch_size, training=False,
+                                                          multi_label=multi_label):
         truth.append(classes.numpy())
         probabilities.append(np.asarray(network.predict_on_batch(images.numpy()), dtype=np.float64))
     return np.concatenate(truth), np.concatenate(probabilities)

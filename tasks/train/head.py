@@ -18,9 +18,8 @@ import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from tasks.evaluate import metrics as metric_functions
-from tasks.evaluate import multilabel
-from tasks.train import selection
+from tasks.scoring import metrics as metric_functions
+from tasks.scoring import multilabel, selection
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,6 @@ import json
 import logging
 from typing import Any
 
-import pandas as pd
-
 from tasks import processed_store
 from tasks.hashing import file_sha256
 from tasks.paths import Paths
@@ -45,7 +43,7 @@ def image_sample(sha256s: list[str]) -> list[str]:
 
 def data_lineage(paths: Paths) -> dict[str, Any]:
     """Where the model's data came from and which images it holds, for the model card."""
-    sha256s = pd.read_parquet(paths.processed / processed_store.SPLIT_TABLE, columns=["sha256"])["sha256"].tolist()
+    sha256s = processed_store.read_table(paths.processed, columns=["sha256"])["sha256"].tolist()
     return {
         "source": _source(paths),
         "manifest_sha256": file_sha256(paths.manifest) if paths.manifest.is_file() else None,

@@ -17,10 +17,11 @@ import keras
 import pandas as pd
 from dvclive import Live
 
-from tasks import embedding_store, model_choice, processed_store
+from tasks import embedding_store, model_choice, networks, processed_store, training_batches
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import callbacks, dataset, fitting, model, on_pixels, selection, transfer
+from tasks.scoring import selection
+from tasks.train import callbacks, fitting, on_pixels, transfer
 from tasks.train.fitting import Trained
 
 logger = logging.getLogger(__name__)
@@ -77,19 +78,20 @@ def _fine_tune(head: Trained, params: TrainParams, augment: AugmentParams, seed:
     started = time.perf_counter()
     network = keras.Model.from_config(head.network.get_config())
     network.set_weights(head.network.get_weights())
-    train_data = dataset.split_dataset(paths.processed, "train", image_size, batch_size, training=True,
-                                       augment=augment, seed=seed, multi_label=multi_label,
-                                       class_weight=params.class_weight, sampling=params.sampling)
-    val_data = dataset.split_dataset(paths.processed, "val", image_size, batch_size, training=False,
-                                     one_hot=augment.mixing, multi_label=multi_label)
+    train_data = training_batches.split_dataset(paths.processed, "train", image_size, batch_size, training=True,
+                                                augment=augment, seed=seed, multi_label=multi_label,
+                                                class_weight=params.class_weight, sampling=params.sampling)
+    val_data = training_batches.split_dataset(paths.processed, "val", image_size, batch_size, training=False,
+                                              one_hot=augment.mixing, multi_label=multi_label)
     steps = callbacks.steps_per_epoch(int(preprocessing["counts"]["train"]), batch_size)
     head_digest = hashlib.sha256(network.get_layer("probabilities").get_weights()[0].tobytes()).hexdigest()
     key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "phase": FINE_TUNE,
                                      "head": head_digest},
-                            [paths.processed / processed_store.SUMMARY_FILE, paths.processed / processed_store.SPLIT_TABLE])
+                            [processed_store.summary_file(paths.processed),
+                             processed_store.table_file(paths.processed)])
     run_dir = paths.models / ".runs" / key
     run_dir.mkdir(parents=True, exist_ok=True)
-    model.set_backbone_trainable(network, params.fine_tune.unfreeze_layers)
+    networks.set_backbone_trainable(network, params.fine_tune.unfreeze_layers)
     history = fitting.fit_phase(network, FINE_TUNE, params, params.fine_tune.epochs, params.fine_tune.learning_rate,
                                 (train_data, val_data), steps, run_dir, live, False, augment.mixing, multi_label,
                                 [budget])

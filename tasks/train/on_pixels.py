@@ -12,10 +12,11 @@ from typing import Any
 import pandas as pd
 from dvclive import Live
 
-from tasks import label_sets
+from tasks import accelerator, label_sets, networks, processed_store, training_batches
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import accelerator, callbacks, dataset, fitting, model, selection
+from tasks.scoring import selection
+from tasks.train import callbacks, fitting
 from tasks.train.fitting import Trained
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,13 @@ def train(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, 
     training_plan = accelerator.plan(params.precision, params.jit_compile)
     distribution = accelerator.apply(training_plan)
     with distribution.scope():
-        network = model.build(params, image_size, len(labels), multi_label)
+        network = networks.build(params, image_size, len(labels), multi_label)
     batch_size = selection.batch_size(params.batch_size, train_images, distribution.replicas) * distribution.replicas
-    train_data = dataset.split_dataset(paths.processed, "train", image_size, batch_size, training=True,
-                                       augment=augment, seed=seed, multi_label=multi_label,
-                                       class_weight=params.class_weight, sampling=params.sampling)
-    val_data = dataset.split_dataset(paths.processed, "val", image_size, batch_size, training=False,
-                                     one_hot=augment.mixing, multi_label=multi_label)
+    train_data = training_batches.split_dataset(paths.processed, "train", image_size, batch_size, training=True,
+                                                augment=augment, seed=seed, multi_label=multi_label,
+                                                class_weight=params.class_weight, sampling=params.sampling)
+    val_data = training_batches.split_dataset(paths.processed, "val", image_size, batch_size, training=False,
+                                              one_hot=augment.mixing, multi_label=multi_label)
     if params.class_weight == "balanced" and params.sampling == "balanced":
         logger.warning("train: class_weight balanced and sampling balanced both correct the imbalance, so minority "
                        "classes end up over-weighted; usually one of them is enough")
@@ -52,19 +53,20 @@ def train(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, 
     key = callbacks.run_key(params, {"augment": augment.model_dump(), "seed": seed, "plan": str(training_plan),
                                      "multi_label": multi_label,
                                      "image_size": image_size},
-                            [paths.processed / "preprocess.json", paths.processed / "split.parquet"])
+                            [processed_store.summary_file(paths.processed),
+                             processed_store.table_file(paths.processed)])
     run_dir = paths.models / ".runs" / key
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     live.log_params({"precision": training_plan.precision, "batch_size": batch_size})
-    pretrained = params.weights is not None and params.model != model.SIMPLE_CNN
+    pretrained = params.weights is not None and params.model != networks.SIMPLE_CNN
     with distribution.scope():
-        model.set_backbone_trainable(network, 0 if pretrained else None)
+        networks.set_backbone_trainable(network, 0 if pretrained else None)
         histories = [fitting.fit_phase(network, "train", params, params.epochs, params.learning_rate,
                                        (train_data, val_data), steps, run_dir, live, training_plan.jit_compile,
                                        augment.mixing, multi_label, [budget] if budget else None)]
         if pretrained and params.fine_tune.when != "never":
-            model.set_backbone_trainable(network, params.fine_tune.unfreeze_layers)
+            networks.set_backbone_trainable(network, params.fine_tune.unfreeze_layers)
             histories.append(fitting.fit_phase(network, "fine_tune", params, params.fine_tune.epochs,
                                                params.fine_tune.learning_rate, (train_data, val_data), steps,
                                                run_dir, live, training_plan.jit_compile, augment.mixing,

@@ -7,7 +7,6 @@ The network preprocess settled on (tasks/model_choice.py) learns by one of two r
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import warnings
@@ -17,12 +16,12 @@ from typing import Any
 import keras
 from dvclive import Live
 
-from tasks import atomic, label_sets, model_choice, model_folder, processed_store
+from tasks import atomic, label_sets, model_choice, model_folder, networks, processed_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import augment_preview, backup, callbacks, export, lineage, model, on_features, on_pixels
+from tasks.train import augment_preview, backup, callbacks, export, lineage, on_features, on_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +66,14 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
     """Train the network preprocess settled on (a head on cached features, challenged where it leaves room, or a
     network on pixels with early stopping on val), then write the candidate model folder."""
     _setting_up(params, seed)
-    preprocessing = json.loads((paths.processed / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    preprocessing = processed_store.read_summary(paths.processed)
     choice = _choice(preprocessing, params)
     if choice.model != params.model:
         logger.info("train: train.model %s is %s (%s)", params.model, choice.model, choice.reason)
     weights = params.weights
     if weights == "auto":  # the installed ImageNet weights belong to the features route; elsewhere random weights
-        weights = model.IMAGENET if choice.on_features else None
-    elif weights not in (None, model.IMAGENET):
+        weights = networks.IMAGENET if choice.on_features else None
+    elif weights not in (None, networks.IMAGENET):
         weights = str(paths.resolve(weights))
     params = params.model_copy(update={"model": choice.model, "weights": weights})
     labels: list[str] = preprocessing["labels"]
@@ -105,7 +104,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         "params": {"train": params.model_dump(mode="json"), "augment": augment.model_dump(), "seed": seed},
         # what the model learnt from: every image's path, sha256, label and split (not where the raw store keeps
         # the bytes, which `imgpipe gc` may change without changing the data)
-        "data_sha256": file_sha256(paths.processed / processed_store.SPLIT_TABLE),
+        "data_sha256": file_sha256(processed_store.table_file(paths.processed)),
         "data_lineage": lineage.data_lineage(paths),  # its source, manifest hash and a sample of its images (the gate)
         "git_revision": git_revision(paths.root),
         "validation": {"phase": best["phase"], "epoch": int(best["epoch"]) + 1, "selected_on": params.select_on,

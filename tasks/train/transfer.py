@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from keras import layers
 
-from tasks import atomic, embedding_store, label_sets
+from tasks import atomic, class_balance, embedding_store, label_sets, networks
 from tasks.backbones import pretrained
 from tasks.params import FineTuneParams
-from tasks.train import balance, head, model
+from tasks.train import head
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def fit_head(store: Path, table: pd.DataFrame, labels: list[str], multi_label: b
     weights = None
     if class_weight == "balanced" or sampling == "balanced":
         # for a logistic regression, drawing every class equally often is, in expectation, weighing it so
-        weights = balance.image_weights(train.cells, labels)
+        weights = class_balance.image_weights(train.cells, labels)
     fitted = head.fit(train.features, train.truth, val.features, val.truth, len(labels), multi_label, select_on,
                       weights)
     kept = fitted.kept
@@ -78,7 +78,7 @@ def full_model(backbone_name: str, image_size: int, fitted: head.Head, dropout: 
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
     x = features(inputs, training=False)  # batch-norm statistics stay ImageNet's, fine-tuned or not
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(classes, activation=model.head_activation(fitted.multi_label), dtype="float32",
+    outputs = layers.Dense(classes, activation=networks.head_activation(fitted.multi_label), dtype="float32",
                            name="probabilities")(x)
     network = keras.Model(inputs, outputs, name=backbone_name)
     network.get_layer("probabilities").set_weights([fitted.kernel.astype(np.float32), fitted.bias.astype(np.float32)])

@@ -8,7 +8,6 @@ the curve, safely before the loss blows up (Smith, "Cyclical learning rates", 20
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,11 +17,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, model_choice
+from tasks import accelerator, atomic, model_choice, networks, processed_store, training_batches
 from tasks.config import ArgumentError
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import accelerator, dataset, model, selection
+from tasks.scoring import selection
 from tasks.tune import plots
 
 logger = logging.getLogger(__name__)
@@ -66,19 +65,19 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
         max_rate: float = 1.0, steps: int = 200) -> RangeTest:
     """Train on the training split with a growing learning rate; write the loss curve and return the suggestion."""
     _check(min_rate, max_rate, steps)
-    preprocessing_file = paths.processed / "preprocess.json"
+    preprocessing_file = processed_store.summary_file(paths.processed)
     if not preprocessing_file.is_file():
         raise ValueError(f"{preprocessing_file}: not found; the training split is built by the preprocess stage "
                          "(`imgpipe lr-find` runs it first; with Python, `dvc repro preprocess`)")
     keras.utils.set_random_seed(seed)
-    preprocessing = json.loads(preprocessing_file.read_text(encoding="utf-8"))
+    preprocessing = processed_store.read_summary(paths.processed)
     choice = (preprocessing.get("model") or {}).get("model", params.model)
     if (preprocessing.get("model") or {}).get("route") == model_choice.HEAD_ON_FEATURES:
         raise ValueError(f"train.model {params.model} is {choice}: a head on its cached features, fitted by logistic "
                          "regression, has no learning rate to find; lr-find is for networks trained on pixels "
                          "(train.model simple_cnn, mobilenet_v3_small, efficientnet_v2_b0, resnet50)")
     weights = None if params.weights == "auto" else params.weights
-    if weights not in (None, model.IMAGENET):
+    if weights not in (None, networks.IMAGENET):
         weights = str(paths.resolve(weights))
     params = params.model_copy(update={"model": choice if params.model == "auto" else params.model,
                                        "weights": weights})
@@ -87,14 +86,15 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, mi
     training_plan = accelerator.plan(params.precision, params.jit_compile)
     distribution = accelerator.apply(training_plan)
     with distribution.scope():
-        network = model.build(params, image_size, len(preprocessing["labels"]))
+        network = networks.build(params, image_size, len(preprocessing["labels"]))
         # as in train's first phase: a pretrained backbone stays frozen while the new head learns
-        model.set_backbone_trainable(network, 0 if params.weights is not None else None)
+        networks.set_backbone_trainable(network, 0 if params.weights is not None else None)
         network.compile(optimizer=keras.optimizers.Adam(learning_rate=min_rate),
                         loss="categorical_crossentropy" if augment.mixing else "sparse_categorical_crossentropy",
                         jit_compile=training_plan.jit_compile)
-    batches = dataset.split_dataset(paths.processed, "train", image_size, batch_size * distribution.replicas,
-                                    training=True, augment=augment, seed=seed).repeat()
+    batches = training_batches.split_dataset(paths.processed, "train", image_size,
+                                             batch_size * distribution.replicas, training=True, augment=augment,
+                                             seed=seed).repeat()
     rates = np.geomspace(min_rate, max_rate, steps)
     losses: list[float] = []
     average, lowest = 0.0, math.inf

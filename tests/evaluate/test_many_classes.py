@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from tasks import model_folder
-from tasks.evaluate import confusion, metrics, plots
+from tasks.evaluate import confusion, plots
 from tasks.evaluate import stage as evaluate
 from tasks.params import EvaluateParams, PathsParams
 from tasks.paths import Paths
+from tasks.scoring import metrics
 
 
 def test_confusion_counts_stay_sparse_and_the_drawn_classes_are_the_most_confused():

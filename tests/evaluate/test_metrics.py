@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.evaluate import metrics
+from tasks.scoring import metrics
 
 
 def test_intervals_bracket_the_point_estimate_and_calibration_error_is_exact():

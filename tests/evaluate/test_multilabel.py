@@ -5,7 +5,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from tasks import label_sets
-from tasks.evaluate import multilabel
+from tasks.scoring import multilabel
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def _production_version(repo: Path) -> str:
 
 def test_a_run_killed_while_releasing_is_finished_by_the_next_run(repo, prefect_server):
     from flows import journal
-    from tasks.release.kill_point import VARIABLE
+    from tasks.kill_point import VARIABLE
 
     # a new candidate, and a gate it passes whatever its scores
     _set_params(repo, {"train.epochs": 5, "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_class_f1_drop": 1.0})

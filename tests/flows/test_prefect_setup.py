@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks import model_folder
-from tasks.train import model
+from tasks import model_folder, networks
 from tests.conftest import PROJECT_ROOT, write_class_folders
 
 SETTINGS = """
@@ -62,7 +61,7 @@ def test_prefect_home_is_the_projects_unless_the_user_chose_one(tmp_path):
 def untrained_model_folder(folder: Path) -> Path:
     """A small untrained model of the three colour classes, saved as train saves one."""
     folder.mkdir()
-    model_folder.write(folder, model.simple_cnn(16, 3, depth=1, width=4, dropout=0.0), ["blue", "green", "red"],
+    model_folder.write(folder, networks.simple_cnn(16, 3, depth=1, width=4, dropout=0.0), ["blue", "green", "red"],
                        {"image_size": 16, "resize": "stretch"}, pd.DataFrame({"epoch": [0], "loss": [1.0]}))
     return folder
 

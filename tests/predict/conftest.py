@@ -18,10 +18,10 @@ def save_model(folder: Path, labels: list[str], resize: str = "crop", seed: int 
     """An untrained simple_cnn saved as training does (model, labels, card); with one label, every image gets it."""
     import keras
 
-    from tasks.train import model
+    from tasks import networks
 
     keras.utils.set_random_seed(seed)
-    network = model.simple_cnn(IMAGE_SIZE, len(labels), depth=2, width=4, dropout=0.0)
+    network = networks.simple_cnn(IMAGE_SIZE, len(labels), depth=2, width=4, dropout=0.0)
     folder.mkdir(parents=True, exist_ok=True)
     model_folder.write(folder, network, labels, {"image_size": IMAGE_SIZE, "resize": resize}, pd.DataFrame())
     return folder

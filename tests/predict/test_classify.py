@@ -32,11 +32,11 @@ def model_dir(tmp_path_factory) -> Path:
     """An untrained simple_cnn saved as training saves one (tasks/model_folder.py): model, labels, card."""
     import keras
 
-    from tasks.train import model
+    from tasks import networks
 
     keras.utils.set_random_seed(7)
     folder = tmp_path_factory.mktemp("model")
-    network = model.simple_cnn(IMAGE_SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
+    network = networks.simple_cnn(IMAGE_SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
     model_folder.write(folder, network, LABELS, {"image_size": IMAGE_SIZE, "resize": "crop"}, pd.DataFrame())
     return folder
 

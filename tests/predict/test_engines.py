@@ -13,7 +13,7 @@ import pytest
 from tasks import model_folder
 from tasks.config import ArgumentError
 from tasks.predict import classify as predict
-from tasks.predict import engine
+from tasks.engines import engine
 from tests.conftest import write_class_folders
 
 LABELS = ["blue", "green", "red"]
@@ -25,11 +25,12 @@ def exported_model(tmp_path_factory) -> Path:
     """An untrained simple_cnn with its ONNX export and int8 model, as train writes them (no engines.json yet)."""
     import keras
 
-    from tasks.train import export, model
+    from tasks import networks
+    from tasks.train import export
 
     keras.utils.set_random_seed(11)
     folder = tmp_path_factory.mktemp("model")
-    network = model.simple_cnn(SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
+    network = networks.simple_cnn(SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
     model_folder.write(folder, network, LABELS, {"image_size": SIZE, "resize": "stretch"}, pd.DataFrame())
     calibration = np.random.default_rng(0).integers(0, 255, (16, SIZE, SIZE, 3), dtype=np.uint8)
     export.write_exports(folder, ["onnx"], calibration)

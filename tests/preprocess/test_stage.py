@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import images
+from tasks import images, training_batches
 from tasks.config import load_config
 from tasks.ingest import stage as ingest
 from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
-from tasks.train import dataset
 from tests.conftest import PROJECT_ROOT, make_image, write_class_folders
 
 
@@ -35,7 +34,7 @@ def test_the_decoded_store_holds_the_pixels_prediction_sees(shrunk_config):
     seen = 0
     for split in ("train", "val", "test"):
         # evaluation order, inside tf.data
-        for batch in dataset.split_dataset(paths.processed, split, size, 4, training=False, with_paths=True):
+        for batch in training_batches.split_dataset(paths.processed, split, size, 4, training=False, with_paths=True):
             for image, label, path in zip(batch["image"].numpy(), batch["label"].numpy(), batch["path"].numpy()):
                 expected = images.load_rgb_array(source / path.decode(), size, resize,
                                                  config.ingest.max_pixels)
@@ -48,8 +47,8 @@ def test_the_decoded_store_holds_the_pixels_prediction_sees(shrunk_config):
     # training order (shuffled, and through the augmentation map with every strength 0): the same pixels
     no_augmentation = config.preprocess.augment.model_copy(update={"rotation": 0.0, "zoom": 0.0, "translation": 0.0,
                                                                   "horizontal_flip": False})
-    training = dataset.split_dataset(paths.processed, "train", size, 4, training=True, augment=no_augmentation,
-                                     with_paths=True)
+    training = training_batches.split_dataset(paths.processed, "train", size, 4, training=True,
+                                              augment=no_augmentation, with_paths=True)
     for batch in training:
         for image, path in zip(batch["image"].numpy(), batch["path"].numpy()):
             expected = images.load_rgb_array(source / path.decode(), size, resize,
@@ -121,8 +120,9 @@ def test_shards_left_mostly_dead_by_removed_images_are_compacted_without_decodin
     summary = json.loads((paths.processed / "preprocess.json").read_text())
     assert summary["shard_records"] == {name: int((table["shard"] == name).sum()) for name in summary["shards"]}
     seen = [path.decode() for split in ("train", "val", "test")
-            for batch in dataset.split_dataset(paths.processed, split, config.preprocess.image_size, 8,
-                                               training=False, with_paths=True) for path in batch["path"].numpy()]
+            for batch in training_batches.split_dataset(paths.processed, split, config.preprocess.image_size, 8,
+                                                        training=False, with_paths=True)
+            for path in batch["path"].numpy()]
     assert sorted(seen) == sorted(table["path"])
 
 
@@ -164,7 +164,8 @@ def test_a_killed_preprocess_leaves_the_last_outputs_usable_and_the_next_run_fin
     child.join(120)
     assert child.exitcode == 137
     readable = [path.decode() for split in ("train", "val", "test")  # the last outputs, whole
-                for batch in dataset.split_dataset(paths.processed, split, 16, 8, training=False, with_paths=True)
+                for batch in training_batches.split_dataset(paths.processed, split, 16, 8, training=False,
+                                                            with_paths=True)
                 for path in batch["path"].numpy()]
     assert sorted(readable) == sorted(first["path"])
     table = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
@@ -210,7 +211,7 @@ def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_rec
                    config.ingest.max_pixels, paths)
     assert json.loads((paths.processed / "preprocess.json").read_text())["image_size"] == 32
     assert len(decoded) == 40
-    for batch in dataset.split_dataset(paths.processed, "train", 32, 4, training=False):
+    for batch in training_batches.split_dataset(paths.processed, "train", 32, 4, training=False):
         assert batch[0].shape[1:] == (32, 32, 3)
         break
 

@@ -7,12 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import model_folder
+from tasks import model_folder, networks
 from tasks.evaluate import stage as evaluate
 from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
 from tasks.release import gate, promote
-from tasks.train import model
 from tasks.train import stage as train
 
 
@@ -120,13 +119,14 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
 def test_an_export_that_disagrees_or_is_missing_blocks_promotion_and_is_named(evaluated):
     import keras
 
-    from tasks.train import export, model
+    from tasks import networks
+    from tasks.train import export
 
     config, paths = evaluated
     lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
     assert gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)["decision"] == "pass"
     keras.utils.set_random_seed(99)  # another model of the same shape stands in for a broken conversion
-    other = model.simple_cnn(config.preprocess.image_size, 3, depth=config.train.depth, width=8, dropout=0.0)
+    other = networks.simple_cnn(config.preprocess.image_size, 3, depth=config.train.depth, width=8, dropout=0.0)
     other.predict_on_batch(np.zeros((1, config.preprocess.image_size, config.preprocess.image_size, 3), np.uint8))
     export.export_onnx(other, model_folder.export_path(paths.candidate, "onnx"))
     refused = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
@@ -144,7 +144,7 @@ def test_an_export_that_disagrees_or_is_missing_blocks_promotion_and_is_named(ev
 
 def _install_production(paths, labels: list[str]) -> None:
     """A production model of another task (untrained weights, `labels` as its classes), as promotion installs one."""
-    network = model.simple_cnn(16, len(labels), depth=1, width=4, dropout=0.0)
+    network = networks.simple_cnn(16, len(labels), depth=1, width=4, dropout=0.0)
     paths.production.mkdir(parents=True)
     version = model_folder.write(paths.production, network, labels, {"image_size": 16, "resize": "stretch"},
                                  pd.DataFrame({"epoch": [0], "loss": [1.0]}))

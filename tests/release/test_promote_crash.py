@@ -1,6 +1,6 @@
 """Promotion and rollback survive kill -9 at every step: a real subprocess is SIGKILLed, the next command finishes.
 
-The subprocess dies at a named step (IMGPIPE_KILL_AT, tasks/release/kill_point.py), or at the worst moment of a
+The subprocess dies at a named step (IMGPIPE_KILL_AT, tasks/kill_point.py), or at the worst moment of a
 folder swap: after the old production folder was renamed away and before the new one was renamed into place
 (os.replace patched in the subprocess), or in the middle of copying the candidate into the registry.
 """
@@ -20,11 +20,10 @@ import pandas as pd
 import pytest
 
 from flows.run_lock import workspace_lock
-from tasks import model_folder
+from tasks import kill_point, model_folder, networks
 from tasks.params import PathsParams
 from tasks.paths import Paths
-from tasks.release import kill_point, promote
-from tasks.train import model
+from tasks.release import promote
 from tests.conftest import PROJECT_ROOT
 
 CHILD = textwrap.dedent("""
@@ -68,7 +67,7 @@ def _save_candidate(paths: Paths, seed: int) -> str:
     import keras
 
     keras.utils.set_random_seed(seed)
-    network = model.simple_cnn(16, 3, depth=1, width=4, dropout=0.0)
+    network = networks.simple_cnn(16, 3, depth=1, width=4, dropout=0.0)
     shutil.rmtree(paths.candidate, ignore_errors=True)
     paths.candidate.mkdir(parents=True)
     return model_folder.write(paths.candidate, network, ["blue", "green", "red"],

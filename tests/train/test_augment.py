@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tasks import augment, training_batches
 from tasks.config import parse_config
 from tasks.ingest import stage as ingest
 from tasks.params import AugmentParams
 from tasks.preprocess import stage as preprocess
-from tasks.train import augment, augment_preview, dataset
+from tasks.train import augment_preview
 
 SEED = tf.constant([7, 1], tf.int64)
 
@@ -98,7 +99,8 @@ def test_training_input_is_reproducible_under_the_seed_and_trains_with_soft_labe
 
     def build(seed: int) -> tf.data.Dataset:
         tf.random.set_seed(0)  # what keras.utils.set_random_seed does at the start of training
-        return dataset.split_dataset(paths.processed, "train", size, 4, training=True, augment=params, seed=seed)
+        return training_batches.split_dataset(paths.processed, "train", size, 4, training=True, augment=params,
+                                              seed=seed)
 
     data = build(3)
     first_epoch, second_epoch = _epoch_digest(data), _epoch_digest(data)
@@ -109,7 +111,7 @@ def test_training_input_is_reproducible_under_the_seed_and_trains_with_soft_labe
 
     images, labels = next(iter(data))
     assert images.dtype == tf.uint8 and labels.dtype == tf.float32 and labels.shape[1:] == (3,)
-    val_data = dataset.split_dataset(paths.processed, "val", size, 4, training=False, one_hot=True)
+    val_data = training_batches.split_dataset(paths.processed, "val", size, 4, training=False, one_hot=True)
     assert next(iter(val_data))[1].shape[1:] == (3,)
     inputs = keras.Input((size, size, 3), dtype="uint8")
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
@@ -127,7 +129,7 @@ def test_preview_grid_shows_each_image_and_its_draws(shrunk_config):
     assert output == paths.reports / "augmentation_preview.png"
     cell = 16 * 6  # 16 px images enlarged to at least 96 px
     labels = json.loads((paths.processed / "preprocess.json").read_text())["labels"]
-    first = next(iter(dataset.split_dataset(paths.processed, "train", 16, 5, training=False)))
+    first = next(iter(training_batches.split_dataset(paths.processed, "train", 16, 5, training=False)))
     row_labels = [labels[index] for index in first[1].numpy()]
     images, _ = first
     rows = augment_preview.preview_rows(images.numpy(), first[1].numpy(), config.preprocess.augment,

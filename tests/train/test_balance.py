@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
+from tasks import class_balance, training_batches
 from tasks.config import load_config
 from tasks.evaluate import stage as evaluate
 from tasks.ingest import stage as ingest
 from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
-from tasks.train import balance, dataset
 from tasks.train import stage as train
 from tests.conftest import PROJECT_ROOT
 
@@ -47,14 +47,14 @@ def configure(tmp_path, source, **overrides):
 def test_balanced_class_weights_match_scikit_learn_and_weigh_images():
     labels = ["a", "b", "c"]
     cells = ["a"] * 6 + ["b"] * 3 + ["c"]
-    counts = balance.class_counts(cells, labels)
+    counts = class_balance.class_counts(cells, labels)
     expected = compute_class_weight("balanced", classes=np.array(labels), y=np.array(cells))
-    assert balance.balanced_class_weights(counts) == pytest.approx(expected)
-    weights = balance.image_weights(cells, labels)
+    assert class_balance.balanced_class_weights(counts) == pytest.approx(expected)
+    weights = class_balance.image_weights(cells, labels)
     assert weights.mean() == pytest.approx(1.0)
     assert weights[-1] / weights[0] == pytest.approx(6.0)  # c is 6 times rarer than a
-    assert balance.imbalance_ratio(counts) == 6.0
-    multi = balance.image_weights(["a;b", "a", "a"], ["a", "b"])  # a: 3 images, b: 1
+    assert class_balance.imbalance_ratio(counts) == 6.0
+    multi = class_balance.image_weights(["a;b", "a", "a"], ["a", "b"])  # a: 3 images, b: 1
     assert multi[0] > multi[1] == multi[2]
 
 
@@ -63,20 +63,20 @@ def test_balanced_class_weights_reach_the_loss(tmp_path):
     each image's sample weight in the dataset; the loss Keras computes must be the weighted one."""
     import keras
 
-    from tasks.train import model
+    from tasks import networks
 
     source = write_imbalanced(tmp_path / "source", {"train": {"major": 30, "minor": 6}, "val": {"major": 5, "minor": 5},
                                                     "test": {"major": 5, "minor": 5}})
     config, paths = configure(tmp_path, source)
     ingest.run(config.ingest, paths)
     preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
-    weighted = dataset.split_dataset(paths.processed, "train", 8, 64, training=False, class_weight="balanced")
-    plain = dataset.split_dataset(paths.processed, "train", 8, 64, training=False)
+    weighted = training_batches.split_dataset(paths.processed, "train", 8, 64, training=False, class_weight="balanced")
+    plain = training_batches.split_dataset(paths.processed, "train", 8, 64, training=False)
     images, labels, weights = next(iter(weighted))
     labels, weights = labels.numpy(), weights.numpy()
     assert weights[labels == 1].min() == pytest.approx(5 * weights[labels == 0].max())  # minor is 5 times rarer
     keras.utils.set_random_seed(0)
-    network = model.simple_cnn(8, 2, depth=1, width=4, dropout=0.0)
+    network = networks.simple_cnn(8, 2, depth=1, width=4, dropout=0.0)
     network.compile(loss="sparse_categorical_crossentropy")
     per_image = keras.losses.sparse_categorical_crossentropy(labels, network.predict_on_batch(images.numpy()))
     per_image = np.asarray(per_image)
@@ -92,7 +92,7 @@ def test_balanced_sampling_draws_the_classes_evenly(tmp_path):
     config, paths = configure(tmp_path, source)
     ingest.run(config.ingest, paths)
     preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
-    drawn = np.concatenate([labels.numpy() for _, labels, _ in dataset.split_dataset(
+    drawn = np.concatenate([labels.numpy() for _, labels, _ in training_batches.split_dataset(
         paths.processed, "train", 8, 16, training=True, seed=1, sampling="balanced", class_weight="balanced")])
     assert len(drawn) == 99  # an epoch keeps its length
     assert 0.35 < drawn.mean() < 0.65  # the minority class (index 1) is a tenth of the images, about half the draws

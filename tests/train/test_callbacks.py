@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks import networks
 from tasks.params import TrainParams
-from tasks.train import callbacks, model
+from tasks.train import callbacks
 
 
 def test_cosine_schedule_warms_up_then_decays_and_other_schedules_are_constant():
@@ -21,7 +22,7 @@ def test_cosine_schedule_warms_up_then_decays_and_other_schedules_are_constant()
 
 
 def test_best_weights_keeps_only_a_better_epoch_and_survives_a_restart(tmp_path):
-    network = model.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
+    network = networks.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
     keeper = callbacks.BestWeights(tmp_path, "train", select_on="macro_f1")
     keeper.set_model(network)
     keeper.on_epoch_end(0, {"val_loss": 0.9, "val_macro_f1": 0.6})
@@ -41,7 +42,7 @@ def test_best_weights_keeps_only_a_better_epoch_and_survives_a_restart(tmp_path)
 
 
 def test_early_stopping_waits_for_min_epochs_and_counts_patience_from_the_best_epoch(tmp_path):
-    network = model.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
+    network = networks.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
     keeper = callbacks.BestWeights(tmp_path, "train", select_on="accuracy", patience=2, min_epochs=5)
     keeper.set_model(network)
     stopped_after = None
@@ -60,7 +61,7 @@ def test_early_stopping_waits_for_min_epochs_and_counts_patience_from_the_best_e
 
 
 def test_macro_f1_metric_matches_the_evaluation_for_indices_and_one_hot_labels():
-    from tasks.evaluate import metrics as metric_functions
+    from tasks.scoring import metrics as metric_functions
 
     generator = np.random.default_rng(3)
     actual = generator.integers(0, 4, 50)
@@ -111,7 +112,7 @@ def test_phase_callbacks_end_with_backup_and_add_plateau_only_when_asked(tmp_pat
 
 
 def _tiny_network() -> keras.Model:
-    network = model.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
+    network = networks.simple_cnn(8, 2, depth=1, width=2, dropout=0.0)
     network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     return network
 

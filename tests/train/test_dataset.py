@@ -3,9 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
+from tasks import training_batches
 from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
-from tasks.train import dataset
 
 
 def test_training_batches_are_uint8_and_augmented_reproducibly(shrunk_config):
@@ -16,8 +16,8 @@ def test_training_batches_are_uint8_and_augmented_reproducibly(shrunk_config):
 
     def first_batch():
         tf.random.set_seed(0)
-        data = dataset.split_dataset(paths.processed, "train", size, 4, training=True,
-                                     augment=config.preprocess.augment, seed=3)
+        data = training_batches.split_dataset(paths.processed, "train", size, 4, training=True,
+                                              augment=config.preprocess.augment, seed=3)
         return next(iter(data))
 
     images_batch, labels_batch = first_batch()

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import model_folder
-from tasks.predict import engine, engine_check, keras_engine
-from tasks.train import export, model
+from tasks import model_folder, networks
+from tasks.engines import engine, engine_check, keras_engine
+from tasks.train import export
 
 LABELS = ["a", "b", "c"]
 SIZE = 16
@@ -29,7 +29,7 @@ def exported(tmp_path_factory, images):
 
     keras.utils.set_random_seed(3)
     folder = tmp_path_factory.mktemp("model")
-    network = model.simple_cnn(SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
+    network = networks.simple_cnn(SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
     model_folder.write(folder, network, LABELS, {"image_size": SIZE, "resize": "stretch"}, pd.DataFrame())
     export.write_exports(folder, ["saved_model", "onnx", "openvino", "litert"], calibration=images[:32])
     return folder

@@ -8,7 +8,8 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from tasks.train import head, selection
+from tasks.scoring import selection
+from tasks.train import head
 
 DIMENSIONS = 32
 

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from tasks.train import selection
+from tasks.scoring import selection
 
 
 @pytest.mark.parametrize(("images", "expected"), [(60_000, 64), (1260, 64), (470, 16), (170, 8), (40, 8)])

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks import model_folder
+from tasks import model_folder, networks
 from tasks.ingest import stage as ingest
 from tasks.params import TrainParams
 from tasks.preprocess import stage as preprocess
-from tasks.train import export, model
+from tasks.train import export
 from tasks.train import stage as train
 from tests.conftest import PROJECT_ROOT
 
@@ -58,7 +58,7 @@ def test_transfer_learning_from_a_local_weights_file_runs_both_phases(prepared, 
     history = (candidate / "history.csv").read_text()
     assert "train" in history and "fine_tune" in history
     loaded = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
-    first_kernel = next(w for w in model.find_backbone(loaded).weights if "kernel" in w.path)
+    first_kernel = next(w for w in networks.find_backbone(loaded).weights if "kernel" in w.path)
     assert first_kernel.shape == next(w for w in backbone.weights if "kernel" in w.path).shape
 
 
@@ -83,7 +83,7 @@ def test_imagenet_weights_offline_say_how_to_fetch_them_elsewhere(monkeypatch):
     with pytest.raises(ValueError, match=r"train.weights: imagenet: .*could not be downloaded.*'imgpipe weights fetch "
                                          r"mobilenet_v3_small --out mobilenet_v3_small_imagenet_notop.weights.h5'.*"
                                          r"set train.weights to its path"):
-        model.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
+        networks.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
 
 
 def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_path, monkeypatch, capsys):
@@ -102,9 +102,9 @@ def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_pat
     assert "--out" in capsys.readouterr().err
 
     # imagenet (from the stand-in cache) and the fetched file give the same starting weights
-    from_cache = model.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
-    from_file = model.build(TrainParams(model="mobilenet_v3_small", weights=str(out)), 32, 3)
-    cached, fetched = (model.find_backbone(network).get_weights() for network in (from_cache, from_file))
+    from_cache = networks.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
+    from_file = networks.build(TrainParams(model="mobilenet_v3_small", weights=str(out)), 32, 3)
+    cached, fetched = (networks.find_backbone(network).get_weights() for network in (from_cache, from_file))
     for first, second in zip(cached, fetched):
         np.testing.assert_array_equal(first, second)
     params = TrainParams(model="mobilenet_v3_small", weights="imagenet", epochs=1, batch_size=8, exports=[])

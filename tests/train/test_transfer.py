@@ -113,13 +113,13 @@ def random_head(classes: int, multi_label: bool, seed: int = 0) -> head.Head:
 
 @pytest.mark.parametrize(("classes", "multi_label"), [(3, False), (4, True)])
 def test_the_full_model_is_the_backbone_then_the_head(backbone, classes, multi_label):
-    from tasks.train import model
+    from tasks import networks
 
     fitted = random_head(classes, multi_label)
     network = transfer.full_model("efficientnet_lite0", IMAGE_SIZE, fitted, dropout=0.5)
     assert network.inputs[0].dtype == "uint8"
     assert tuple(network.inputs[0].shape) == (None, IMAGE_SIZE, IMAGE_SIZE, 3)
-    nested = model.find_backbone(network)
+    nested = networks.find_backbone(network)
     assert nested is not None and nested.name == "efficientnet_lite0"
     assert network.get_layer("probabilities").activation.__name__ == ("sigmoid" if multi_label else "softmax")
 

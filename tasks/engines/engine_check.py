@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tasks import label_sets, model_folder
-from tasks.predict import engine as engines
+from tasks.engines import engine as engines
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def open_candidates(folder: Path, pairs: list[tuple[str, str]]) -> tuple[list[An
 
 def measure_engines(folder: Path, batches: Iterable[np.ndarray]) -> dict[str, Any]:
     """Every engine and precision that runs this model here, against Keras: the record train writes to engines.json."""
-    from tasks.predict import keras_engine
+    from tasks.engines import keras_engine
 
     info = model_folder.read_info(folder)
     pairs = [(name, precision) for name in engines.ENGINES if name != "keras" for precision in engines.FILES[name]

@@ -126,7 +126,7 @@ def choose(folder: Path, engine: str = "auto", precision: str = "auto") -> tuple
 def open_engine(info: model_folder.ModelInfo, engine: str, precision: str, threads: int = 0) -> Engine:
     """Load the model of `info` into `engine` at `precision` (as chosen by choose()); `threads` 0: all cores."""
     if engine == "keras":
-        from tasks.predict import keras_engine
+        from tasks.engines import keras_engine
 
         limit_threads(threads)
         return keras_engine.KerasEngine(info)
@@ -137,9 +137,9 @@ def open_engine(info: model_folder.ModelInfo, engine: str, precision: str, threa
     model_folder.check_unchanged(info)
     model_folder.check_files(info.folder, [path.relative_to(info.folder).as_posix()], info.version, exports=True)
     if engine == "onnxruntime":
-        from tasks.predict import onnxruntime_engine
+        from tasks.engines import onnxruntime_engine
 
         return onnxruntime_engine.OnnxRuntimeEngine(path, precision, len(info.labels), threads)
-    from tasks.predict import openvino_engine
+    from tasks.engines import openvino_engine
 
     return openvino_engine.OpenVinoEngine(path, precision, len(info.labels), threads)

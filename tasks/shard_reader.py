@@ -1,19 +1,20 @@
-"""tf.data builders: read the decoded shards and split table in data/processed/, yield uint8 image batches for
-training and evaluation."""
+"""The shard reader: reads the split table and the decoded shards in data/processed/ (or the raw store when
+preprocess kept no pixels), yields uint8 images with their labels as tf.data; writes nothing.
+
+Evaluation reads a split in stored order with `split_batches`; training adds its shuffling, balancing and
+augmentation around the same pieces (tasks/training_batches.py), so both see the same pixels.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import tensorflow as tf
 
 from tasks import label_sets, pool, processed_store, stored_images
-from tasks.params import AugmentParams
-from tasks.train import augment as augmentation
-from tasks.train import balance
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000  # images: 30 MB at 32 px and 500 MB at 128 px at most
@@ -30,8 +31,13 @@ def fits_in_memory(size_bytes: int) -> bool:
     return size_bytes < memory * CACHE_MEMORY_SHARE
 
 
+def vocabulary(processed_dir: Path) -> list[str]:
+    """The labels of the processed store (labels.json), in class index order."""
+    return processed_store.read_labels(processed_dir)
+
+
 def num_classes(processed_dir: Path) -> int:
-    return len(json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8")))
+    return len(vocabulary(processed_dir))
 
 
 def split_rows(processed_dir: Path, split: str) -> pd.DataFrame:
@@ -72,7 +78,7 @@ def _records(processed_dir: Path, rows: pd.DataFrame, image_size: int, training:
 def _records_from_raw(processed_dir: Path, rows: pd.DataFrame, image_size: int) -> tf.data.Dataset:
     """The same elements as _records, decoded from the raw store (over all cores) when preprocess kept no pixels (a
     head on a pretrained backbone's features: only fine-tuning and checks need pixels, at the backbone's size)."""
-    summary = json.loads((processed_dir / processed_store.SUMMARY_FILE).read_text(encoding="utf-8"))
+    summary = processed_store.read_summary(processed_dir)
     manifest = (processed_dir / summary["manifest"]).resolve()
     decoder = stored_images.Decoder((processed_dir / summary["raw_store"]).resolve(), image_size, summary["resize"],
                                     int(summary["max_pixels"]))
@@ -88,67 +94,34 @@ def _records_from_raw(processed_dir: Path, rows: pd.DataFrame, image_size: int) 
 
 def has_pixels(processed_dir: Path) -> bool:
     """Whether preprocess kept decoded pixels (else images are decoded from the raw store when read)."""
-    summary_file = processed_dir / processed_store.SUMMARY_FILE
-    if not summary_file.is_file():  # a folder of shards and a split table alone (written by hand, or older)
+    if not processed_store.summary_file(processed_dir).is_file():  # shards and a split table alone (by hand, or older)
         return True
-    return bool(json.loads(summary_file.read_text(encoding="utf-8")).get("pixels", True))
+    return bool(processed_store.read_summary(processed_dir).get("pixels", True))
 
 
-def _multi_hot_lookup(cells: tf.Tensor, labels: list[str]):
+def _multi_hot_lookup(cells: tf.Tensor, labels: list[str]) -> Callable[[tf.Tensor], tf.Tensor]:
     """A function of row positions -> their float32 multi-hot rows, built in tf.data from the label cells ("a;b")."""
-    vocabulary = tf.lookup.StaticHashTable(
+    table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(labels), tf.range(len(labels), dtype=tf.int64)),
         default_value=-1)
 
     def multi_hot(row: tf.Tensor) -> tf.Tensor:
         parts = tf.strings.split(tf.gather(cells, row), label_sets.SEPARATOR)
-        hot = tf.ragged.map_flat_values(lambda ids: tf.one_hot(ids, len(labels)), vocabulary.lookup(parts))
+        hot = tf.ragged.map_flat_values(lambda ids: tf.one_hot(ids, len(labels)), table.lookup(parts))
         return tf.minimum(tf.reduce_sum(hot, axis=1), 1.0)
 
     return multi_hot
 
 
-def _balanced_sampling(dataset: tf.data.Dataset, classes: tf.Tensor, counts: list[int], seed: int,
-                       images: int) -> tf.data.Dataset:
-    """Draw elements so that every class present is equally likely (tf.data rejection resampling over the
-    repeated, reshuffled split), `images` per epoch as without it, so an epoch keeps its number of steps."""
-    total = float(sum(counts))
-    present = sum(1 for count in counts if count > 0)
-    initial = [count / total for count in counts]
-    target = [1.0 / present if count > 0 else 0.0 for count in counts]
-    dataset = dataset.repeat().rejection_resample(
-        lambda example: tf.gather(classes, example["row"]), target_dist=target, initial_dist=initial, seed=seed)
-    return dataset.map(lambda _, example: example, num_parallel_calls=AUTOTUNE).take(images)
-
-
-def split_dataset(
-    processed_dir: Path, split: str, image_size: int, batch_size: int, *, training: bool,
-    augment: AugmentParams | None = None, seed: int = 0, with_paths: bool = False, one_hot: bool = False,
-    multi_label: bool = False, class_weight: str = "none", sampling: str = "natural",
-) -> tf.data.Dataset:
-    """Batches of (uint8 images, labels) from one split; `training` shuffles and augments, else order is kept.
-
-    Labels are int32 class indices, or float32 one-hot rows with `one_hot` and always when `augment` mixes
-    images (mixup, cutmix), since mixed labels are soft; with `multi_label` float32 multi-hot rows over the
-    vocabulary (labels.json), built from each image's label cell. Shuffling and augmentation follow from `seed` (and
-    TensorFlow's global seed, which the train stage sets), the epoch and the batch's position, so a run is
-    reproducible and each epoch draws afresh. With `with_paths`, batches are dictionaries holding `image`,
-    `label` and `path` (for reports).
-
-    `class_weight: balanced` adds each image's loss weight (tasks/train/balance.py) as a third element (or `weight`),
-    which Keras applies to the loss as a sample weight. `sampling: balanced` (single-label, training) draws every
-    class equally often.
-    """
-    rows = split_rows(processed_dir, split)
-    vocabulary = json.loads((processed_dir / processed_store.LABELS_FILE).read_text(encoding="utf-8"))
+def check_single_label(processed_dir: Path, split: str, rows: pd.DataFrame, multi_label: bool) -> None:
     if not multi_label and (rows["label_index"] < 0).any():
         raise ValueError(f"{processed_dir}: some {split} images have several labels; read them with multi_label")
-    labels = tf.constant(rows["label_index"].to_numpy(), dtype=tf.int32)
-    cells = tf.constant(rows["label"].astype(str).tolist())
-    paths = tf.constant(rows["path"].tolist())
-    weights = (tf.constant(balance.image_weights(rows["label"].astype(str).tolist(), vocabulary))
-               if class_weight == "balanced" else None)
-    multi_hot = _multi_hot_lookup(cells, vocabulary) if multi_label else None
+
+
+def examples(processed_dir: Path, rows: pd.DataFrame, image_size: int, *, training: bool,
+             seed: int) -> tf.data.Dataset:
+    """One element per image of `rows` ({"image", "row"}), cached in memory when it fits; `training` reads the
+    shards interleaved and shuffles, else the stored order is kept."""
     if has_pixels(processed_dir):
         dataset = _records(processed_dir, rows, image_size, training, seed)
     else:
@@ -157,44 +130,57 @@ def split_dataset(
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    if training and sampling == "balanced":
-        if multi_label:
-            raise ValueError("train.sampling: balanced draws one class per image, so it applies to single-label data; "
-                             "for multi-label data use train.class_weight: balanced and sampling: natural")
-        counts = rows["label_index"].value_counts().reindex(range(len(vocabulary)), fill_value=0).tolist()
-        dataset = _balanced_sampling(dataset, labels, counts, seed, len(rows))
-    dataset = dataset.batch(batch_size, drop_remainder=False)
+    return dataset
+
+
+def labelled_batches(elements: tf.data.Dataset, rows: pd.DataFrame, labels: list[str], batch_size: int, *,
+                     multi_label: bool, weights: tf.Tensor | None = None) -> tf.data.Dataset:
+    """Batches of `elements` as {"image", "label", "path"} (and "weight" with `weights`, one per row): int32 class
+    indices, or float32 multi-hot rows over `labels` with `multi_label`, built from each image's label cell."""
+    classes = tf.constant(rows["label_index"].to_numpy(), dtype=tf.int32)
+    cells = tf.constant(rows["label"].astype(str).tolist())
+    paths = tf.constant(rows["path"].tolist())
+    multi_hot = _multi_hot_lookup(cells, labels) if multi_label else None
 
     def label_batch(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         row = example["row"]
-        batch = {"image": example["image"], "label": multi_hot(row) if multi_hot else tf.gather(labels, row),
+        batch = {"image": example["image"], "label": multi_hot(row) if multi_hot else tf.gather(classes, row),
                  "path": tf.gather(paths, row)}
         return batch | ({"weight": tf.gather(weights, row)} if weights is not None else {})
 
-    dataset = dataset.map(label_batch, num_parallel_calls=AUTOTUNE)
+    return elements.batch(batch_size, drop_remainder=False).map(label_batch, num_parallel_calls=AUTOTUNE)
 
-    mixing = training and augment is not None and augment.mixing
-    if training and augment is not None and augmentation.is_active(augment):
-        classes = len(vocabulary) if mixing else 0
-        augment_batch = augmentation.augmenter(augment, classes)
 
-        def apply(example: dict[str, tf.Tensor], batch_seed: tf.Tensor) -> dict[str, tf.Tensor]:
-            images, labels = augment_batch(example["image"], example["label"], batch_seed)
-            return {**example, "image": images, "label": labels}
+def one_hot_labels(dataset: tf.data.Dataset, classes: int) -> tf.data.Dataset:
+    return dataset.map(lambda example: {**example, "label": tf.one_hot(example["label"], classes)},
+                       num_parallel_calls=AUTOTUNE)
 
-        # One seed per batch, from a stream that is fixed by `seed` and drawn afresh on every pass (epoch):
-        # the map may then run in parallel and still give the same batches in every run.
-        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, batch_seeds)
-        dataset = dataset.map(apply, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if one_hot and not mixing and not multi_label:
-        classes = len(vocabulary)
-        dataset = dataset.map(lambda example: {**example, "label": tf.one_hot(example["label"], classes)},
-                              num_parallel_calls=AUTOTUNE)
+
+def finished(dataset: tf.data.Dataset, *, with_paths: bool, weighted: bool) -> tf.data.Dataset:
+    """Dictionaries with `with_paths`, else (images, labels) or (images, labels, weights) tuples as Keras takes
+    them; prefetched."""
     if not with_paths:
-        if weights is not None:
+        if weighted:
             dataset = dataset.map(lambda example: (example["image"], example["label"], example["weight"]),
                                   num_parallel_calls=AUTOTUNE)
         else:
             dataset = dataset.map(lambda example: (example["image"], example["label"]), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
+
+
+def split_batches(processed_dir: Path, split: str, image_size: int, batch_size: int, *, with_paths: bool = False,
+                  one_hot: bool = False, multi_label: bool = False) -> tf.data.Dataset:
+    """Batches of (uint8 images, labels) from one split in stored order, unaugmented (for evaluation).
+
+    Labels are int32 class indices, float32 one-hot rows with `one_hot`, or float32 multi-hot rows over the
+    vocabulary (labels.json) with `multi_label`. With `with_paths`, batches are dictionaries holding `image`,
+    `label` and `path` (for reports).
+    """
+    rows = split_rows(processed_dir, split)
+    labels = vocabulary(processed_dir)
+    check_single_label(processed_dir, split, rows, multi_label)
+    dataset = labelled_batches(examples(processed_dir, rows, image_size, training=False, seed=0), rows, labels,
+                               batch_size, multi_label=multi_label)
+    if one_hot and not multi_label:
+        dataset = one_hot_labels(dataset, len(labels))
+    return finished(dataset, with_paths=with_paths, weighted=False)

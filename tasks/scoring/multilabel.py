@@ -1,7 +1,7 @@
 """Multi-label metrics and per-label thresholds: micro and macro F1, subset accuracy, mean average precision,
 per-label precision/recall/F1, bootstrap intervals; pure computation on 0/1 matrices, reads and writes nothing.
 
-Conventions match the single-label metrics (tasks/evaluate/metrics.py): a label with no positive image and no
+Conventions match the single-label metrics (tasks/scoring/metrics.py): a label with no positive image and no
 positive prediction has F1 0 in the macro mean, and intervals are 95% bootstrap intervals over images.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from tasks.evaluate.metrics import BOOTSTRAP_SAMPLES, interval
+from tasks.scoring.metrics import BOOTSTRAP_SAMPLES, interval
 
 DEFAULT_THRESHOLD = 0.5  # for a label without positive validation images, where no threshold can be chosen
 METRICS = ("accuracy", "macro_f1", "micro_f1")
