@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
 from tasks import atomic, disk_space
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and pandas are imported where used: the report and promotion name files only
+    import numpy as np
+    import pandas as pd
     import tensorflow as tf
 
 SHARD_PATTERN = re.compile(r"decoded-(?P<serial>\d{6})\.tfrecord")
@@ -56,6 +55,7 @@ def remove(folder: Path, names: list[str]) -> None:
 
 
 def _record(sha256: str, pixels: np.ndarray) -> bytes:
+    import numpy as np
     import tensorflow as tf  # here, not at the top: readers of the split table alone start without TensorFlow
 
     features = {
@@ -209,6 +209,8 @@ def read_labels(folder: Path) -> list[str]:
 def read_table(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """The split table: path, label, label_index, split, group, unit, sha256, shard (one row per image used), or
     only `columns` of it."""
+    import pandas as pd
+
     path = table_file(folder)
     if not path.is_file():
         raise ValueError(f"{path}: not found; run the preprocess stage first")
