@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test repro clean chromium
+.PHONY: setup run test test-fast repro clean chromium
 
 setup: $(INSTALLED)
 
@@ -29,7 +29,12 @@ run: setup
 	$(BIN)/imgpipe run
 
 test: setup chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
+
+# the inner loop: everything but the tests marked slow (whole pipelines, training; tests/conftest.py SLOW_TESTS),
+# about 2 minutes on 2 cores; `make test` (and CI) runs them all
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 # Debian's chromium, for the one test that opens the run report in a headless browser (that it renders, with no
 # external reference); when it cannot be installed (not root, no apt-get, no network) that test skips and the

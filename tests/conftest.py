@@ -18,6 +18,18 @@ from tasks.params import Config  # noqa: E402
 from tasks.paths import Paths  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# `make test-fast` (the inner loop) leaves these out: whole pipelines through Prefect and DVC, and the modules that
+# train or export models; `make test` (and CI) runs everything
+SLOW_TESTS = ("tests/flows/", "tests/train/test_stage.py", "tests/train/test_model.py", "tests/train/test_balance.py",
+              "tests/train/test_features_route.py", "tests/release/test_gate.py", "tests/predict/test_classify.py",
+              "tests/evaluate/test_stage.py", "tests/embed/test_stage.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tests `slow` (pyproject.toml declares the marker; `-m "not slow"` leaves them out)."""
+    for item in items:
+        if Path(item.fspath).resolve().relative_to(PROJECT_ROOT).as_posix().startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 70, 210)}
 
 

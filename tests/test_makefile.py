@@ -28,3 +28,13 @@ def test_test_says_that_it_installs_chromium_and_how_to_skip_it():
         skipped = _make("chromium", "IMGPIPE_NO_CHROMIUM=1")
         assert skipped.returncode == 0 and "the report's browser test will skip" in skipped.stdout
     assert "IMGPIPE_NO_CHROMIUM=1" in (PROJECT_ROOT / "README.md").read_text()
+
+
+def test_the_slow_tests_that_make_test_fast_leaves_out_exist_and_make_test_runs_them():
+    from tests.conftest import SLOW_TESTS
+
+    missing = [name for name in SLOW_TESTS if not (PROJECT_ROOT / name).exists()]
+    assert not missing, f"tests/conftest.py SLOW_TESTS names what is not there (renamed?): {missing}"
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    assert '-m "not slow"' in makefile.split("test-fast:")[1].split("\n\n")[0]
+    assert "not slow" not in makefile.split("\ntest:")[1].split("\n\n")[0]
