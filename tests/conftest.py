@@ -28,7 +28,8 @@ SLOW_TESTS = ("tests/flows/", "tests/train/test_stage.py", "tests/train/test_mod
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the slow tests `slow` (pyproject.toml declares the marker; `-m "not slow"` leaves them out)."""
     for item in items:
-        if Path(item.fspath).resolve().relative_to(PROJECT_ROOT).as_posix().startswith(SLOW_TESTS):
+        relative = Path(os.path.relpath(Path(item.fspath).resolve(), PROJECT_ROOT)).as_posix()
+        if relative.startswith(SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 70, 210)}
 
