@@ -7,6 +7,7 @@ outputs are escaped: Parquet keeps every value exact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -30,19 +31,20 @@ def exact_cell(value: Any) -> Any:
     return value[1:] if _escaped(value) and value.startswith("'") else value
 
 
+def _map_text(table: pd.DataFrame, cell: Callable[[Any], Any]) -> pd.DataFrame:
+    """A copy of `table` with `cell` applied to its column names and to every text cell (numbers stay numbers)."""
+    mapped = table.rename(columns=cell)
+    for column in mapped.columns:
+        if mapped[column].dtype == object or pd.api.types.is_string_dtype(mapped[column].dtype):
+            mapped[column] = mapped[column].map(cell)
+    return mapped
+
+
 def safe_table(table: pd.DataFrame) -> pd.DataFrame:
     """A copy of `table` for a CSV file: every text cell and column name made safe (numbers stay numbers)."""
-    safe = table.rename(columns=safe_cell)
-    for column in safe.columns:
-        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column].dtype):
-            safe[column] = safe[column].map(safe_cell)
-    return safe
+    return _map_text(table, safe_cell)
 
 
 def exact_table(table: pd.DataFrame) -> pd.DataFrame:
     """A table read from a CSV file that `safe_table` wrote, with its text cells and column names as they were."""
-    exact = table.rename(columns=exact_cell)
-    for column in exact.columns:
-        if exact[column].dtype == object or pd.api.types.is_string_dtype(exact[column].dtype):
-            exact[column] = exact[column].map(exact_cell)
-    return exact
+    return _map_text(table, exact_cell)
