@@ -1,12 +1,11 @@
 """The model folder format: writes and reads model.keras, labels.json, model_card.json, history.csv, the exports,
-engines.json and checksums.json, and version.json in a copy of a registry version (the production folder).
+engines.json, and version.json in a copy of a registry version (the production folder).
 
 The one owner of the folder that train writes (data/models/candidate/) and that promotion copies into the
 registry and production. A model's version id is the first 12 hex digits of a hash of its weights file and its
 label list (and, for a multi-label model, its per-label thresholds); it is written into the model card and is the name of the model in the registry, in history.jsonl and
-in every prediction row. The version id covers model.keras, labels.json and thresholds.json; checksums.json (the
-sha256 of every file train wrote, with the version id they go with) covers the rest that predict may run: the
-exports and engines.json, checked when they are opened. Keras is imported only where a model is saved or loaded, so
+in every prediction row. The version id covers model.keras, labels.json and thresholds.json; checksums.json
+(tasks/model_checksums.py) covers the rest that predict may run: the exports and engines.json. Keras is imported only where a model is saved or loaded, so
 that commands which only move folders start fast.
 """
 
@@ -15,13 +14,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import atomic
+from tasks import atomic, model_checksums
 from tasks.hashing import file_sha256
 from tasks.images import RESIZE_MODES
 
@@ -44,13 +42,9 @@ EXPORT_PATHS = {"saved_model": SAVED_MODEL_FOLDER, "onnx": "model.onnx", "openvi
                 "litert": "model.tflite"}
 INT8_ONNX_FILE = "model.int8.onnx"
 ENGINES_FILE = "engines.json"
-# {"version": id, "complete": bool, "sha256": {path in the folder: hash}}; complete once train wrote engines.json
-# (before that train is still adding exports, which are then checked only if listed)
-CHECKSUMS_FILE = "checksums.json"
 # in a copy of a registry version (the production folder), written by promotion: {"version": the version it copies}
 VERSION_FILE = "version.json"
-RESTORE = ("restore the model folder (`dvc checkout`, `dvc pull`, or from data/models/registry/) or retrain it "
-           "(`dvc repro train`)")
+RESTORE = model_checksums.RESTORE
 
 
 @dataclass(frozen=True)
@@ -100,7 +94,8 @@ def write(folder: Path, network: keras.Model, labels: list[str], card: dict[str,
     history.to_csv(folder / HISTORY_FILE, index=False)
     version = compute_version(folder)
     atomic.write_json(folder / CARD_FILE, {**card, "labels": labels, "version": version})
-    seal(folder, complete=False)  # the exports come next (tasks/train/export.py); write_engines completes it
+    # the exports come next (tasks/train/export.py); write_engines completes the checksums
+    model_checksums.seal(folder, version_of(folder), complete=False)
     return version
 
 
@@ -112,7 +107,7 @@ def export_path(folder: Path, name: str) -> Path:
 def write_engines(folder: Path, record: dict[str, Any]) -> None:
     """Write engines.json, the last file train writes, and record the checksums of the whole folder."""
     atomic.write_json(folder / ENGINES_FILE, record)
-    seal(folder)
+    model_checksums.seal(folder, version_of(folder))
 
 
 def write_installed_version(folder: Path, version: str) -> None:
@@ -130,82 +125,13 @@ def read_installed_version(folder: Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def _files(folder: Path) -> list[str]:
-    """Every file in `folder` and below (not following links), as paths relative to it, but checksums.json."""
-    found = []
-    for root, directories, names in os.walk(folder):
-        directories[:] = sorted(name for name in directories if not name.startswith("."))
-        for name in names:
-            relative = (Path(root) / name).relative_to(folder).as_posix()
-            if relative != CHECKSUMS_FILE and not name.startswith("."):
-                found.append(relative)
-    return sorted(found)
-
-
-def seal(folder: Path, complete: bool = True) -> None:
-    """Record the sha256 of every file in `folder` and the version id they go with (checksums.json)."""
-    checksums = {name: file_sha256(folder / name) for name in _files(folder)}
-    atomic.write_json(folder / CHECKSUMS_FILE, {"version": version_of(folder), "complete": complete,
-                                                "sha256": checksums})
-
-
-def _read_checksums(folder: Path) -> dict[str, Any] | None:
-    if not (folder / CHECKSUMS_FILE).is_file():
-        return None
-    record = _read_json(folder / CHECKSUMS_FILE)
-    if not isinstance(record, dict) or not isinstance(record.get("sha256"), dict):
-        raise ValueError(f"{folder / CHECKSUMS_FILE}: must be a JSON object with a 'sha256' map; train writes it. "
-                         f"{RESTORE[0].upper()}{RESTORE[1:]}")
-    return record
-
-
-def has_checksums(folder: Path) -> bool:
-    return (folder / CHECKSUMS_FILE).is_file()
-
-
-def check_files(folder: Path, names: list[str], version: str | None = None, exports: bool = False) -> None:
-    """Refuse (a ValueError naming the file and what to do) files of `folder` that are not what train wrote.
-
-    `names` are paths in the folder; one inside a folder (openvino/model.xml) stands for every file of that folder.
-    With `version`, checksums.json must have been written for that model. A file checksums.json does not list is
-    refused, but for `exports` while train is still writing them (the record is not complete yet).
-    """
-    record = _read_checksums(folder)
-    if record is None:
-        raise ValueError(f"{folder}: no {CHECKSUMS_FILE}, so {', '.join(names)} cannot be checked against the model "
-                         f"(a folder written before imgpipe recorded checksums, or one that lost them); retrain it "
-                         f"(`dvc repro train`), or run model.keras (`engine` keras), which its version id covers")
-    if version is not None and record.get("version") != version:
-        raise ValueError(f"{folder / CHECKSUMS_FILE}: written for the model {record.get('version')!r}, but "
-                         f"model.keras is the model {version}: the folder mixes files of two models; {RESTORE}")
-    listed: dict[str, Any] = record["sha256"]
-    for name in names:
-        inside = name.split("/")[0] if "/" in name else None
-        wanted = [name] if inside is None else sorted(
-            {f"{inside}/{item}" for item in _files(folder / inside)} |
-            {item for item in listed if item.startswith(f"{inside}/")})
-        for relative in wanted:
-            path = folder / relative
-            if relative not in listed:
-                if record.get("complete", True) or not exports:
-                    raise ValueError(f"{path}: not among the files train wrote ({CHECKSUMS_FILE} does not list "
-                                     f"it), so it may not be what the model {record.get('version')} was measured "
-                                     f"as; {RESTORE}")
-            elif not path.is_file():
-                raise ValueError(f"{path}: missing, though {CHECKSUMS_FILE} lists it; {RESTORE}")
-            elif file_sha256(path) != listed[relative]:
-                raise ValueError(f"{path}: changed or damaged since train wrote it (its sha256 is not the one "
-                                 f"{CHECKSUMS_FILE} records), so it is not the model {record.get('version')}; "
-                                 f"refusing to run it. {RESTORE[0].upper()}{RESTORE[1:]}")
-
-
 def read_engines(folder: Path) -> dict[str, Any] | None:
     """What train measured of each engine and precision on the test split; None for a folder without it."""
     if not (folder / ENGINES_FILE).is_file():
         return None
     record = _read_json(folder / ENGINES_FILE)
-    if has_checksums(folder):  # engines.json decides which export runs: it must be the one train wrote
-        check_files(folder, [ENGINES_FILE])
+    if model_checksums.exists(folder):  # engines.json decides which export runs: it must be the one train wrote
+        model_checksums.check_files(folder, [ENGINES_FILE])
     if not isinstance(record, dict) or not isinstance(record.get("engines"), list):
         raise ValueError(f"{folder / ENGINES_FILE}: must be a JSON object with an 'engines' list; train writes it")
     return record

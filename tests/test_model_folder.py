@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tasks import model_folder, networks
+from tasks import model_checksums, model_folder, networks
 
 
 @pytest.fixture(scope="module")
@@ -142,38 +142,38 @@ def test_checksums_cover_every_file_and_a_changed_export_is_refused_by_name(save
     (folder / "openvino" / "model.xml").write_bytes(b"<net/>")
     (folder / "openvino" / "model.bin").write_bytes(b"\1\2\3\4")
     model_folder.write_engines(folder, {"engines": []})
-    checksums = json.loads((folder / model_folder.CHECKSUMS_FILE).read_text())
+    checksums = json.loads((folder / model_checksums.CHECKSUMS_FILE).read_text())
     assert checksums["complete"] and checksums["version"] == version
     assert set(checksums["sha256"]) == {"model.keras", "labels.json", "model_card.json", "history.csv",
                                         "model.onnx", "openvino/model.bin", "openvino/model.xml", "engines.json"}
-    model_folder.check_files(folder, ["model.onnx", "openvino/model.xml", "engines.json"], version, exports=True)
+    model_checksums.check_files(folder, ["model.onnx", "openvino/model.xml", "engines.json"], version, exports=True)
     assert model_folder.read_engines(folder) == {"engines": []}
 
     (folder / "model.onnx").write_bytes(b"onnx bytes permuted")
     with pytest.raises(ValueError, match="model.onnx: changed or damaged since train wrote it") as refused:
-        model_folder.check_files(folder, ["model.onnx"], version, exports=True)
+        model_checksums.check_files(folder, ["model.onnx"], version, exports=True)
     assert "dvc checkout" in str(refused.value) and "dvc repro train" in str(refused.value)
     (folder / "openvino" / "model.bin").write_bytes(b"\4\3\2\1")  # the weights beside the IR count too
     with pytest.raises(ValueError, match=r"openvino/model.bin: changed or damaged"):
-        model_folder.check_files(folder, ["openvino/model.xml"], version, exports=True)
+        model_checksums.check_files(folder, ["openvino/model.xml"], version, exports=True)
     (folder / "model.int8.onnx").write_bytes(b"added later")
     with pytest.raises(ValueError, match="model.int8.onnx: not among the files train wrote"):
-        model_folder.check_files(folder, ["model.int8.onnx"], version, exports=True)
+        model_checksums.check_files(folder, ["model.int8.onnx"], version, exports=True)
     (folder / model_folder.ENGINES_FILE).write_text(json.dumps({"engines": [{"engine": "openvino"}]}))
     with pytest.raises(ValueError, match="engines.json: changed or damaged"):
         model_folder.read_engines(folder)
     with pytest.raises(ValueError, match="written for the model .* but model.keras is the model 0123456789ab"):
-        model_folder.check_files(folder, ["engines.json"], "0123456789ab")
-    (folder / model_folder.CHECKSUMS_FILE).unlink()
+        model_checksums.check_files(folder, ["engines.json"], "0123456789ab")
+    (folder / model_checksums.CHECKSUMS_FILE).unlink()
     with pytest.raises(ValueError, match="no checksums.json, so model.onnx cannot be checked"):
-        model_folder.check_files(folder, ["model.onnx"], version, exports=True)
+        model_checksums.check_files(folder, ["model.onnx"], version, exports=True)
 
 
 def test_while_train_is_still_writing_exports_only_listed_files_are_checked(saved, tmp_path):
     folder = _copy(saved[0], tmp_path / "building")  # model_folder.write recorded what it wrote, not complete
-    assert not json.loads((folder / model_folder.CHECKSUMS_FILE).read_text())["complete"]
+    assert not json.loads((folder / model_checksums.CHECKSUMS_FILE).read_text())["complete"]
     (folder / "model.onnx").write_bytes(b"just exported")
-    model_folder.check_files(folder, ["model.onnx"], exports=True)  # the engine check of train opens it
+    model_checksums.check_files(folder, ["model.onnx"], exports=True)  # the engine check of train opens it
     with pytest.raises(ValueError, match="engines.json: not among the files train wrote"):
         (folder / model_folder.ENGINES_FILE).write_text(json.dumps({"engines": []}))
         model_folder.read_engines(folder)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tasks import model_folder
+from tasks import model_checksums, model_folder
 from tasks.cpu import limit_tensorflow_threads as limit_threads
 from tasks.cpu import supports_bf16
 from tasks.config import ArgumentError
@@ -73,8 +73,8 @@ def unusable_reason(folder: Path, engine: str, precision: str) -> str | None:
     if model_file(folder, engine, precision) is None:
         wanted = " or ".join(FILES[engine][precision])
         return f"{folder} has no {wanted} (train writes it: train.exports, train.int8_calibration)"
-    if engine != "keras" and not model_folder.has_checksums(folder):
-        return (f"{folder} has no {model_folder.CHECKSUMS_FILE}, so its exports cannot be checked against the "
+    if engine != "keras" and not model_checksums.exists(folder):
+        return (f"{folder} has no {model_checksums.CHECKSUMS_FILE}, so its exports cannot be checked against the "
                 "model (retrain it to record them; model.keras, which the version id covers, runs on `engine` keras)")
     return None
 
@@ -135,7 +135,7 @@ def open_engine(info: model_folder.ModelInfo, engine: str, precision: str, threa
     if reason or path is None:
         raise ArgumentError(f"`engine` {engine} at `precision` {precision}: {reason}")
     model_folder.check_unchanged(info)
-    model_folder.check_files(info.folder, [path.relative_to(info.folder).as_posix()], info.version, exports=True)
+    model_checksums.check_files(info.folder, [path.relative_to(info.folder).as_posix()], info.version, exports=True)
     if engine == "onnxruntime":
         from tasks.engines import onnxruntime_engine
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import model_folder
+from tasks import model_checksums, model_folder
 
 
 def _check_export(path: Path) -> None:
     """Refuse an export that is not what train wrote, when its model folder records checksums."""
-    if model_folder.has_checksums(path.parent):
-        model_folder.check_files(path.parent, [f"{path.name}/" if path.is_dir() else path.name], exports=True)
+    if model_checksums.exists(path.parent):
+        model_checksums.check_files(path.parent, [f"{path.name}/" if path.is_dir() else path.name], exports=True)
 
 
 def _empty(classes: int) -> np.ndarray:

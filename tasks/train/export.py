@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import model_folder
+from tasks import model_checksums, model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def run(folder: Path, formats: list[str], processed: Path, calibration_images: i
         calibration = np.concatenate(list(_images(processed, "train", image_size, calibration_images, seed,
                                                   multi_label)))
     write_exports(folder, formats, calibration)
-    model_folder.seal(folder, complete=False)  # the engine check below runs exports already on the list
+    model_checksums.seal(folder, info.version, complete=False)  # the engine check below runs exports already on the list
     record = engine_check.measure_engines(folder, _images(processed, "test", image_size, ENGINE_CHECK_IMAGES, seed,
                                                           multi_label))
     model_folder.write_engines(folder, record)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import model_folder
+from tasks import model_checksums, model_folder
 from tasks.config import ArgumentError
 from tasks.predict import classify as predict
 from tasks.engines import engine
@@ -191,7 +191,7 @@ def test_a_changed_engine_record_or_a_folder_without_checksums_runs_no_export(ex
     with pytest.raises(ValueError, match=f"{folder / model_folder.ENGINES_FILE}: changed or damaged"):
         engine.choose(folder)
     model_folder.write_engines(folder, record)
-    (folder / model_folder.CHECKSUMS_FILE).unlink()  # nothing to check the exports against: model.keras only
+    (folder / model_checksums.CHECKSUMS_FILE).unlink()  # nothing to check the exports against: model.keras only
     assert engine.choose(folder) == ("keras", "fp32")
     with pytest.raises(ArgumentError, match="has no checksums.json, so its exports cannot be checked"):
         engine.choose(folder, "onnxruntime", "fp32")
