@@ -112,14 +112,14 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 
 def _server(arguments: argparse.Namespace) -> int:
-    from flows import local_server
+    from flows import local_server, prefect_home
 
     root = Path(arguments.repo).resolve()
     if arguments.action == "start":
         prefect_setup.use_project(root)
         server, started = local_server.ensure(root, prefect_setup.startup_timeout())
         sys.stdout.write(f"{'started' if started else 'already running:'} {server.ui_url} (log {server.log}; it "
-                         f"asks for the secret in {local_server.auth_file(root)})\n")
+                         f"asks for the secret in {prefect_home.auth_file(root)})\n")
     elif arguments.action == "stop":
         server = local_server.stop(root)
         sys.stdout.write(f"stopped the Prefect server at {server.ui_url}\n" if server else "no Prefect server of this "
@@ -127,8 +127,8 @@ def _server(arguments: argparse.Namespace) -> int:
     else:
         server = local_server.running(root)
         sys.stdout.write(f"running at {server.ui_url} (pid {server.pid}, database "
-                         f"{local_server.home(root) / 'prefect.db'}, log {server.log}, secret "
-                         f"{local_server.auth_file(root)})\n" if server else
+                         f"{prefect_home.home(root) / 'prefect.db'}, log {server.log}, secret "
+                         f"{prefect_home.auth_file(root)})\n" if server else
                          "not running; `imgpipe serve` starts it, or `imgpipe server start`\n")
     return 0
 

@@ -17,7 +17,6 @@ import atexit
 import datetime
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
+
+from flows.prefect_home import auth_string, home, make_home
 
 PREFERRED_PORT = 4200  # Prefect's usual port, when free; any free port otherwise
 STOP_WAIT_SECONDS = 20
@@ -53,7 +54,6 @@ class LocalServer:
         return self.api_url.removesuffix("/api")
 
 
-AUTH_FILE_NAME = "api-auth"
 # a `prefect server start` that gets SIGTERM when the process that started it dies, even by kill -9 (Linux)
 _DIE_WITH_PARENT = """import ctypes, os, signal, sys
 parent = int(sys.argv[1])
@@ -62,49 +62,6 @@ if os.getppid() != parent:  # the parent died before the line above
     sys.exit(1)
 os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
-
-
-def home(root: Path) -> Path:
-    """Where this project keeps Prefect's files: inside the project, under a folder git and DVC already ignore."""
-    return root / ".dvc" / "tmp" / "prefect"
-
-
-def make_home(root: Path) -> Path:
-    """The project's Prefect folder, made if missing, readable by its owner only (database, logs, the secret)."""
-    folder = home(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return folder
-
-
-def auth_file(root: Path) -> Path:
-    return home(root) / AUTH_FILE_NAME
-
-
-def auth_string(root: Path) -> str:
-    """The project's API secret (made on first use): every server imgpipe starts asks for it, its clients send it."""
-    file = auth_file(root)
-    make_home(root)
-    if not file.is_file():
-        temporary = file.with_name(f".{file.name}.{os.getpid()}.partial")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w", encoding="ascii") as output:
-            output.write(secrets.token_urlsafe(32) + "\n")
-        try:
-            os.link(temporary, file)  # never replaces a secret another command made meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink(missing_ok=True)
-    details = file.lstat()
-    if details.st_uid != os.getuid() or not file.is_file():
-        raise ValueError(f"{file}: the project's Prefect API secret is not a file of yours; remove it and run again")
-    if details.st_mode & 0o077:
-        os.chmod(file, 0o600)
-    secret = file.read_text(encoding="ascii").strip()
-    if len(secret) < 32:
-        raise ValueError(f"{file}: the project's Prefect API secret is too short; remove it and run again")
-    return secret
 
 
 def _state_file(root: Path) -> Path:

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from flows import local_server
+from flows import local_server, prefect_home
 
 STARTUP_TIMEOUT_SECONDS = 180  # Prefect's default, 20 s, is not enough for a first start on a busy machine
 _TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -47,8 +47,8 @@ def _set_environment(root: Path | None) -> None:
         user_profiles = Path("~/.prefect/profiles.toml").expanduser()
         if "PREFECT_PROFILES_PATH" not in os.environ and user_profiles.is_file():
             os.environ["PREFECT_PROFILES_PATH"] = str(user_profiles)
-        os.environ["PREFECT_HOME"] = str(local_server.home(root))
-        local_server.make_home(root)
+        os.environ["PREFECT_HOME"] = str(prefect_home.home(root))
+        prefect_home.make_home(root)
     os.environ.setdefault(_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, and none wanted
 
@@ -61,7 +61,7 @@ def _configured_api_url() -> str | None:
 
 def _use_secret(root: Path) -> None:
     """The project's secret for the servers this process starts (Prefect's temporary one too) and its clients."""
-    secret = local_server.auth_string(root)
+    secret = prefect_home.auth_string(root)
     os.environ["PREFECT_SERVER_API_AUTH_STRING"] = secret
     os.environ["PREFECT_API_AUTH_STRING"] = secret
     from prefect.context import refresh_global_settings_context
@@ -95,11 +95,11 @@ def use_project(root: Path | None, need_scheduler: bool = False, temporary_serve
     _use_secret(root)
     server = local_server.running(root)
     if server is None and need_scheduler:
-        logger.info("starting the project's Prefect server (database %s)", local_server.home(root) / "prefect.db")
+        logger.info("starting the project's Prefect server (database %s)", prefect_home.home(root) / "prefect.db")
         server, _ = local_server.ensure(root, startup_timeout())
         logger.info("the project's Prefect server (and its UI) is at %s; it keeps running after this command "
                     "(`imgpipe server stop` stops it); it asks for the secret in %s", server.ui_url,
-                    local_server.auth_file(root))
+                    prefect_home.auth_file(root))
     elif server is None and temporary_server:
         server = local_server.start_temporary(root, startup_timeout())
         logger.debug("this command's own Prefect server is at %s", server.api_url)

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows import local_server
+from flows import local_server, prefect_home
 from tests.conftest import PROJECT_ROOT
 
 IMGPIPE = str(Path(sys.executable).parent / "imgpipe")
@@ -64,11 +64,11 @@ def test_the_projects_server_asks_for_the_owners_secret_and_a_copy_leaves_it_alo
     try:
         record = json.loads((project / ".dvc/tmp/prefect/server.json").read_text())
         assert record["root"] == str(project.resolve())
-        secret = local_server.auth_file(project).read_text().strip()
+        secret = prefect_home.auth_file(project).read_text().strip()
         assert _status(record["api_url"], None) == 401  # another user of the machine: refused
         assert _status(record["api_url"], "a guess") == 401
         assert _status(record["api_url"], secret) == 200  # the owner, whose commands read the secret
-        assert _mode(local_server.home(project)) == 0o700 and _mode(local_server.auth_file(project)) == 0o600
+        assert _mode(prefect_home.home(project)) == 0o700 and _mode(prefect_home.auth_file(project)) == 0o600
 
         copy = tmp_path / "copy"
         subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
@@ -107,7 +107,7 @@ def test_a_commands_temporary_server_asks_for_the_secret_and_dies_with_a_killed_
         servers = psutil.Process(command.pid).children()
         assert len(servers) == 1 and "prefect" in servers[0].cmdline()
         assert _status(api_url, None) == 401
-        assert _status(api_url, local_server.auth_file(project).read_text().strip()) == 200
+        assert _status(api_url, prefect_home.auth_file(project).read_text().strip()) == 200
         assert not (project / ".dvc/tmp/prefect/server.json").exists()  # no later command attaches to it
     finally:
         command.send_signal(signal.SIGKILL)
