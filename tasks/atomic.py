@@ -34,14 +34,15 @@ def umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: Path, keep_if_same: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path, keep_if_same: bool = False, suffix: str = ".partial") -> Iterator[Path]:
     """Yield a temporary file path beside `path`; on success it replaces `path`, on error it is removed.
 
     With `keep_if_same`, a `path` that already holds exactly the new bytes is left untouched (its modification time
-    too), so that tools comparing files (DVC, make) see no change.
+    too), so that tools comparing files (DVC, make) see no change. `suffix` ends the temporary name, for writers
+    that insist on one (Keras saves weights only to a name ending in .weights.h5).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(descriptor)
     temporary = Path(temporary_name)
     try:

@@ -49,10 +49,12 @@ def test_a_usual_umask_gives_usual_modes(tmp_path):
     assert _mode(tmp_path / "table.csv") == 0o644 and _mode(tmp_path / "shards") == 0o755
 
 
-def test_converted_backbone_weights_stay_within_the_umask(private_umask, tmp_path):
-    """Converted backbone weights are written as open() would make them under the umask, not 0644."""
-    from tasks.backbones import pretrained
-
+def test_a_temporary_name_may_end_as_its_writer_insists_and_the_output_stays_within_the_umask(private_umask,
+                                                                                              tmp_path):
+    """How the converted backbone weights are written (Keras saves weights only to a name ending in .weights.h5)."""
     weights = tmp_path / "cache" / "weights.h5"
-    pretrained._write_atomically(weights, lambda path: path.write_bytes(b"weights"), ".h5")
-    assert stat.S_IMODE(weights.stat().st_mode) == 0o600
+    with atomic.atomic_path(weights, suffix=".partial.weights.h5") as temporary:
+        assert temporary.name.endswith(".weights.h5")
+        temporary.write_bytes(b"weights")
+    assert weights.read_bytes() == b"weights" and _mode(weights) == 0o600
+    assert [path.name for path in weights.parent.iterdir()] == ["weights.h5"]

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,19 +77,6 @@ def _read_record(backbone: Backbone) -> dict[str, Any] | None:
     return record
 
 
-def _write_atomically(path: Path, write: Any, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(descriptor)
-    temporary = Path(name)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~atomic.umask())  # as open() would make it: never wider than the umask
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _convert(backbone: Backbone) -> dict[str, Any]:
     """Read the installed torch file (restricted: no code runs), build the network, save its Keras weights."""
     from tasks.backbones import efficientnet_lite, torch_weights
@@ -101,14 +87,14 @@ def _convert(backbone: Backbone) -> dict[str, Any]:
     state = torch_weights.read_state_dict(source)
     classifier = efficientnet_lite.from_state_dict(backbone.name, state, None)
     weights_path = _weights_path(backbone)
-    _write_atomically(weights_path, classifier.save_weights, ".weights.h5")
+    with atomic.atomic_path(weights_path, suffix=".partial.weights.h5") as temporary:
+        classifier.save_weights(temporary)
     record = {"name": backbone.name, "source_sha256": backbone.sha256, "converter": CONVERTER_VERSION,
               "weights_sha256": file_sha256(weights_path),
               "stem_filters": int(state["_conv_stem.weight"].shape[0]),
               "classes": int(state["_fc.weight"].shape[0]),
               "blocks": [dataclasses.asdict(block) for block in efficientnet_lite.blocks_of(state)]}
-    _write_atomically(_record_path(backbone),
-                      lambda temporary: temporary.write_text(json.dumps(record, indent=1), encoding="utf-8"), ".json")
+    atomic.write_json(_record_path(backbone), record)
     return record
 
 
