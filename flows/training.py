@@ -124,19 +124,13 @@ def _publish(metrics: dict[str, Any], validation_summary: Path) -> None:
                                  markdown="```\n" + validation_summary.read_text(encoding="utf-8") + "\n```")
 
 
-def _candidate_is_production(root: Path) -> bool:
-    """Whether the candidate is the very model in production (the same version id)."""
-    _, paths = load_config(root / "params.yaml")
-    return (model_folder.exists(paths.candidate) and model_folder.exists(paths.production)
-            and model_folder.version_of(paths.candidate) == model_folder.version_of(paths.production))
-
-
 def _release(root: Path, summary: TrainingSummary, already_judged: bool, interrupted: list[str]) -> str:
     """The promotion step: promote a candidate that passed and is not production yet; the run's outcome."""
     fresh = not already_judged or "promote" in interrupted  # a decision no earlier run finished acting on
     if summary.gate["decision"] == "pass" and summary.gate.get("promoted"):  # a killed run's, finished by recovery
         return "Promoted" if fresh else "Unchanged"
-    if _candidate_is_production(root):  # rebuilt as it was (params put back, say): nothing to gate or promote
+    _, paths = load_config(root / "params.yaml")
+    if promote.candidate_is_production(paths):  # rebuilt as it was (params put back, say): nothing to promote
         return "Nothing to do"
     if summary.gate["decision"] != "pass":
         return "Refused" if fresh else "Unchanged"

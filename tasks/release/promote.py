@@ -136,6 +136,11 @@ def recover(paths: Paths) -> list[str]:
     return repairs
 
 
+def candidate_is_production(paths: Paths) -> bool:
+    """Whether the candidate is the model production holds (the same version id): nothing to promote."""
+    return model_folder.exists(paths.candidate) and model_folder.version_of(paths.candidate) == current_version(paths)
+
+
 def _forcing_hint(gate: dict[str, Any]) -> str:
     """Suggest a forced promotion only for a candidate that reaches what every model must (the floors, exports)."""
     failed = gate_record.failed_own_checks(gate.get("checks", []))

@@ -22,6 +22,15 @@ def _model_folder(folder: Path, version: str) -> None:
     (folder / "model_card.json").write_text(json.dumps({"version": version}))
 
 
+def _in_production(paths, version: str) -> None:
+    """The production folder holds `version`, and the registry's history (the committed pointer) names it."""
+    _model_folder(paths.production, version)
+    paths.registry.mkdir(parents=True, exist_ok=True)
+    (paths.registry / "history.jsonl").write_text(json.dumps(
+        {"action": "promote", "version": version, "forced": False, "reason": "set-up", "requested_by": "test",
+         "at": "2026-12-07T00:00:00+00:00", "metrics": None}) + "\n")
+
+
 @pytest.fixture
 def project(tmp_path):
     (tmp_path / ".dvc").mkdir()
@@ -33,7 +42,7 @@ def project(tmp_path):
 def test_a_candidate_that_is_production_is_nothing_to_do(project, decision):
     _, paths = load_config(project / "params.yaml")
     _model_folder(paths.candidate, "3f2a1b2c3d4e")
-    _model_folder(paths.production, "3f2a1b2c3d4e")
+    _in_production(paths, "3f2a1b2c3d4e")
     summary = training.TrainingSummary(repo=str(project), gate={"decision": decision, "promoted": False,
                                                                 "sentence": "judged against itself"})
     assert training._release(project, summary, already_judged=False, interrupted=[]) == "Nothing to do"
@@ -44,7 +53,7 @@ def test_a_candidate_that_is_production_is_nothing_to_do(project, decision):
 def test_a_killed_runs_promotion_finished_by_recovery_is_still_reported(project):
     _, paths = load_config(project / "params.yaml")
     _model_folder(paths.candidate, "3f2a1b2c3d4e")
-    _model_folder(paths.production, "3f2a1b2c3d4e")
+    _in_production(paths, "3f2a1b2c3d4e")
     summary = training.TrainingSummary(repo=str(project), gate={"decision": "pass", "promoted": True,
                                                                 "sentence": "passed"})
     assert training._release(project, summary, already_judged=True, interrupted=["promote"]) == "Promoted"
