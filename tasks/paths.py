@@ -115,3 +115,9 @@ class Paths:
         """A path from params (absolute, or relative to the project root) as an absolute path."""
         path = Path(os.path.expanduser(str(path)))
         return path if path.is_absolute() else self.root / path
+
+    def shown(self, path: str | Path) -> str:
+        """A path as files and messages record it: relative to the project root when inside it (a moved or copied
+        project then reads the same), absolute otherwise."""
+        path = Path(path)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)

@@ -130,9 +130,9 @@ def _manifest(kept: pd.DataFrame, locations: dict[str, raw_store.Location], dist
     return manifest[MANIFEST_COLUMNS].astype({column: numbers.get(column, "str") for column in MANIFEST_COLUMNS})
 
 
-def _summary(source: Path, scan: SourceScan, settings: dict[str, Any], images_found: dict[str, Any]) -> dict[str, Any]:
+def _summary(source: str, scan: SourceScan, settings: dict[str, Any], images_found: dict[str, Any]) -> dict[str, Any]:
     """The ingest summary: what the scan found, and (in `images_found`) what became of the image files."""
-    return {"source": str(source), "settings": settings, "layout": scan.layout, "files_seen": len(scan.files),
+    return {"source": source, "settings": settings, "layout": scan.layout, "files_seen": len(scan.files),
             "unlisted_files": len(scan.unlisted_files), **images_found,
             "non_image_files": len(scan.non_image_files), "empty_class_folders": scan.empty_class_folders,
             "root_files": scan.root_files, "skipped_links": scan.skipped_links,
@@ -185,8 +185,9 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
             and not damaged and summary_before.get("settings") == settings):
         # The same files as last time, none changed: the manifest stands; only what the scan says may differ.
         found = {key: summary_before[key] for key in IMAGE_SUMMARY_KEYS}
-        atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
-        logger.info("ingest: nothing changed under %s (%d files); %.1f s", source, len(files),
+        summary = _summary(paths.shown(source), scan, settings, found)
+        atomic.write_json(paths.ingest_summary, summary, keep_if_same=True)
+        logger.info("ingest: nothing changed under %s (%d files); %.1f s", paths.shown(source), len(files),
                     time.perf_counter() - started)
         return manifest_file.read(paths.manifest)
 
@@ -218,7 +219,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     # The shards are finished; what names them is written now, each file only if its content changed.
     manifest_file.write(paths.manifest, manifest, keep_if_same=True)
     atomic.write_csv(paths.quarantine, csv_cells.safe_table(quarantine), keep_if_same=True)  # paths, labels escaped
-    atomic.write_json(paths.ingest_summary, _summary(source, scan, settings, found), keep_if_same=True)
+    atomic.write_json(paths.ingest_summary, _summary(paths.shown(source), scan, settings, found), keep_if_same=True)
     state.write(paths.ingest_state, records.assign(checks=settings["checks"]))
     raw_store.remove(paths.raw, sorted(set(raw_store.shard_names(paths.raw)) - set(manifest["shard"])))
     if old_raw is not None:

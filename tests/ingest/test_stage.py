@@ -41,6 +41,7 @@ def test_ingest_stores_every_image_once_in_shards_and_writes_the_manifest(shrunk
     assert manifest_file.read(paths.manifest).equals(manifest)
     summary = json.loads(paths.ingest_summary.read_text())
     assert summary["images_used"] == 36 and summary["quarantined"] == 0 and summary["duplicates_dropped"] == 1
+    assert summary["source"] == "source"  # inside the project: relative, so a moved clone's summary is unchanged
 
 
 def test_a_broken_file_is_quarantined_and_the_run_continues(shrunk_config, tiny_source):
