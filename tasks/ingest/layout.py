@@ -185,7 +185,9 @@ def _report(root: Path, result: SourceScan, labels: Path | None) -> None:
         if len(result.empty_class_folders) > MOST_NAMED:
             logger.warning("%d more folders under %s hold no image files and are not classes; is ingest.source the "
                            "folder of class folders?", len(result.empty_class_folders) - MOST_NAMED, root)
-    at_root = [file for file in result.root_files if "/" not in file]
+    # images at the top belong to no class; notes beside the class folders (SOURCE.md, README, LICENSE) are no
+    # misplaced images: recorded in the summary, not warned about
+    at_root = [file for file in result.root_files if "/" not in file and images.has_image_extension(file)]
     if at_root:
         where = "a class folder" if result.layout == "classes" else "a class folder inside a split folder"
         logger.warning("%d file(s) directly under %s belong to no class and were skipped (e.g. %s); move them into %s",

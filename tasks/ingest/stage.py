@@ -225,11 +225,12 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     if old_raw is not None:
         shutil.rmtree(old_raw, ignore_errors=True)
         (paths.interim / "ingest_cache.parquet").unlink(missing_ok=True)  # the old layout's verdict cache
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(found["quarantined_by_reason"].items()))
     logger.info(
-        "ingest: %d files seen (%d read), %d images used in %d classes, %d quarantined %s, %d duplicates dropped, "
+        "ingest: %d files seen (%d read), %d images used in %d classes, %d quarantined%s, %d duplicates dropped, "
         "%d non-image files skipped; %d shard(s) in %s; %.1f s",
-        len(files), len(to_read), len(manifest), len(found["labels"]), len(bad), found["quarantined_by_reason"],
-        len(duplicates), len(scan.non_image_files), len(raw_store.shard_names(paths.raw)), paths.raw,
+        len(files), len(to_read), len(manifest), len(found["labels"]), len(bad), f" ({reasons})" if reasons else "",
+        len(duplicates), len(scan.non_image_files), len(raw_store.shard_names(paths.raw)), paths.shown(paths.raw),
         time.perf_counter() - started)
     return manifest
 
