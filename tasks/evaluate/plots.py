@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -166,23 +167,40 @@ def _ordered_history(history: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="_phase_rank")
 
 
-def training_curves(history: pd.DataFrame, path: Path) -> None:
-    """Save loss and accuracy per epoch, training against validation, with the phases on one continuous axis.
+def _kept_row(table: pd.DataFrame, kept: dict[str, Any] | None) -> pd.Series | None:
+    """The row of the epoch the model was kept from (the model card's `validation`: phase, 1-based epoch); None
+    when the card does not say or the history lacks it."""
+    if not kept or "phase" not in kept or "epoch" not in kept:
+        return None
+    rows = table[(table["phase"] == str(kept["phase"])) & (table["epoch"] == int(kept["epoch"]) - 1)]
+    return None if rows.empty else rows.iloc[0]
 
-    `history` is history.csv: epoch (0-based within its phase), phase ('train' or 'fine_tune'), accuracy, loss,
-    val_accuracy, val_loss. A dashed line marks where fine-tuning starts; a dot marks the lowest validation loss.
+
+CURVE_METRICS = (("loss", "Loss"), ("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"))
+
+
+def curves_figure(history: pd.DataFrame, kept: dict[str, Any] | None = None) -> Figure:
+    """Loss, accuracy and macro-F1 (where recorded) per epoch, training against validation, with the phases on one
+    continuous axis.
+
+    `history` is history.csv: epoch (0-based within its phase), phase ('train', 'fine_tune' or 'head'), accuracy,
+    loss, val_accuracy, val_loss, macro_f1 and val_macro_f1 where train recorded them. A dashed line marks where a
+    phase starts; a dot on every panel marks the epoch kept (`kept`: the model card's `validation`, which names the
+    phase, the 1-based epoch and the metric it was selected on).
     """
     if history.empty:
-        _save(_message_figure("Training curves", "no training history"), path)
-        return
+        return _message_figure("Training curves", "no training history")
     table = _ordered_history(history)
     steps = table["step"].to_numpy()
     style = {"marker": "o", "markersize": 3} if len(table) <= 40 else {}
     phase_starts = table.groupby("phase", sort=False)["step"].min()
+    shown = [(metric, title) for metric, title in CURVE_METRICS
+             if any(column in table.columns and table[column].notna().any() for column in (metric, f"val_{metric}"))]
+    kept_row = _kept_row(table, kept)
 
-    figure = Figure(figsize=(11, 4.2))
-    for position, metric in enumerate(("loss", "accuracy"), start=1):
-        axes = figure.add_subplot(1, 2, position)
+    figure = Figure(figsize=(5.5 * len(shown), 4.2))
+    for position, (metric, title) in enumerate(shown, start=1):
+        axes = figure.add_subplot(1, len(shown), position)
         for column, name, colour in ((metric, "training", "#4c72b0"), (f"val_{metric}", "validation", "#dd8452")):
             if column in table.columns and table[column].notna().any():
                 axes.plot(steps, table[column].to_numpy(dtype=float), label=name, color=colour, **style)
@@ -192,23 +210,29 @@ def training_curves(history: pd.DataFrame, path: Path) -> None:
                 axes.annotate(f"{phase.replace('_', '-')} starts", xy=(start - 0.5, 1),
                               xycoords=("data", "axes fraction"), xytext=(3, -12), textcoords="offset points",
                               fontsize=8, color="#555555")
-        if metric == "loss" and "val_loss" in table.columns and table["val_loss"].notna().any():
-            best = table.loc[table["val_loss"].idxmin()]
-            axes.plot([best["step"]], [best["val_loss"]], "o", color="#c44e52", markersize=7,
-                      label=f"lowest validation loss (epoch {int(best['step'])})")
-        if metric == "accuracy":
+        column = f"val_{metric}"
+        if kept_row is not None and column in table.columns and pd.notna(kept_row[column]):
+            selected_on = (kept or {}).get("selected_on") or "val_loss"
+            axes.plot([kept_row["step"]], [float(kept_row[column])], "o", color="#c44e52", markersize=7,
+                      label=f"kept: epoch {int(kept_row['step'])} (best validation {selected_on.removeprefix('val_')})")
+        if metric != "loss":
             axes.set_ylim(top=min(1.02, axes.get_ylim()[1] + 0.02))
         axes.set_xlabel("epoch (all phases; a head's steps are the regularisation strengths it tried)"
                         if "head" in phase_starts else "epoch (all phases)")
-        axes.set_ylabel(metric)
-        axes.set_title(f"{metric.capitalize()} per epoch")
+        axes.set_ylabel(title.lower() if metric != "macro_f1" else title)
+        axes.set_title(f"{title} per epoch")
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.grid(alpha=0.3)
         if axes.lines:
             axes.legend(fontsize=8)
     figure.suptitle("Training curves")
     figure.tight_layout()
-    _save(figure, path)
+    return figure
+
+
+def training_curves(history: pd.DataFrame, path: Path, kept: dict[str, Any] | None = None) -> None:
+    """Save curves_figure: loss, accuracy and macro-F1 per epoch, the kept epoch marked."""
+    _save(curves_figure(history, kept), path)
 
 
 def per_class_bars(per_class: dict[str, dict[str, float]], path: Path) -> None:

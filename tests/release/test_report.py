@@ -147,6 +147,25 @@ def test_plot_sizes_scale_with_class_count(tmp_path: Path) -> None:
     assert bars_height(500) == bars_height(plots.MAX_BAR_CLASSES)  # only the lowest-F1 classes are drawn
 
 
+def test_the_curves_mark_the_epoch_kept_and_draw_macro_f1() -> None:
+    """The dot is the epoch train kept (the card's validation: fine-tune epoch 1, chosen on macro-F1), not the lowest
+    validation loss (fine-tune epoch 2 here), and macro-F1 has a panel of its own."""
+    history = fake_history().assign(macro_f1=lambda table: table["accuracy"] - 0.05,
+                                    val_macro_f1=[0.3, 0.4, 0.5, 0.6, 0.8, 0.7])
+    figure = plots.curves_figure(history, {"phase": "fine_tune", "epoch": 1, "selected_on": "macro_f1"})
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles == ["Loss per epoch", "Accuracy per epoch", "Macro-F1 per epoch"]
+    for axes in figure.axes:
+        marked = [line for line in axes.lines if line.get_label().startswith("kept:")]
+        assert [line.get_label() for line in marked] == ["kept: epoch 5 (best validation macro_f1)"]
+        assert list(marked[0].get_xdata()) == [5]
+    assert figure.axes[2].lines[-1].get_ydata()[0] == 0.8
+    # no card: no dot, and a history without macro-F1 draws two panels
+    plain = plots.curves_figure(fake_history())
+    assert len(plain.axes) == 2 and not [line for axes in plain.axes for line in axes.lines
+                                         if line.get_label().startswith("kept:")]
+
+
 def test_gallery_and_curves_with_nothing_to_show(tmp_path: Path) -> None:
     right = pd.DataFrame({"path": ["a/1.png"], "actual": ["a"], "predicted": ["a"], "confidence": [0.9]})
     plots.mistakes_gallery(right, thumbnails_from(tmp_path), tmp_path / "mistakes.png")
