@@ -209,6 +209,7 @@ def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSum
     summary.gate, already_judged = judge_candidate(root)
     if not owed:  # no data, code or params changed, nothing left unfinished: leave every output as it is
         summary.outcome = "Nothing to do"
+        summary.gate = {**summary.gate, "sentence": promote.standing_sentence(paths, summary.gate)}
         return summary
     kill_point.reached("release:judged")
     summary.outcome = "Unchanged"

@@ -141,6 +141,15 @@ def candidate_is_production(paths: Paths) -> bool:
     return model_folder.exists(paths.candidate) and model_folder.version_of(paths.candidate) == current_version(paths)
 
 
+def standing_sentence(paths: Paths, gate: dict[str, Any]) -> str:
+    """What a run that changed nothing says of the candidate: that it is production already, or the gate's last word
+    (a refused or not yet promoted candidate)."""
+    if candidate_is_production(paths):
+        return (f"Nothing changed since the last run: the candidate is the production model "
+                f"({model_folder.version_of(paths.candidate)}).")
+    return f"Nothing changed since the last run. {gate.get('sentence', '')}".strip()
+
+
 def _forcing_hint(gate: dict[str, Any]) -> str:
     """Suggest a forced promotion only for a candidate that reaches what every model must (the floors, exports)."""
     failed = gate_record.failed_own_checks(gate.get("checks", []))

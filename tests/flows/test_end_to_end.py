@@ -136,6 +136,9 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
                                           "preprocess": "skipped", "embed": "skipped", "train": "skipped",
                                           "evaluate": "skipped"}
     assert shard.stat().st_ino == inode  # ingest ran (DVC deleted its outputs) and linked the same file back
+    # not the first run's "passed all 3 checks ... and may be promoted": it was promoted then
+    assert second.result()["gate"]["sentence"].startswith(
+        "Nothing changed since the last run: the candidate is the production model"), second.result()["gate"]
     assert len(notifications) == 1  # nothing happened, nothing said
 
 
