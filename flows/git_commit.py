@@ -1,7 +1,9 @@
-"""Commits what DVC records of a run (dvc.lock, the .dvc files, DVC's .gitignore files) to git; reads git's status.
+"""Commits what DVC records of a run (dvc.lock, the .dvc files, DVC's .gitignore files) and the params.yaml the run
+used to git; reads git's status.
 
 Only those files go into the commit (`git commit --only`): whatever else the user has staged stays staged and
-uncommitted. Then `dvc metrics diff`, `dvc plots diff` and `dvc exp show` compare real revisions.
+uncommitted. The lock and params.yaml go together, so that `dvc params diff`, `dvc metrics diff`, `dvc plots diff`
+and `dvc exp show` compare real revisions and `git checkout params.yaml` goes back to the previous run's values.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import yaml
 
 LOCK_FILE = "dvc.lock"
+PARAMS_FILE = "params.yaml"
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,21 @@ def changed_files(root: Path) -> list[str]:
     return sorted(name for name in files if name in changed)
 
 
-def commit(root: Path, message: str) -> CommitResult:
-    """Commit the DVC files that changed, and nothing else; say why not when there is nothing or git refuses."""
+def commit(root: Path, message: str, params_used: bytes | None = None) -> CommitResult:
+    """Commit the DVC files that changed, with params.yaml as the run read it (`params_used`), and nothing else; say
+    why not when there is nothing, when params.yaml changed during the run (the lock would contradict it), or when
+    git refuses."""
     files = changed_files(root)
     if not files:
         return CommitResult(False, "", "nothing to commit: dvc.lock and the .dvc files are as in HEAD")
+    if params_used is not None:
+        params = root / PARAMS_FILE
+        if not params.is_file() or params.read_bytes() != params_used:
+            return CommitResult(False, "", f"not committed: {PARAMS_FILE} changed while the run went on, so dvc.lock "
+                                "records other values than it holds; run again, or commit both by hand once they "
+                                "agree", tuple(files))
+        if _git(root, "status", "--porcelain=v1", "--", PARAMS_FILE).stdout.strip():
+            files = sorted([*files, PARAMS_FILE])
     _git(root, "add", "--", *files)
     done = _git(root, "commit", "--quiet", "--only", "-m", message, "--", *files, check=False)
     if done.returncode != 0:

@@ -153,8 +153,9 @@ def _commit_message(summary: TrainingSummary) -> str:
 
 
 @task(name="commit")
-def commit_to_git(root: Path, message: str, wanted: bool | None) -> str:
-    """Commit dvc.lock and the .dvc files (only those) with `message`; what was done, for the summary.
+def commit_to_git(root: Path, message: str, wanted: bool | None, params_used: bytes | None = None) -> str:
+    """Commit dvc.lock, the .dvc files and the params.yaml the run used (only those) with `message`; what was done,
+    for the summary.
 
     wanted None (scheduled runs): commit when the folder is a git repository whose index is clean, so that a
     person's staged work is never mixed into a run's history.
@@ -168,7 +169,7 @@ def commit_to_git(root: Path, message: str, wanted: bool | None) -> str:
         logger.info("not committing dvc.lock: the git index holds staged changes (`imgpipe run --commit` commits "
                     "dvc.lock and the .dvc files alone)")
         return "not committed: the git index holds staged changes"
-    result = git_commit.commit(root, message)
+    result = git_commit.commit(root, message, params_used)
     if result.committed:
         logger.info("committed %s to git as %s: %s", ", ".join(result.files), result.revision, message)
         return f"{result.revision} \"{message}\""
@@ -182,6 +183,7 @@ def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSum
     What follows the stages is recorded in the journal (flows/journal.py) before it starts, so that a run killed
     at any point is finished by the next one.
     """
+    params_used = (root / "params.yaml").read_bytes()  # what the stages read, committed with dvc.lock
     _, paths = load_config(root / "params.yaml")
     summary = TrainingSummary(repo=str(root))
     interrupted = journal.owed(root)
@@ -225,7 +227,7 @@ def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSum
         summary.pushed = push_outputs(root)
         journal.done(root, "push")
     if "commit" in owed:
-        summary.committed = commit_to_git(root, _commit_message(summary), commit)
+        summary.committed = commit_to_git(root, _commit_message(summary), commit, params_used)
         journal.done(root, "commit")
     return summary
 

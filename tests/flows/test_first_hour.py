@@ -74,6 +74,10 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     assert _git(project, "log", "-1", "--format=%s").startswith("imgpipe run: ")
     assert "NOTES.md" not in _files_of(project, "HEAD")
     assert _git(project, "diff", "--cached", "--name-only").split() == ["NOTES.md"]
+    # the params the run used are committed with its lock: the commit agrees with itself, and DVC sees the change
+    assert "params.yaml" in _files_of(project, "HEAD") and "params.yaml" not in _git(project, "status", "--short")
+    changed = json.loads(_dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    assert changed["params.yaml"]["train.epochs"] == {"old": 2, "new": 3}, changed
 
     # DVC's comparisons between the two revisions
     metrics = json.loads(_dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json").stdout)

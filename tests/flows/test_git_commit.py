@@ -38,16 +38,18 @@ def test_only_the_dvc_records_are_committed_and_staged_work_stays_staged(repo):
     _a_run_wrote_its_records(repo)
     (repo / "notes.md").write_text("mine\n")
     _git(repo, "add", "notes.md")
-    (repo / "params.yaml").write_text("train: {epochs: 5}\n")  # changed, not staged: the user's to commit
+    (repo / "params.yaml").write_text("train: {epochs: 5}\n")  # the run's params (`run -S train.epochs=5`)
     assert git_commit.is_repository(repo) and not git_commit.index_is_clean(repo)
 
-    result = git_commit.commit(repo, "imgpipe run: Promoted 3f2a1b2c3d4e (macro-F1 0.9100)")
+    result = git_commit.commit(repo, "imgpipe run: Promoted 3f2a1b2c3d4e (macro-F1 0.9100)",
+                               params_used=b"train: {epochs: 5}\n")
     assert result.committed, result.message
     committed = _git(repo, "show", "--name-only", "--format=", "HEAD").split()
-    assert committed == ["data/models/.gitignore", "data/models/production.dvc", "dvc.lock"]
+    # the lock with the params it records: `dvc params diff HEAD~1 HEAD` shows the change
+    assert committed == ["data/models/.gitignore", "data/models/production.dvc", "dvc.lock", "params.yaml"]
     assert _git(repo, "log", "-1", "--format=%s").strip() == "imgpipe run: Promoted 3f2a1b2c3d4e (macro-F1 0.9100)"
     assert _git(repo, "diff", "--cached", "--name-only").split() == ["notes.md"]
-    assert _git(repo, "diff", "--name-only").split() == ["params.yaml"]
+    assert _git(repo, "diff", "--name-only").split() == []
 
     again = git_commit.commit(repo, "imgpipe run: Unchanged")
     assert not again.committed and "nothing to commit" in again.message
@@ -58,3 +60,12 @@ def test_only_the_top_of_a_repository_counts(repo, tmp_path_factory):
     (repo / "sub").mkdir()
     assert not git_commit.is_repository(repo / "sub")  # a project inside someone else's repository: not ours
     assert git_commit.index_is_clean(repo)
+
+
+def test_params_changed_during_the_run_are_not_committed_with_its_lock(repo):
+    _a_run_wrote_its_records(repo)
+    (repo / "params.yaml").write_text("train: {epochs: 7}\n")  # edited by hand while a run of 5 epochs went on
+    result = git_commit.commit(repo, "imgpipe run: Promoted", params_used=b"train: {epochs: 5}\n")
+    assert not result.committed and "params.yaml changed while the run went on" in result.message
+    assert _git(repo, "log", "--format=%s").split("\n")[0] == "start"  # nothing committed
+    assert _git(repo, "diff", "--cached", "--name-only").split() == []  # nothing staged either
