@@ -25,8 +25,10 @@ $(INSTALLED): pyproject.toml
 	@touch $(INSTALLED)
 	@echo "imgpipe setup: done ($$($(BIN)/imgpipe --version)); commands are in $(BIN)/ (imgpipe, dvc, prefect)"
 
+# --commit: the run's dvc.lock (with params.yaml and the .dvc files) is committed, so that the clone is clean after it
+# and `dvc metrics diff`, `dvc plots diff` and `dvc exp show` have a revision to compare the next run against
 run: setup
-	$(BIN)/imgpipe run
+	$(BIN)/imgpipe run --commit
 
 test: setup chromium
 	$(BIN)/python -m pytest --durations=20
