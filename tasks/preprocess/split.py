@@ -139,6 +139,32 @@ def assign_splits(manifest: pd.DataFrame, seed: int, val_fraction: float, test_f
     return manifest.assign(unit=units, split=splits, order=order)
 
 
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+FRACTION_KEYS = {"val": "preprocess.val_fraction", "test": "preprocess.test_fraction"}
+
+
+def describe_splits(given: pd.Series, assigned: pd.Series, val_fraction: float, test_fraction: float) -> str:
+    """One line on where each split came from: the source's own (split folders or a label table's split column) or
+    carved out by hash; with advice to give a test split when the test images are carved out of the source's train
+    images. "" when the source gives no split at all (every split is then by hash, as the fractions say)."""
+    given_splits = [split for split in SPLITS if (given == split).any()]
+    if not given_splits:
+        return ""
+    parts = [f"{split} is the source's own {split}/ ({int((assigned == split).sum())} images)"
+             for split in given_splits]
+    fractions = {"val": val_fraction, "test": test_fraction}
+    carved = [split for split in ("val", "test") if split not in given_splits]
+    for split in carved:
+        count = int(((given == "train") & (assigned == split)).sum())
+        parts.append(f"{split} is carved out of the source's train/ by hash ({count} images, "
+                     f"{FRACTION_KEYS[split]} {fractions[split]:g})")
+    sentence = "splits: " + "; ".join(parts)
+    if "test" in carved:
+        sentence += ("; to test on images you chose, give a test/ folder beside train/ (or a test split in the label "
+                     "table)")
+    return sentence
+
+
 def split_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Images per class in each split, for the split report (a multi-label image counts for each of its labels)."""
     exploded = table.assign(label=table["label"].map(label_sets.split)).explode("label")

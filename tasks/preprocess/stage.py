@@ -28,7 +28,7 @@ from tasks import stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
-from tasks.preprocess.split import SPLITS, assign_splits, split_counts, split_report, subjects_for
+from tasks.preprocess.split import SPLITS, assign_splits, describe_splits, split_counts, split_report, subjects_for
 
 logger = logging.getLogger(__name__)
 
@@ -231,11 +231,18 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
     table, records = _compact(table, earlier.records | new_records, params, paths)
     table = table.sort_values(["shard", "order"], kind="stable").reset_index(drop=True)
 
+    given = manifest.set_index("sha256")["split"] if "split" in manifest.columns else None
+    if given is not None:
+        origin = describe_splits(table["sha256"].map(given).fillna(""), table["split"], params.val_fraction,
+                                 params.test_fraction)
+        if origin:
+            logger.info("preprocess: %s", origin)
     counts = split_counts(table)
     for split in SPLITS:
         missing = [label for label in labels if counts[split].get(label, 0) == 0]
         if missing:
-            logger.warning("split %s has no images of class(es) %s; add images or change the fractions", split, missing)
+            logger.warning("split %s has no images of class(es) %s; add images or change the fractions", split,
+                           ", ".join(missing))
     folder = paths.processed
     processed_store.write_split(folder, table[TABLE_COLUMNS], labels, {
         "image_size": params.image_size,
@@ -266,8 +273,9 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
     atomic.write_json(paths.reports / "split.json",
                       split_report(table, seed, params.val_fraction, params.test_fraction, params.group_by),
                       keep_if_same=True)
-    logger.info("preprocess: images per split %s, %d x %d px, resize=%s; %d decoded now, %d reused; %.1f s",
-                {split: int((table["split"] == split).sum()) for split in SPLITS}, params.image_size, params.image_size,
+    sizes = ", ".join(f"{split} {int((table['split'] == split).sum())}" for split in SPLITS)
+    logger.info("preprocess: images per split: %s; %d x %d px, resize=%s; %d decoded now, %d reused; %.1f s",
+                sizes, params.image_size, params.image_size,
                 params.resize, len(placed), len(table) - len(placed), time.perf_counter() - started)
     return table
 

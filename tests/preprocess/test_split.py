@@ -11,7 +11,7 @@ from tasks.ingest import stage as ingest
 from tasks.params import GroupBy
 from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
-from tasks.preprocess.split import SPLITS, assign_splits, split_report, subjects_for
+from tasks.preprocess.split import SPLITS, assign_splits, describe_splits, split_report, subjects_for
 from tests.conftest import make_image
 
 
@@ -158,3 +158,16 @@ def test_a_given_split_is_kept_and_only_a_missing_one_is_carved_out_of_the_given
     table = assign_splits(_manifest(paths).assign(split=partly), seed=3, val_fraction=0.2, test_fraction=0.1)
     assert (table["split"].iloc[:100] == "test").all()
     assert set(table["split"].iloc[100:]) == {"train", "val", "test"}  # the rest by the stable hash
+
+
+def test_the_log_says_which_folder_is_which_split():
+    given = pd.Series(["train"] * 8 + ["val"] * 2)
+    assigned = pd.Series(["train"] * 6 + ["test"] * 2 + ["val"] * 2)
+    sentence = describe_splits(given, assigned, val_fraction=0.15, test_fraction=0.15)
+    assert sentence == ("splits: train is the source's own train/ (6 images); val is the source's own val/ (2 images); "
+                        "test is carved out of the source's train/ by hash (2 images, preprocess.test_fraction 0.15); "
+                        "to test on images you chose, give a test/ folder beside train/ (or a test split in the label "
+                        "table)")
+    everything = pd.Series(["train", "val", "test"])
+    assert "carved" not in describe_splits(everything, everything, 0.15, 0.15)
+    assert describe_splits(pd.Series(["", ""]), pd.Series(["train", "test"]), 0.15, 0.15) == ""

@@ -247,3 +247,19 @@ def test_preprocess_refuses_before_decoding_when_the_disk_cannot_hold_the_images
 
 def processed_shards(paths):
     return [path for path in paths.processed.glob("*.tfrecord")] if paths.processed.is_dir() else []
+
+
+def test_a_train_and_val_source_is_told_where_its_test_split_came_from(shrunk_config, tmp_path: Path, caplog):
+    config, paths = shrunk_config
+    source = tmp_path / "splits"
+    write_class_folders(source / "train", per_class=12)
+    write_class_folders(source / "val", per_class=3, size=22)  # other pictures than train/'s
+    caplog.set_level("INFO")
+    ingest.run(config.ingest.model_copy(update={"source": str(source)}), paths)
+    table = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+
+    carved = int((table["split"] == "test").sum())
+    assert carved > 0 and (table.loc[table["split"] == "val", "path"].str.startswith("val/")).all()
+    assert (f"splits: train is the source's own train/ ({int((table['split'] == 'train').sum())} images); val is the "
+            f"source's own val/ (9 images); test is carved out of the source's train/ by hash ({carved} images, "
+            "preprocess.test_fraction 0.25); to test on images you chose, give a test/ folder") in caplog.text
