@@ -19,6 +19,9 @@ DEFAULT_BACKBONE = "efficientnet_lite2"
 # "Pretrained features": the digits' test accuracy 0.96 for a head on EfficientNet-Lite2's features, 0.99 for
 # simple_cnn in `make run`).
 SCAN_BELOW = 32
+# The keras.applications networks that train on pixels (tasks/networks.py builds them) and the size they were made
+# for: preprocess.image_size auto takes it, as it takes a pretrained backbone's (a test holds the names to networks.py)
+PIXEL_BACKBONE_SIZES = {"mobilenet_v3_small": 224, "efficientnet_v2_b0": 224, "resnet50": 224}
 HEAD_ON_FEATURES = "head_on_features"  # a pretrained backbone's features are cached; the head trains on them
 PIXELS = "pixels"  # the network trains on decoded images (simple_cnn, keras.applications backbones)
 
@@ -72,8 +75,11 @@ def choose(model: str, weights: str | None, median_short_side: float) -> Choice:
 
 
 def native_size(choice: Choice) -> int | None:
-    """The image size a pretrained backbone was trained at (preprocess.image_size auto takes it); None otherwise."""
-    return catalog.spec(choice.model).image_size if choice.on_features else None
+    """The image size a backbone was made for (preprocess.image_size auto takes it): a pretrained backbone's, or a
+    keras.applications network's on pixels, with or without weights; None for simple_cnn."""
+    if choice.on_features:
+        return catalog.spec(choice.model).image_size
+    return PIXEL_BACKBONE_SIZES.get(choice.model)
 
 
 def resize_mode(choice: Choice) -> str:

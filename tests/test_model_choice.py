@@ -57,8 +57,16 @@ def test_keras_applications_and_the_small_cnn_train_on_pixels(model):
         for median_short_side in (8, 600):
             choice = model_choice.choose(model, weights, median_short_side)
             assert (choice.model, choice.route, choice.weights_id) == (model, model_choice.PIXELS, None)
-            assert model_choice.native_size(choice) is None
+            # a keras.applications network is made for 224 px with or without weights (auto takes it); simple_cnn
+            # takes the images' own size
+            assert model_choice.native_size(choice) == (None if model == "simple_cnn" else 224)
             assert model_choice.resize_mode(choice) == "stretch"
+
+
+def test_the_pixel_backbones_sizes_name_every_keras_applications_network():
+    from tasks import networks
+
+    assert set(model_choice.PIXEL_BACKBONE_SIZES) == set(networks.BACKBONES)
 
 
 def test_native_size_and_resize_mode_of_a_pretrained_backbone():

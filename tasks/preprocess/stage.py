@@ -80,7 +80,7 @@ def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path, c
     again), else choose_image_size()."""
     native = model_choice.native_size(choice)
     if native is not None:
-        logger.info("preprocess.image_size auto: %d px, the size %s was trained at", native, choice.model)
+        logger.info("preprocess.image_size auto: %d px, the size %s was made for", native, choice.model)
         return native
     earlier = processed_store.read_earlier_summary(folder)
     same_network = (earlier.get("model") or {}).get("model", choice.model) == choice.model

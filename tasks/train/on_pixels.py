@@ -60,6 +60,11 @@ def train(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, 
     started = time.perf_counter()
     live.log_params({"precision": training_plan.precision, "batch_size": batch_size})
     pretrained = params.weights is not None and params.model != networks.SIMPLE_CNN
+    if params.model != networks.SIMPLE_CNN and params.weights is None:
+        logger.warning("train: %s starts from random weights (what train.weights auto or null gives it): it learns "
+                       "everything from these images, which takes many images and epochs; for its ImageNet weights "
+                       "set train.weights: imagenet (downloaded by Keras) or a file from `imgpipe weights fetch`",
+                       params.model)
     with distribution.scope():
         networks.set_backbone_trainable(network, 0 if pretrained else None)
         histories = [fitting.fit_phase(network, "train", params, params.epochs, params.learning_rate,
