@@ -110,6 +110,10 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
     predicted_index = probabilities.argmax(axis=1)
     metrics = metric_functions.compute_metrics(true_index, probabilities, labels, params.top_k, seed)
     pairs = confusion.pair_counts(true_index, predicted_index)  # sparse: 10,000 classes are 10^8 cells dense
+    if len(set(true_index.tolist())) > 1 and len(set(predicted_index.tolist())) == 1:
+        logger.warning("evaluate: the candidate names %r for every one of the %d test images, which hold %d classes: "
+                       "it tells no class apart (the gate refuses it)", labels[int(predicted_index[0])],
+                       len(true_index), len(set(true_index.tolist())))
 
     output = paths.evaluation
     output.mkdir(parents=True, exist_ok=True)

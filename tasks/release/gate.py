@@ -180,6 +180,20 @@ def floor_checks(params: GateParams, metrics: dict[str, Any]) -> list[dict[str, 
     return checks[1:] if metrics.get("task") == label_sets.MULTI_LABEL else checks
 
 
+def spread_check(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """A single-label candidate that names one class for every test image of a test split holding several classes
+    has learnt nothing that tells them apart, whatever its accuracy (a 2-class test split of 90% one class gives 0.9)
+    and however narrow its validation interval: it fails. No check when the test split holds one class."""
+    if "actual" not in table.columns or table["actual"].nunique() < 2:
+        return []
+    named = table["predicted"].nunique()
+    only = str(table["predicted"].iloc[0]) if len(table) else ""
+    detail = (f"names {named} classes on a test split of {table['actual'].nunique()}" if named > 1 else
+              f"names {only!r} for every one of the {len(table)} test images, which hold "
+              f"{table['actual'].nunique()} classes: it tells no class apart; look at the training data and params")
+    return [check_record("more than one class", named > 1, float(named), 2.0, detail)]
+
+
 def split_notes(folder: Path, metrics: dict[str, Any], metric: str) -> list[str]:
     """Which split is too small for a decision: the validation split (train's note in the model card) and the test
     split (the 95% interval of the headline metric in metrics.json wider than selection.WIDEST_DECISIVE_INTERVAL)."""
@@ -236,6 +250,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     parity, exports = export_check(params, paths.candidate, stored, paths.raw, max_pixels)
     checks = [parity]
     checks += floor_checks(params, metrics)
+    checks += spread_check(table) if not multi_label else []
     champion, compared = None, None
     if model_folder.exists(paths.production):
         compared = compare_label_sets(labels, model_folder.read_labels(paths.production))

@@ -42,7 +42,8 @@ def test_first_gate_uses_the_floors_and_always_writes_gate_json(evaluated):
     assert decision["decision"] == "fail" and decision["champion"] is None
     assert "accuracy floor" in decision["sentence"] and "Production is unchanged" in decision["sentence"]
     assert json.loads(paths.gate.read_text()) == decision
-    assert {check["name"] for check in decision["checks"]} == {"export parity", "accuracy floor", "macro-F1 floor"}
+    assert {check["name"] for check in decision["checks"]} == {"export parity", "accuracy floor", "macro-F1 floor",
+                                                                "more than one class"}
     parity = next(check for check in decision["checks"] if check["name"] == "export parity")
     assert parity["passed"] and parity["value"] <= 1e-4
     test_images = len(pd.read_csv(paths.evaluation / "test_predictions.csv"))

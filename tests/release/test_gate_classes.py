@@ -163,3 +163,19 @@ def test_only_the_candidates_own_checks_decide_whether_forcing_is_sensible():
               gate.check_record("F1 of 'a'", False, 0.5, 0.1, "F1 0.9 -> 0.4")]
     assert [check["name"] for check in gate_record.failed_own_checks(checks)] == ["macro-F1 floor"]
     assert gate_record.failed_own_checks(checks[:2] + checks[3:]) == []
+
+
+def test_a_candidate_that_names_one_class_for_everything_fails_whatever_its_accuracy():
+    """Issue 25: a one-class model on a 2-class test split (90% one class: accuracy 0.9) raised no flag."""
+    import pandas as pd
+    from tasks.release import gate_record
+
+    one_class = pd.DataFrame({"actual": ["cat"] * 18 + ["dog"] * 2, "predicted": ["cat"] * 20})
+    [check] = gate.spread_check(one_class)
+    assert not check["passed"] and check["name"] == "more than one class"
+    assert "names 'cat' for every one of the 20 test images, which hold 2 classes" in check["detail"]
+    assert gate_record.failed_own_checks([check]) == [check]  # never suggested for forcing
+
+    both = pd.DataFrame({"actual": ["cat", "dog", "dog"], "predicted": ["cat", "dog", "cat"]})
+    assert [check["passed"] for check in gate.spread_check(both)] == [True]
+    assert gate.spread_check(pd.DataFrame({"actual": ["cat"] * 3, "predicted": ["cat"] * 3})) == []
