@@ -207,9 +207,17 @@ def repro_stage(root: Path, name: str, log: Callable[[str], None]) -> StageResul
     return StageResult(name, status, seconds)
 
 
-def up_to_date(root: Path) -> bool:
-    """Whether DVC finds every stage's deps, params, code and outputs unchanged: one `dvc status` for them all."""
-    code, _ = _dvc(root, ["status", "--quiet"], lambda line: None)
+def always_changed(root: Path) -> set[str]:
+    """The stages dvc.yaml marks `always_changed` (ingest: its own scan decides what changed)."""
+    stages = (yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    return {name for name, stage in stages.items() if (stage or {}).get("always_changed")}
+
+
+def up_to_date(root: Path, stages: list[str]) -> bool:
+    """Whether DVC finds these stages' deps, params, code and outputs unchanged: one `dvc status` for them all."""
+    if not stages:
+        return True
+    code, _ = _dvc(root, ["status", "--quiet", *stages], lambda line: None)
     return code == 0
 
 

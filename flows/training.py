@@ -35,7 +35,7 @@ class TrainingSummary:
 def run_stage(root: Path, name: str, pipeline_unchanged: bool = False) -> stage_runner.StageResult:
     logger = get_run_logger()
     if pipeline_unchanged:  # `dvc status` found nothing to do: no need to ask DVC stage by stage
-        logger.info("stage %s skipped: dvc status finds every stage up to date", name)
+        logger.info("stage %s skipped: dvc status finds it up to date, and no stage before it changed anything", name)
         return stage_runner.StageResult(name, "skipped", 0.0)
     result = stage_runner.repro_stage(root, name, stage_runner.relay(logger))
     logger.info("stage %s %s in %.1f s", name, result.status, result.seconds)
@@ -188,9 +188,16 @@ def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSum
     summary = TrainingSummary(repo=str(root))
     interrupted = journal.owed(root)
     summary.recovered = finish_interrupted(root)
-    pipeline_unchanged = stage_runner.up_to_date(root)  # one DVC call, not one per stage, for a run with nothing new
-    for name in stage_runner.stage_names(root):
-        result = run_stage.with_options(name=name)(root, name, pipeline_unchanged)
+    # One DVC call, not one per stage, for a run with nothing new: every stage but the always-changed ones (ingest,
+    # whose own scan decides) is asked at once; each is then skipped without asking again while every stage before it
+    # was skipped or wrote its outputs unchanged.
+    names = stage_runner.stage_names(root)
+    always = stage_runner.always_changed(root)
+    others_unchanged = stage_runner.up_to_date(root, [name for name in names if name not in always])
+    for name in names:
+        nothing_changed = all(stage["status"] in ("skipped", "unchanged") for stage in summary.stages)
+        skip = others_unchanged and nothing_changed and name not in always
+        result = run_stage.with_options(name=name)(root, name, skip)
         summary.stages.append(asdict(result))
     summary.metrics = report.read_metrics(paths) or {}
     summary.outputs = {

@@ -136,6 +136,8 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
                                           "preprocess": "skipped", "embed": "skipped", "train": "skipped",
                                           "evaluate": "skipped"}
     assert shard.stat().st_ino == inode  # ingest ran (DVC deleted its outputs) and linked the same file back
+    # one `dvc status` before ingest answered for every other stage: none was asked of DVC again
+    assert [stage["name"] for stage in second.result()["stages"] if stage["seconds"] > 0] == ["ingest"]
     # not the first run's "passed all 3 checks ... and may be promoted": it was promoted then
     assert second.result()["gate"]["sentence"].startswith(
         "Nothing changed since the last run: the candidate is the production model"), second.result()["gate"]
@@ -395,9 +397,10 @@ def test_serve_needs_no_setup_and_its_server_serves_later_commands(repo, tmp_pat
         with pytest.raises(urllib.error.HTTPError, match="401"):
             _scheduled_runs(api_url, _FINISHED)
         secret = (repo / ".dvc/tmp/prefect/api-auth").read_text().strip()
-        finished = _wait_for(lambda: _scheduled_runs(api_url, _FINISHED, secret), 60 - (time.monotonic() - started),
+        # a deadline for a hung serve, not a speed target: a loaded 2-core machine has taken over a minute
+        finished = _wait_for(lambda: _scheduled_runs(api_url, _FINISHED, secret), 240 - (time.monotonic() - started),
                              serving, log_file)
-        assert finished, "no scheduled run finished within a minute:\n" + log_file.read_text()[-3000:]
+        assert finished, "no scheduled run finished within 4 minutes:\n" + log_file.read_text()[-3000:]
         assert finished[0]["state"]["name"] == "Nothing to do", finished[0]["state"]
         _interrupt_a_run_and_check(serving, log_file, api_url,
                                    lambda: os.killpg(serving.pid, signal.SIGINT), secret)  # Ctrl-C in its terminal
