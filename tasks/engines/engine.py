@@ -84,6 +84,24 @@ def _measured(folder: Path) -> list[dict[str, Any]]:
     return [] if record is None else list(record["engines"])
 
 
+def chosen_sentence(row: dict[str, Any], engine: str, precision: str) -> str:
+    """Why this engine and precision run: which of them was asked and which chosen among those that passed parity;
+    for int8, that it is a rounded copy and how to ask for full precision."""
+    if engine == "auto" and precision == "auto":
+        why = "the fastest that passed parity for this model"
+    elif engine == "auto":
+        why = f"precision {precision} as asked, on the fastest engine that passed parity with it"
+    else:
+        why = f"engine {engine} as asked, at its fastest precision that passed parity"
+    sentence = (f"{row['engine']} {row['precision']}, {why} ({float(row['ms_per_image']):.2f} ms of CPU per image, "
+                f"top-1 agreement with the Keras model {float(row['agreement']):.4f} on {row.get('images', 0)} test "
+                "images)")
+    if row["precision"] == "int8" and precision == "auto":
+        sentence += ("; int8 is the model with its weights rounded to 8 bits: ask for precision fp32 to run it at "
+                     "full precision")
+    return sentence
+
+
 def choose(folder: Path, engine: str = "auto", precision: str = "auto") -> tuple[str, str]:
     """The engine and precision to run: as asked, or for `auto` the fastest that passed parity and runs here."""
     if engine not in ("auto", *ENGINES):
@@ -107,9 +125,7 @@ def choose(folder: Path, engine: str = "auto", precision: str = "auto") -> tuple
                   and unusable_reason(folder, row["engine"], row["precision"]) is None]
     if candidates:
         best = min(candidates, key=lambda row: float(row["ms_per_image"]))
-        logger.info("engine: %s %s, the fastest that passed parity for this model (%.2f ms of CPU per image, top-1 "
-                    "agreement %.4f on %d test images)", best["engine"], best["precision"], best["ms_per_image"],
-                    best["agreement"], best.get("images", 0))
+        logger.info("engine: %s", chosen_sentence(best, engine, precision))
         return best["engine"], best["precision"]
     fallback = (engine if engine != "auto" else "keras", precision if precision != "auto" else "fp32")
     if fallback[1] != "fp32" and engine == "auto":  # a precision asked for, never measured: any engine with it
