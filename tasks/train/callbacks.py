@@ -58,6 +58,14 @@ def summarise_kept_epoch(live: Any, kept: dict[str, Any]) -> None:
     live.summary["kept_epoch"] = int(kept["epoch"]) + 1
 
 
+def typical_epoch_seconds(durations: list[float]) -> float:
+    """What an epoch takes, for the time left: the median of the epochs so far, the first left out once there are
+    others (it also builds and compiles the model), so that one slow or fast epoch does not swing the estimate."""
+    steady = sorted(durations[1:] if len(durations) > 1 else durations)
+    middle = len(steady) // 2
+    return steady[middle] if len(steady) % 2 else (steady[middle - 1] + steady[middle]) / 2
+
+
 class EpochLogger(keras.callbacks.Callback):
     """One log line per epoch, numbered as Keras numbers it (so a resumed run continues the count), with the time
     the remaining epochs would take; inside a long epoch, a line every few seconds (tasks/progress.py)."""
@@ -68,6 +76,7 @@ class EpochLogger(keras.callbacks.Callback):
         self.interval = progress.interval_seconds()
         self.epoch_started = self.last_line = time.monotonic()
         self.epoch = 0
+        self.durations: list[float] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch = epoch
@@ -89,9 +98,11 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         summary = " ".join(f"{name}={float(value):.4g}" for name, value in (logs or {}).items())
         seconds = time.monotonic() - self.epoch_started
+        self.durations.append(seconds)
         timing = f"epoch {epoch + 1} of {self.epochs}, {seconds:.1f} s" if self.epochs else f"{seconds:.1f} s"
         if self.epochs and epoch + 1 < self.epochs:
-            timing += f"; at most {progress.duration(seconds * (self.epochs - epoch - 1))} left, less if it stops early"
+            left = typical_epoch_seconds(self.durations) * (self.epochs - epoch - 1)
+            timing += f"; at most {progress.duration(left)} left, less if it stops early"
         logger.info("%s epoch %d: %s (%s)", self.phase, epoch + 1, summary, timing)
 
 

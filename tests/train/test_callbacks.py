@@ -186,3 +186,10 @@ def test_a_full_disk_while_writing_a_backup_leaves_the_previous_backup_intact(tm
     assert str(run_dir / "train.backup") in str(raised.value) and raised.value.errno == errno.ENOSPC
     assert latest.read_bytes() == before
     assert sorted(path.name for path in (run_dir / "train.backup").iterdir()) == ["latest.weights.h5"]
+
+
+def test_the_time_left_follows_the_typical_epoch_not_the_last_one():
+    """The first epoch (building, compiling) and one slow epoch no longer swing the estimate (33 s to 7 min, seen)."""
+    assert callbacks.typical_epoch_seconds([20.0]) == 20.0
+    assert callbacks.typical_epoch_seconds([20.0, 1.5]) == 1.5  # the first epoch left out once there are others
+    assert callbacks.typical_epoch_seconds([20.0, 1.5, 1.4, 9.0, 1.6]) == 1.55  # the median: one slow epoch ignored
