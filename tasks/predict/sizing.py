@@ -58,6 +58,6 @@ def choose(source: Path, out: Path, workers: int, chunk_size: int, cluster_runni
         return True, sized
     if not worth_it:
         logger.info("predict: %d files, fewer than %d per worker: too few to repay starting a cluster of %d "
-                    "workers; classifying them in this process, decoding on every core (--min-files-per-worker "
+                    "workers; classifying them in this process, decoding on every core (`min_files_per_worker` "
                     "changes that)", files, min_files_per_worker, workers)
     return worth_it, sized
