@@ -14,12 +14,9 @@ import math
 from pathlib import Path
 
 from tasks.predict import entries, store
+from tasks.predict.options import MIN_FILES_PER_WORKER
 
 SHARDS_PER_WORKER = 4  # a slow shard holds a worker up less when there are several per worker
-# Under this many files per worker, a local cluster's start (seconds, and the model loaded again by every worker)
-# outweighs what it saves: 372 files took 3x longer on 2 workers than in one process (issue 16). A conservative
-# estimate, not a measured crossover.
-MIN_FILES_PER_WORKER = 1000
 SMALLEST_CHUNK = 64  # below this, a chunk's overhead (a part file, a commit) outweighs its work
 
 logger = logging.getLogger(__name__)
