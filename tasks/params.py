@@ -7,17 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.engines import names as engine_names
-
 
 # The networks train.model may name: auto (tasks/model_choice.py decides from the images), simple_cnn, a pretrained
 # backbone whose ImageNet weights install with imgpipe (tasks/backbones/: a head trained on its cached features), or a
 # keras.applications backbone trained on images (tasks/networks.py builds them).
 ModelName = Literal["auto", "simple_cnn", "efficientnet_lite0", "efficientnet_lite2", "mobilenet_v3_small",
                     "efficientnet_v2_b0", "resnet50"]
-
-# embed.engine: auto or an engine's name (tasks/engines/names.py)
-EngineChoice = Literal[(engine_names.AUTO, *engine_names.ENGINES)]
 
 
 class Section(BaseModel):
@@ -196,7 +191,7 @@ class EmbedParams(Section):
 
     workers: int = Field(default=0, ge=0)  # processes; 0 = one per core
     scheduler: str | None = None  # a Dask scheduler address (tcp://host:8786) to compute features on a cluster
-    engine: EngineChoice = "auto"  # auto: the fastest that agrees with Keras
+    engine: Literal["auto", "keras", "onnxruntime", "openvino"] = "auto"  # auto: the fastest that agrees with Keras
 
 
 # What train.exports may name: formats written beside model.keras (tasks/train/export.py writes them).
