@@ -264,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(FLAGS["model"], help="a model folder (model.keras, labels.json, model_card.json); default: "
                                               f"the production model of {FLAGS['repo']} (a candidate only when named "
                                               "here)")
-    predict.add_argument(FLAGS["repo"], default=".", help="the imgpipe project whose production model classifies, when "
-                                                          f"{FLAGS['model']} is not given (default: the current folder)")
+    predict.add_argument(FLAGS["repo"], default=".",
+                         help=f"the imgpipe project whose production model classifies, when {FLAGS['model']} is not "
+                              "given (default: the current folder)")
     predict.add_argument(FLAGS["top_k"], type=int, default=PredictOptions.top_k,
                          help=f"how many best labels to list per file (default: {PredictOptions.top_k})")
     predict.add_argument(FLAGS["batch_size"], type=int, default=PredictOptions.batch_size,

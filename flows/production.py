@@ -14,7 +14,8 @@ from tasks.config import load_config
 from tasks.paths import Paths
 
 
-def change_production(repo: str | Path, lock_timeout: float, change: Callable[[Paths], dict[str, Any]]) -> dict[str, Any]:
+def change_production(repo: str | Path, lock_timeout: float,
+                      change: Callable[[Paths], dict[str, Any]]) -> dict[str, Any]:
     """Run a promotion or rollback under the run lock, then version production and the registry with `dvc add`.
 
     The `dvc add` is recorded as owed (flows/journal.py) before anything changes, so that a command killed
