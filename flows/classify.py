@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from tasks.config import load_config
 from tasks.predict import classify, sizing, store
+from tasks.predict.options import DEFAULT_OUT, DEFAULT_WORKERS, MIN_FILES_PER_WORKER, PredictOptions
 from tasks.predict import copy_into as copying
 
 SHARDS_PER_WORKER = sizing.SHARDS_PER_WORKER
@@ -98,20 +99,20 @@ def copy_files(table: Path, source: Path, destination: Path, link: bool) -> copy
 @flow(name="classify_directory", log_prints=True)
 def classify_directory(
     source: str,
-    out: str = "predictions.parquet",
+    out: str = DEFAULT_OUT,
     model: str | None = None,
-    top_k: int = 3,
-    batch_size: int = 64,
-    workers: int = 1,
+    top_k: int = PredictOptions.top_k,
+    batch_size: int = PredictOptions.batch_size,
+    workers: int = DEFAULT_WORKERS,
     address: str | None = None,
     copy_into: str | None = None,
     link: bool = False,
-    chunk_size: int = 1024,
-    max_pixels: int = classify.DEFAULT_MAX_PIXELS,
-    engine: str = "auto",
-    precision: str = "auto",
-    follow_file_links: bool = False,
-    min_files_per_worker: int = sizing.MIN_FILES_PER_WORKER,
+    chunk_size: int = PredictOptions.chunk_size,
+    max_pixels: int = PredictOptions.max_pixels,
+    engine: str = PredictOptions.engine,
+    precision: str = PredictOptions.precision,
+    follow_file_links: bool = PredictOptions.follow_file_links,
+    min_files_per_worker: int = MIN_FILES_PER_WORKER,
 ) -> dict[str, Any]:
     """Classify every file under `source` into the table `out` (.parquet or .csv), resuming an interrupted run.
 
@@ -126,7 +127,7 @@ def classify_directory(
         raise ValueError(f"workers must be >= 1, got {workers}")
     source_path, out_path = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
     model_folder = Path(model).expanduser() if model else classify.default_model(load_config()[1])
-    options = classify.PredictOptions(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size, max_pixels=max_pixels,
+    options = PredictOptions(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size, max_pixels=max_pixels,
                                       engine=engine, precision=precision,
                                       follow_file_links=follow_file_links)
     # chunks enough for every worker; one process for a folder too small to repay a cluster's start

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 from tasks import native_noise
 
@@ -16,7 +17,12 @@ FORMAT_WIDTH = 10  # the stage names (preprocess is the longest) line up
 
 
 class ConsoleFormatter(logging.Formatter):
-    """`12:03:05 train      | train epoch 3/30 (4.1 s; ...): ...`, `12:03:05 gate       | WARNING ...`."""
+    """`12:03:05 train      | train epoch 3/30 (4.1 s; ...): ...`, `12:03:05 gate       | WARNING ...`; each message
+    passed through `rewrite` when one is given (the command's spelling of the settings a message names)."""
+
+    def __init__(self, rewrite: Callable[[str], str] | None = None) -> None:
+        super().__init__()
+        self.rewrite = rewrite
 
     def format(self, record: logging.LogRecord) -> str:
         where = getattr(record, "task_name", None) or getattr(record, "flow_name", None)
@@ -24,10 +30,14 @@ class ConsoleFormatter(logging.Formatter):
             where = record.name.removeprefix("tasks.").removeprefix("flows.").split(".")[0]
         level = "" if record.levelno == logging.INFO else f"{record.levelname} "
         time = self.formatTime(record, "%H:%M:%S")
-        text = f"{time} {str(where)[:24]:<{FORMAT_WIDTH}} | {level}{record.getMessage()}"
+        text = f"{time} {str(where)[:24]:<{FORMAT_WIDTH}} | {level}{self._message(record)}"
         if record.exc_info and record.levelno >= logging.ERROR and not _explained(record.exc_info[1]):
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+    def _message(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return self.rewrite(message) if self.rewrite else message
 
 
 def _explained(error: BaseException | None) -> bool:
@@ -40,14 +50,15 @@ def _not_routine(record: logging.LogRecord) -> bool:
     return record.getMessage() not in _ROUTINE
 
 
-def configure(level: int = logging.INFO) -> None:
-    """One handler on the root logger for everything, Prefect's loggers included (they propagate to it here)."""
+def configure(level: int = logging.INFO, rewrite: Callable[[str], str] | None = None) -> None:
+    """One handler on the root logger for everything, Prefect's loggers included (they propagate to it here); each
+    message passed through `rewrite` when one is given."""
     root = logging.getLogger()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     if root.handlers:  # configured already (a test's log capture, an embedding program): leave it, as basicConfig
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ConsoleFormatter())
+    handler.setFormatter(ConsoleFormatter(rewrite))
     handler.addFilter(_not_routine)
     root.addHandler(handler)
     root.setLevel(level)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from flows import console_log
-from tasks import kill_point
+from tasks import dvc_command
 
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
@@ -29,7 +25,6 @@ _DVC_HINTS = ("To track the changes with git, run:", "git add ", "To enable auto
               "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage.")
 # a stage's own log line, `INFO tasks.train.stage: message`: relayed at its level without a second prefix
 _STAGE_LOG_LINE = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: (?P<message>.*)$")
-STOP_GRACE_SECONDS = 10  # an interrupted stage gets this long to stop after SIGTERM
 _DVC_NOISE = ("ERROR: failed to reproduce", "Having any troubles?", "ERROR: failed to run", "Traceback (most recent")
 
 
@@ -80,39 +75,18 @@ def stage_names(root: Path) -> list[str]:
     return list((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {}))
 
 
-def _environment() -> dict[str, str]:
-    environment = dict(os.environ)
-    # the stage commands say `python`: make it this interpreter, whatever PATH the caller had
-    environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
-    environment["IMGPIPE_PYTHON"] = sys.executable  # what tasks/bin/python, the stages' interpreter, runs
-    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    environment["PYTHONUNBUFFERED"] = "1"
-    return environment
-
-
 def _dvc(root: Path, arguments: list[str], log: Callable[[str], None], keep: int = 60) -> tuple[int, list[str]]:
     """Run `dvc ARGUMENTS` in root, passing each output line to `log`; return the exit code and the last lines."""
-    command = [sys.executable, "-m", "dvc", *arguments]
     last_lines: collections.deque[str] = collections.deque(maxlen=keep)
-    # its own process group, so that an interrupted run stops DVC and the stage it runs, not only itself
-    process = subprocess.Popen(command, cwd=root, env=_environment(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
-    assert process.stdout is not None
-    kill_point.reached(f"dvc {arguments[0]}", process.pid)
-    try:
-        for line in process.stdout:
-            line = line.rstrip()
-            if line and not _TENSORFLOW_NOISE.match(line):
-                last_lines.append(line)
-                if not line.strip().startswith(_DVC_HINTS):
-                    log(line)
-        process.wait()
-    except BaseException:  # Ctrl-C, a cancelled run, a stop signal: leave no stage running on its own
-        _stop_group(process)
-        raise
-    finally:
-        process.stdout.close()
-    return process.returncode, list(last_lines)
+
+    def on_line(line: str) -> None:
+        if line and not _TENSORFLOW_NOISE.match(line):
+            last_lines.append(line)
+            if not line.strip().startswith(_DVC_HINTS):
+                log(line)
+
+    code = dvc_command.stream(root, arguments, on_line)
+    return code, list(last_lines)
 
 
 def relay(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[str], None]:
@@ -126,19 +100,6 @@ def relay(logger: logging.Logger | logging.LoggerAdapter) -> Callable[[str], Non
             logger.info("%s", line)
 
     return log
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group of `process` (DVC and the stage it runs), then SIGKILL to what is left."""
-    for signal_number in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signal_number)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 _EXCEPTION_LINE = re.compile(r"^(?P<type>[\w.]*(Error|Exception|Failed|Interrupt|Refused|Busy)\w*): ")

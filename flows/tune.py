@@ -72,6 +72,20 @@ def bring_up_to_date(root: Path, name: str) -> stage_runner.StageResult:
 PLAIN_STEPS = Steps(_plan, bring_up_to_date, sweep.queue_trials, sweep.follow, sweep.report, sweep.apply_best)
 
 
+def find_learning_rate(root: Path, lock_timeout: float, min_rate: float, max_rate: float, steps: int) -> Any:
+    """`imgpipe lr-find`, without Prefect: under the run lock, the stages before `train` brought up to date, then the
+    learning-rate range test on the training split (tasks/tune/lr_find.py); its result."""
+    from tasks.config import load_config
+    from tasks.tune import experiments, lr_find
+
+    with run_lock.workspace_lock(root, lock_timeout):
+        for name in experiments.read_pipeline(root).upstream:  # the training split, up to date
+            bring_up_to_date(root, name)
+        config, paths = load_config(root / "params.yaml")
+        return lr_find.run(config.train, config.preprocess.augment, config.base.seed, paths,
+                           min_rate=min_rate, max_rate=max_rate, steps=steps)
+
+
 @task(name="report")
 def report_sweep(root: Path) -> dict[str, Any]:
     summary = sweep.report(root)

@@ -104,5 +104,5 @@ class ArgumentError(ValueError):
     """A bad argument to a stage or command function (not a params.yaml key).
 
     The message names arguments in backticks (`max_pixels`), as the Python caller and the Prefect flow know them;
-    the command line turns each into its flag (--max-pixels).
+    the command line spells each as its flag (flows/cli_flags.py).
     """

@@ -72,7 +72,7 @@ def check_weights_file(weights: str | None) -> Path | str | None:
     if not path.is_file():
         raise ValueError(
             f"train.weights: {path} not found; give a local backbone weights file saved without the top "
-            "(include_top=False; 'imgpipe weights fetch NAME --out FILE' writes one), imagenet (downloaded through "
+            "(include_top=False; 'imgpipe weights fetch NAME' writes one to the file given as `out`), imagenet (downloaded through "
             "Keras's cache), or null to start from random weights"
         )
     return path
@@ -81,7 +81,7 @@ def check_weights_file(weights: str | None) -> Path | str | None:
 def offline_message(name: str, error: Exception) -> str:
     return (f"train.weights: imagenet: the ImageNet weights of {name} are not in Keras's cache (~/.keras/models, or "
             f"$KERAS_HOME/models) and could not be downloaded ({error}). On a machine with internet run "
-            f"'imgpipe weights fetch {name} --out {name}_imagenet_notop.weights.h5', copy the file here and set "
+            f"'imgpipe weights fetch {name}' with `out` {name}_imagenet_notop.weights.h5, copy the file here and set "
             f"train.weights to its path")
 
 

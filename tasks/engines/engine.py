@@ -24,11 +24,11 @@ from tasks import model_checksums, model_folder
 from tasks.cpu import limit_tensorflow_threads as limit_threads
 from tasks.cpu import supports_bf16
 from tasks.config import ArgumentError
+from tasks.engines.names import AUTO, ENGINES, PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("keras", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+# ENGINES and PRECISIONS, by name: tasks/engines/names.py (the command line reads them without importing this)
 # engine -> precision -> the file in the model folder it runs (tried in order)
 FILES: dict[str, dict[str, tuple[str, ...]]] = {
     "keras": {"fp32": (model_folder.MODEL_FILE,)},
@@ -97,16 +97,16 @@ def chosen_sentence(row: dict[str, Any], engine: str, precision: str) -> str:
                 f"top-1 agreement with the Keras model {float(row['agreement']):.4f} on {row.get('images', 0)} test "
                 "images)")
     if row["precision"] == "int8" and precision == "auto":
-        sentence += ("; int8 is the model with its weights rounded to 8 bits: ask for precision fp32 to run it at "
+        sentence += ("; int8 is the model with its weights rounded to 8 bits: ask for `precision` fp32 to run it at "
                      "full precision")
     return sentence
 
 
-def choose(folder: Path, engine: str = "auto", precision: str = "auto") -> tuple[str, str]:
+def choose(folder: Path, engine: str = AUTO, precision: str = AUTO) -> tuple[str, str]:
     """The engine and precision to run: as asked, or for `auto` the fastest that passed parity and runs here."""
-    if engine not in ("auto", *ENGINES):
+    if engine not in (AUTO, *ENGINES):
         raise ArgumentError(f"`engine` must be auto or one of {', '.join(ENGINES)}, got {engine!r}")
-    if precision not in ("auto", *PRECISIONS):
+    if precision not in (AUTO, *PRECISIONS):
         raise ArgumentError(f"`precision` must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
     measured = _measured(folder)
     if engine != "auto" and precision != "auto":

@@ -30,26 +30,9 @@ from tasks.config import ArgumentError
 from tasks.engines import engine
 from tasks.paths import Paths
 from tasks.predict import decode, entries, machine, store
+from tasks.predict.options import PredictOptions  # a call's settings and their defaults
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_PIXELS = 40_000_000  # as ingest.max_pixels
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    top_k: int = 3
-    batch_size: int = 64
-    chunk_size: int = 1024  # files per committed part: what a killed run can lose
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    engine: str = "auto"  # auto | keras | onnxruntime | openvino (tasks/engines/engine.py); prepare() resolves auto
-    precision: str = "auto"  # auto | fp32 | bf16 | int8
-    follow_file_links: bool = False  # read links to files wherever they point (a trust decision; folder links never)
-
-    def check(self) -> None:
-        for name in ("top_k", "batch_size", "chunk_size", "max_pixels"):
-            if getattr(self, name) < 1:
-                raise ArgumentError(f"`{name}` must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

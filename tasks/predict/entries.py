@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 SKIPPED_DETAILS = {
     "hidden": "hidden (a name starting with '.' or __MACOSX); not classified, nor anything in it",
     "link": "symbolic link to a folder, out of the folder classified, dangling or in a loop; links are not "
-            "followed out of it (links to files are with --follow-file-links; links to folders never)",
+            "followed out of it (links to files are followed only when asked; links to folders never)",
     "special_file": "not a regular file (a FIFO, socket or device); not read",
     "unreadable_folder": "folder cannot be listed; its files were not classified",
 }

@@ -14,12 +14,9 @@ import math
 from pathlib import Path
 
 from tasks.predict import entries, store
+from tasks.predict.options import MIN_FILES_PER_WORKER
 
 SHARDS_PER_WORKER = 4  # a slow shard holds a worker up less when there are several per worker
-# Under this many files per worker, a local cluster's start (seconds, and the model loaded again by every worker)
-# outweighs what it saves: 372 files took 3x longer on 2 workers than in one process (issue 16). A conservative
-# estimate, not a measured crossover.
-MIN_FILES_PER_WORKER = 1000
 SMALLEST_CHUNK = 64  # below this, a chunk's overhead (a part file, a commit) outweighs its work
 
 logger = logging.getLogger(__name__)
@@ -58,6 +55,6 @@ def choose(source: Path, out: Path, workers: int, chunk_size: int, cluster_runni
         return True, sized
     if not worth_it:
         logger.info("predict: %d files, fewer than %d per worker: too few to repay starting a cluster of %d "
-                    "workers; classifying them in this process, decoding on every core (--min-files-per-worker "
+                    "workers; classifying them in this process, decoding on every core (`min_files_per_worker` "
                     "changes that)", files, min_files_per_worker, workers)
     return worth_it, sized

@@ -107,7 +107,7 @@ def export_check(params: GateParams, folder: Path, images: list[stored_images.Jo
                           f"{params.max_export_difference} allowed (evaluate.gate.max_export_difference)")
         elif item.precision != "fp32" and not item.passed():
             failed.append(f"{item.engine} {item.precision}: {item.agreement_of} agreement {item.agreement:.4f}, "
-                          f"under the {engine.MIN_AGREEMENT} that --engine auto needs (engines.json says it had it)")
+                          f"under the {engine.MIN_AGREEMENT} that the auto engine needs (engines.json says it had it)")
     exports = [item for item in figures if item.precision == "fp32" and not item.error]
     largest = max((item.max_difference for item in exports), default=0.0)
     images = max((item.images for item in figures), default=0)

@@ -226,7 +226,7 @@ def _sentence(passed: bool, champion: dict[str, Any] | None, checks: list[dict[s
                       "candidate and run again.")
         else:
             advice = (" It passes the floors and the export checks: if the new label set is intended, accept it "
-                      "with `imgpipe promote --force --reason \"...\"`.")
+                      "with imgpipe promote, given `force` and a `reason` saying why.")
         return (f"The candidate was refused: its label set differs from the production model's "
                 f"({label_set_check(compared)['detail']}), so the two models do different tasks and their scores "
                 f"cannot be compared. Production is unchanged.{advice}")

@@ -12,13 +12,13 @@ import json
 import os
 import re
 import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dvc.api
+
+from tasks import dvc_command
 
 TARGET_STAGE = "train"  # a trial ends here: its objective is a validation metric, so it never reads the test split
 LOCK_FILE = "dvc.lock"
@@ -51,40 +51,9 @@ class Experiment:
     workdir: str | None  # its folder while it runs
 
 
-def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """For DVC and the stages it runs: `python` is this interpreter, whatever PATH the caller had."""
-    values = dict(os.environ)
-    values["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), values.get("PATH", "")])
-    values["IMGPIPE_PYTHON"] = sys.executable  # what tasks/bin/python, the stages' interpreter, runs
-    values.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    values["PYTHONUNBUFFERED"] = "1"
-    return values | (extra or {})
-
-
-def run_dvc(root: Path, arguments: list[str], extra_environment: dict[str, str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`dvc ARGUMENTS` in root; a failure raises RuntimeError with DVC's own error lines.
-
-    Output goes through temporary files, not pipes: `dvc queue start` leaves a worker behind that inherits them,
-    and reading a pipe to its end would wait for that worker to finish the whole queue.
-    """
-    command = [sys.executable, "-m", "dvc", *arguments]
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        code = subprocess.run(command, cwd=root, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                              env=environment(extra_environment), check=False).returncode
-        stdout.seek(0)
-        stderr.seek(0)
-        completed = subprocess.CompletedProcess(command, code, stdout.read().decode(errors="replace"),
-                                                stderr.read().decode(errors="replace"))
-    if check and completed.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(arguments[:3])} failed: {error_lines(completed)}")
-    return completed
-
-
-def error_lines(completed: subprocess.CompletedProcess[str]) -> str:
-    lines = (completed.stderr + completed.stdout).splitlines()
-    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR")]
-    return " ".join(errors or lines[-5:]).strip()
+# DVC runs through tasks/dvc_command.py, as the flows run it
+run_dvc = dvc_command.run
+error_lines = dvc_command.error_lines
 
 
 def git_head(root: Path) -> str:

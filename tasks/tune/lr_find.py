@@ -22,7 +22,7 @@ from tasks.config import ArgumentError
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
 from tasks.scoring import selection
-from tasks.tune import plots
+from tasks.tune import lr_settings, plots
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ def _check(min_rate: float, max_rate: float, steps: int) -> None:
         raise ArgumentError(f"`steps` must be >= {2 * MIN_STEPS_BEFORE_STOP}, got {steps}")
 
 
-def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths, min_rate: float = 1e-6,
-        max_rate: float = 1.0, steps: int = 200) -> RangeTest:
+def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths,
+        min_rate: float = lr_settings.MIN_RATE, max_rate: float = lr_settings.MAX_RATE,
+        steps: int = lr_settings.STEPS) -> RangeTest:
     """Train on the training split with a growing learning rate; write the loss curve and return the suggestion."""
     _check(min_rate, max_rate, steps)
     preprocessing_file = processed_store.summary_file(paths.processed)

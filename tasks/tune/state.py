@@ -86,7 +86,7 @@ def load(path: Path) -> Sweep | None:
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); delete it or run `imgpipe tune --restart`") from None
+        raise ValueError(f"{path}: not valid JSON ({error}); delete it or run imgpipe tune with `restart`") from None
     if values.get("version") != FORMAT_VERSION:
         return None
     trials = [Trial(**trial) for trial in values.pop("trials")]

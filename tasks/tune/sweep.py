@@ -82,7 +82,7 @@ def plan(root: Path, restart: bool = False) -> state.Sweep:
     copy_paths = [] if single_item else [path for stage in pipeline.upstream
                                          for path in pipeline.uncached_outputs[stage]]
     tune_values = config.tune.model_dump(mode="json")
-    # the swept keys' own values do not count: each trial sets them (and `--apply` writes the winner's there)
+    # the swept keys' own values do not count: each trial sets them (and applying the winner writes its values there)
     other_params = apply_overrides({key: value for key, value in values.items() if key != "tune"},
                                    {dimension.key: None for dimension in dimensions})
     identity = state.sweep_id(tune_values, other_params, baseline, uuid.uuid4().hex if restart else "")
@@ -97,7 +97,7 @@ def plan(root: Path, restart: bool = False) -> state.Sweep:
         experiments.remove_queued(root, unstarted)
         logger.warning("tune: sweep %s is replaced (%s); its %d trials not yet started were taken off DVC's "
                        "queue, its finished experiments stay in DVC", earlier.sweep_id,
-                       "--restart" if restart else "the tune section or params changed", len(unstarted))
+                       "`restart` asked" if restart else "the tune section or params changed", len(unstarted))
     sweep = state.Sweep(
         sweep_id=identity, baseline=baseline, target=target, upstream=pipeline.upstream, single_item=single_item,
         copy_paths=copy_paths, tune=tune_values,
@@ -199,7 +199,7 @@ def _update(root: Path, paths: Paths, sweep: state.Sweep, known: dict[str, exper
                     trial.note = f"finished, but its results could not be read: {type(error).__name__}: {error}"
             else:
                 trial.status = "failed"
-                trial.note = f"an experiment named {trial.name} exists with other params; run with --restart"
+                trial.note = f"an experiment named {trial.name} exists with other params; run again with `restart`"
         elif experiment.state == "failed":
             trial.status, trial.finished = "failed", now
             trial.note = experiments.failure_reason(_log_text(root, experiment))

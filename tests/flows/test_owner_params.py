@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from flows import cli
+from flows import cli, owner_params
 from tasks import params_file
 from tests.conftest import PROJECT_ROOT
 
@@ -40,7 +40,7 @@ def test_a_refused_change_leaves_params_yaml_as_it_was(project, assignment, mess
 
 
 def test_the_owners_change_is_written_by_the_command_before_the_flow(project):
-    changed = cli._write_params(str(project), params_file.parse_assignments(["train.epochs=3"]), 0.0)
+    changed = owner_params.write(str(project), params_file.parse_assignments(["train.epochs=3"]), 0.0)
     assert changed and changed[0].startswith("train.epochs: ") and changed[0].endswith("-> 3")
     assert "epochs: 3" in (project / "params.yaml").read_text()
 

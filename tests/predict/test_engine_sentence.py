@@ -8,7 +8,7 @@ ROW = {"engine": "onnxruntime", "precision": "int8", "ms_per_image": 0.4, "agree
 def test_auto_says_fastest_and_int8_says_how_to_ask_for_fp32():
     sentence = engine.chosen_sentence(ROW, "auto", "auto")
     assert sentence.startswith("onnxruntime int8, the fastest that passed parity for this model (0.40 ms")
-    assert "ask for precision fp32 to run it at full precision" in sentence
+    assert "ask for `precision` fp32 to run it at full precision" in sentence  # the CLI says --precision
 
 
 def test_an_engine_asked_for_is_not_called_the_fastest():

@@ -166,7 +166,7 @@ def test_a_candidate_of_another_label_set_is_refused_whatever_its_scores(evaluat
     assert decision["label_sets"]["production"] == production_labels and decision["label_sets"]["same"] is False
     assert decision["sentence"].startswith("The candidate was refused: its label set differs from the production "
                                            "model's")
-    assert "imgpipe promote --force --reason" in decision["sentence"] and decision["fit_to_force"]
+    assert "imgpipe promote, given `force` and a `reason`" in decision["sentence"] and decision["fit_to_force"]
     label_check = next(check for check in decision["checks"] if check["name"] == "same label set as production")
     assert not label_check["passed"]
     # the production model is never scored on classes it does not know

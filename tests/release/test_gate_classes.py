@@ -142,15 +142,15 @@ def _label_set_refusal(metrics: dict) -> str:
 def test_a_label_set_refusal_suggests_forcing_only_a_candidate_that_passes_the_floors():
     fit = _label_set_refusal({"accuracy": 0.9, "macro_f1": 0.88})
     assert fit.startswith("The candidate was refused: its label set differs from the production model's")
-    assert "passes the floors and the export checks" in fit and "imgpipe promote --force --reason" in fit
+    assert "passes the floors and the export checks" in fit and "imgpipe promote, given `force` and a `reason`" in fit
 
     under_one = _label_set_refusal({"accuracy": 0.7, "macro_f1": 0.3})
-    assert "--force" not in under_one and "do not force it" in under_one
+    assert "`force`" not in under_one and "do not force it" in under_one
     assert "macro-F1 floor: test macro-F1 0.3000, at least 0.5 required (evaluate.gate.min_macro_f1)" in under_one
     assert "accuracy floor" not in under_one
 
     under_both = _label_set_refusal({"accuracy": 0.115, "macro_f1": 0.021})
-    assert "--force" not in under_both
+    assert "`force`" not in under_both
     assert "accuracy floor: test accuracy 0.1150" in under_both and "macro-F1 floor: test macro-F1 0.0210" in under_both
 
 

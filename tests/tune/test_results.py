@@ -70,7 +70,7 @@ def test_the_sweep_file_round_trips_and_a_broken_one_says_what_to_do(sweep, tmp_
     assert state.load(path) == sweep
     assert not list(tmp_path.glob(".*partial"))
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="sweep.json: not valid JSON.*--restart"):
+    with pytest.raises(ValueError, match="sweep.json: not valid JSON.*imgpipe tune with `restart`"):
         state.load(path)
     path.write_text(json.dumps({"version": 0}))
     assert state.load(path) is None
