@@ -3,7 +3,7 @@ used to git; reads git's status.
 
 Only those files go into the commit (`git commit --only`): whatever else the user has staged stays staged and
 uncommitted. The lock and params.yaml go together, so that `dvc params diff`, `dvc metrics diff`, `dvc plots diff`
-and `dvc exp show` compare real revisions and `git checkout params.yaml` goes back to the previous run's values.
+and `dvc exp show` compare real revisions, each commit holding the params its lock records.
 """
 
 from __future__ import annotations

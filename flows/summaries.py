@@ -32,8 +32,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         shown = path.relative_to(root) if path.is_relative_to(root) else path
         lines.append(f"  {name + ':':<20}{shown}")
     lines.append(f"  {'pushed to remote:':<20}{'yes' if summary.get('pushed') else 'no'}")
+    committed = (summary.get("committed") or "").split(" ")[0]
+    in_a_commit = bool(committed) and all(character in "0123456789abcdef" for character in committed)
     for change in summary.get("params_changed") or []:
-        lines.append(f"  {'params.yaml:':<20}{change}  (kept; `git checkout params.yaml` undoes it)")
+        lines.append(f"  {'params.yaml:':<20}{change}  " + (
+            f"(committed with the run's dvc.lock; `git checkout {committed}~1 -- params.yaml` brings back the value "
+            "before it)" if in_a_commit else "(kept; `git checkout params.yaml` undoes it)"))
     if summary.get("committed"):
         lines.append(f"  {'git commit:':<20}{summary['committed']}")
     return "\n".join(lines) + "\n"
