@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import atomic, csv_cells
+from tasks import atomic
 
-if TYPE_CHECKING:  # pandas is imported where used: the gate's record reads summary.json alone
+if TYPE_CHECKING:  # pandas (and csv_cells, which imports it) where used: the gate's record reads summary.json alone
     import pandas as pd
 
 LABEL_ISSUES = "label_issues.csv"  # path, given_label, suggested_label, score (lower: more likely wrong), split
@@ -28,6 +28,8 @@ LABEL_ISSUE_COLUMNS = ["path", "given_label", "suggested_label", "score", "split
 def write(folder: Path, tables: dict[str, pd.DataFrame], summary: dict[str, Any],
           pictures: dict[str, bytes] | None = None) -> None:
     """The whole folder at once (a temporary folder renamed into place): the CSV tables, pictures and summary.json."""
+    from tasks import csv_cells
+
     with atomic.atomic_directory(folder) as temporary:
         for name, table in tables.items():
             csv_cells.safe_table(table).to_csv(temporary / name, index=False)  # paths, labels escaped
@@ -56,6 +58,8 @@ def read_label_issues(file: Path) -> pd.DataFrame:
     """A label issues table (label_issues.csv, or a copy a person trimmed): path, given_label, suggested_label, ...;
     a ValueError names the file and the missing column."""
     import pandas as pd
+
+    from tasks import csv_cells
 
     if not file.is_file():
         raise ValueError(f"{file}: not found; the health stage writes data/reports/data_health/{LABEL_ISSUES}")
