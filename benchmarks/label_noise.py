@@ -41,6 +41,7 @@ from tasks.paths import Paths  # noqa: E402
 from tasks.preprocess import stage as preprocess  # noqa: E402
 
 FLIPPED_SHARE = 0.05
+OUT = PROJECT_ROOT / "benchmarks" / "out"  # local scratch, ignored by git
 
 
 def cpu_seconds() -> float:
@@ -89,6 +90,8 @@ def photos(seed: int) -> int:
         labels = processed_store.read_labels(paths.processed)
         unit = features.normalised(embedding_store.read_features(paths.embeddings, table["sha256"].tolist()))
         truth = table["label_index"].to_numpy()
+        OUT.mkdir(parents=True, exist_ok=True)  # kept for a look at other settings without embedding again
+        np.savez(OUT / "clothing_features.npz", unit=unit, truth=truth, labels=np.asarray(labels))
         noisy, flipped = flipped_labels(truth, len(labels), seed)
         found = label_issues.find(unit, noisy, len(labels), config.health.folds, config.base.seed,
                                   config.health.max_fit_images)
