@@ -176,6 +176,20 @@ def _lr_find(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _relabel(arguments: argparse.Namespace) -> int:
+    from flows import run_lock
+    from tasks.health import relabel
+
+    root = Path(arguments.repo).resolve()
+    with run_lock.workspace_lock(root, 0.0):  # never while a run reads the labels
+        done = relabel.relabel(Path(arguments.source), root / "params.yaml", arguments.labels)
+    sys.stdout.write(f"imgpipe relabel: {len(done.changed)} image(s) relabelled in {done.table}"
+                     + (" (made from the manifest; ingest.labels now names it)" if done.created else "")
+                     + (f"; {len(done.unchanged)} left, relabelled since the report" if done.unchanged else "")
+                     + "\n  the next `imgpipe run` trains on the new labels\n")
+    return 0
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -348,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument(FLAGS["lock_timeout"], type=float, default=0.0, metavar="SECONDS",
                          help="wait this long for another run on the same repository (default: do not wait)")
     lr_find.set_defaults(handler=_lr_find)
+    relabel = commands.add_parser(
+        "relabel", help="accept the suggested labels of a label issues table (data/reports/data_health/label_issues.csv)",
+        description="Give each image of FILE its suggested label in the label table that ingest.labels names (made "
+                    "from the manifest, and ingest.labels set, when there is none). Delete the rows you reject first.")
+    relabel.add_argument("--from", dest="source", required=True, metavar="FILE", help="a label issues table")
+    relabel.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
+    relabel.add_argument("--labels", type=Path, metavar="FILE",
+                         help="where to make the label table when ingest.labels names none (default: labels.csv)")
+    relabel.set_defaults(handler=_relabel)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The training flow: runs every dvc.yaml stage through DVC (one Prefect task each), gates, promotes, reports, pushes."""
+"""The training flow: runs every dvc.yaml stage through DVC (one Prefect task each: demo, ingest, validate, preprocess,
+embed, health, train, evaluate), gates, promotes, reports, pushes."""
 
 from __future__ import annotations
 
@@ -208,6 +209,7 @@ def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSum
         "run report": str(paths.reports / "index.html"),
         "validation report": str(paths.validation / "data_docs" / "index.html"),
         "quarantine list": str(paths.quarantine),
+        "data health": str(paths.data_health / "label_issues.csv"),
     }
     nothing_ran = all(stage["status"] in ("skipped", "unchanged") for stage in summary.stages)
     if not (nothing_ran and gate.is_current(paths)):  # something new to release: owe it before doing any of it

@@ -62,6 +62,8 @@ class ValidateParams(Section):
     max_side: int = Field(default=20_000, ge=1)
     max_bad_fraction: float = Field(default=0.2, ge=0, le=1)
     warn_max_class_imbalance: float = Field(default=10.0, ge=1)
+    # the health stage fails when more than this share of the images are likely label errors; null: never (it warns)
+    max_label_issue_fraction: float | None = Field(default=None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _side_range(self) -> "ValidateParams":
@@ -194,6 +196,16 @@ class EmbedParams(Section):
     engine: Literal["auto", "keras", "onnxruntime", "openvino"] = "auto"  # auto: the fastest that agrees with Keras
 
 
+class HealthParams(Section):
+    """The health stage: likely label errors, near-duplicates by meaning and outliers, from the cached features."""
+
+    folds: int = Field(default=5, ge=2, le=20)  # k of the k-fold fit that gives out-of-fold probabilities
+    duplicate_cosine: float = Field(default=0.97, gt=0, le=1)  # near-duplicates: features at least this similar
+    outlier_spread: float = Field(default=6.0, gt=0)  # outliers: robust z-score of the distance to every class centroid
+    max_fit_images: int = Field(default=20_000, ge=100)  # each fold's head is fitted on at most this many (sampled)
+    top_shown: int = Field(default=24, ge=0, le=200)  # likely label errors drawn in label_issues.png (the run report)
+
+
 # What train.exports may name: formats written beside model.keras (tasks/train/export.py writes them).
 ExportName = Literal["saved_model", "onnx", "openvino", "litert"]
 
@@ -304,6 +316,7 @@ class Config(Section):
     validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
     embed: EmbedParams = EmbedParams()
+    health: HealthParams = HealthParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     tune: TuneParams = TuneParams()

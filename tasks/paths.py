@@ -82,6 +82,11 @@ class Paths:
         return self.interim / "validation.json"
 
     @property
+    def data_health(self) -> Path:
+        """The health stage's report: likely label errors, near-duplicates, outliers, summary.json."""
+        return self.reports / "data_health"
+
+    @property
     def candidate(self) -> Path:
         return self.models / "candidate"
 

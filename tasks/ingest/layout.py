@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import images, source_tree
-from tasks.ingest import label_table, label_text
+from tasks import images, label_table, source_tree
+from tasks.ingest import label_text
 
 logger = logging.getLogger(__name__)
 

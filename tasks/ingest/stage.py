@@ -20,10 +20,10 @@ from typing import Any
 import pandas as pd
 
 from tasks import manifest as manifest_file
-from tasks import atomic, csv_cells, dvc_outputs, images, pool, progress, raw_store
+from tasks import atomic, csv_cells, dvc_outputs, images, label_table, pool, progress, raw_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
-from tasks.ingest import label_table, layout, repair, state
+from tasks.ingest import layout, repair, state
 from tasks.ingest.layout import SourceScan
 from tasks.ingest.duplicates import resolve_duplicates
 from tasks.ingest.examine import READ_REASONS, VERDICT_FIELDS, Examiner, FileJob, checks

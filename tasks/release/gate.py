@@ -16,7 +16,7 @@ from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.release import lineage as data_lineage
 from tasks.release.export_parity import export_check, predict_stored
-from tasks.release.gate_record import check_record, failed_own_checks
+from tasks.release.gate_record import check_record, data_health_record, failed_own_checks
 from tasks.release.gate_record import is_current  # noqa: F401  (callers ask the gate whether it is current)
 from tasks.scoring import metrics as metric_functions
 from tasks.scoring import multilabel, selection
@@ -281,6 +281,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
         "champion": champion,
         "label_sets": compared,
         "lineage": lineage,  # both models' data: source, manifest and data hashes, label set; grown or other data
+        "data_health": data_health_record(paths),  # the estimated label noise of the data; null without the stage
         "checks": checks,
         "exports": exports,
         "fit_to_force": not failed_own_checks(checks),  # only the comparison with production refused it

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks import model_folder
+from tasks import data_health, model_folder
 from tasks.paths import Paths
 
 
@@ -32,6 +32,19 @@ def is_current(paths: Paths) -> bool:
         champion_then = gate["candidate"]["version"]
     same_candidate = gate["candidate"].get("version") == model_folder.version_of(paths.candidate)
     return same_candidate and champion_then == champion_now
+
+
+def data_health_record(paths: Paths) -> dict[str, Any] | None:
+    """What the health stage found in the data the candidate was trained on (the estimated noise rate, so that a
+    candidate trained on dirtier data shows), or None when it wrote no summary."""
+    summary = data_health.read_summary(paths.data_health)
+    if summary is None:
+        return None
+    found = summary.get("label_issues") or {}
+    return {"estimated_noise_rate": data_health.estimated_noise_rate(paths.data_health),
+            "label_issues": found.get("issues"), "images": summary.get("images"),
+            "near_duplicate_leaks": (summary.get("near_duplicates") or {}).get("leaks"),
+            "outliers": (summary.get("outliers") or {}).get("outliers")}
 
 
 def check_record(name: str, passed: bool, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:

@@ -246,6 +246,12 @@ def _label_sets_part(label_sets: dict[str, Any] | None) -> str:
             "classes, so their scores are not compared.</p>" + _pairs(rows))
 
 
+def _noise(record: dict[str, Any] | None) -> str:
+    """The data health record of gate.json as a share, or why there is none."""
+    rate = (record or {}).get("estimated_noise_rate")
+    return f"{rate:.1%}" if isinstance(rate, (int, float)) else "not estimated"
+
+
 def _gate_section(gate: dict[str, Any] | None) -> str:
     if gate is None:
         return f"<section id=\"gate\"><h2>Gate</h2>{_missing('No gate decision (gate.json) yet.')}</section>"
@@ -256,6 +262,7 @@ def _gate_section(gate: dict[str, Any] | None) -> str:
                    ("tolerance", _number(gate.get("tolerance"))), ("promoted", _number(bool(gate.get("promoted")))),
                    ("candidate model version", str(candidate.get("version", "—"))),
                    ("champion model version", str(champion.get("version", "none: no production model yet"))),
+                   ("estimated label noise of the data", _noise(gate.get("data_health"))),
                    ("decided at", str(gate.get("created_at", "—")))])
     body += _label_sets_part(gate.get("label_sets")) + report_sections.data_lineage_part(gate.get("lineage"))
     checks = [[str(check.get("name", "")), "passed" if check.get("passed") else "FAILED", _number(check.get("value")),

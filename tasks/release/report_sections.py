@@ -1,6 +1,7 @@
-"""More sections of the run report: the training params, the augmentation preview, the production model's history
-and the gate's record of both models' data; reads the candidate's model card, data/reports/augmentation_preview.png,
-registry/history.jsonl (and the lineage record of gate.json, given by tasks/release/report.py).
+"""More sections of the run report: data health, the training params, the augmentation preview, the production model's
+history and the gate's record of both models' data; reads data/reports/data_health/, the candidate's model card,
+data/reports/augmentation_preview.png, registry/history.jsonl (and the lineage record of gate.json, given by
+tasks/release/report.py).
 
 Kept beside tasks/release/report.py (which lays out the page and owns its small HTML helpers) so that each
 module stays small.
@@ -13,6 +14,7 @@ import html
 import json
 from typing import Any
 
+from tasks import data_health
 from tasks.paths import Paths
 
 PREVIEW_FILE = "augmentation_preview.png"  # in paths.reports, written by the train stage
@@ -139,5 +141,52 @@ def lineage_markdown(record: dict[str, Any] | None) -> list[str]:
     return [f"Data: {_lineage_sentence(record)[0]}".replace("|", "\\|").replace("\n", " "), ""]
 
 
+def _share(part: Any, whole: Any) -> str:
+    return f" ({part / whole:.1%})" if isinstance(part, int) and isinstance(whole, int) and whole else ""
+
+
+def data_health_section(paths: Paths) -> str:
+    """What the health stage found: counts, the estimated noise rate, the most confused classes, and the likely label
+    errors drawn with their given and suggested labels."""
+    from tasks.release import report
+
+    summary = data_health.read_summary(paths.data_health)
+    if summary is None:
+        return ("<section id=\"data-health\"><h2>Data health</h2>"
+                f"{report._missing('No data health report yet (the health stage writes data_health/).')}</section>")
+    images = summary.get("images")
+    issues, pairs, far = (summary.get(key) or {} for key in ("label_issues", "near_duplicates", "outliers"))
+    noise = issues.get("estimated_noise_rate")
+    rows = [("images checked", report._number(images)), ("compared by", str(summary.get("features", "—"))),
+            ("likely label errors", (report._number(issues.get("issues")) + _share(issues.get("issues"), images))
+             if issues.get("checked") else str(issues.get("note", "not checked"))),
+            ("estimated label noise", f"{noise:.1%}" if isinstance(noise, (int, float)) else "—"),
+            (f"near-duplicate pairs (cosine ≥ {pairs.get('threshold', '—')})", report._number(pairs.get("pairs"))),
+            ("near-duplicate pairs across splits (leaks)", report._number(pairs.get("leaks"))),
+            ("outliers (far from every class)", report._number(far.get("outliers")) if far.get("checked", True)
+             else str(far.get("note", "not checked")))]
+    body = report._pairs(rows)
+    notes = issues.get("notes") or []
+    body += "".join(f"<p class=\"note\">{html.escape(str(note))}</p>" for note in notes)
+    confused = issues.get("confused_pairs") or []
+    if confused:
+        body += ("<h3>Classes confused most (given label, predicted out of fold)</h3>"
+                 + report._table(["given", "predicted", "images"],
+                                 [[str(row.get("given")), str(row.get("predicted")), report._number(row.get("images"))]
+                                  for row in confused], numeric_from=2))
+    picture = paths.data_health / data_health.GALLERY
+    if picture.is_file() and issues.get("issues"):
+        data = base64.b64encode(picture.read_bytes()).decode("ascii")
+        caption = ("The likeliest label errors, most likely first: each image with its given label and the label "
+                   "the rest of the data suggests. Accept suggestions with `imgpipe relabel --from "
+                   "data/reports/data_health/label_issues.csv` after deleting the rows you reject.")
+        body += (f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"likely label errors\">"
+                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    links = " · ".join(f"<a href=\"data_health/{name}\">{name}</a>" for name in
+                       (data_health.LABEL_ISSUES, data_health.NEAR_DUPLICATES, data_health.OUTLIERS))
+    return f"<section id=\"data-health\"><h2>Data health</h2>{body}<p>Tables: {links}</p></section>"
+
+
 def sections(paths: Paths) -> list[str]:
-    return [production_section(paths), training_params_section(paths), augmentation_section(paths)]
+    return [data_health_section(paths), production_section(paths), training_params_section(paths),
+            augmentation_section(paths)]

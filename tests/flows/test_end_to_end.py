@@ -102,7 +102,8 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
     from flows.training import training
 
     first = training(repo=str(repo))
-    assert list(_statuses(first)) == ["demo", "ingest", "validate", "preprocess", "embed", "train", "evaluate"]
+    assert list(_statuses(first)) == ["demo", "ingest", "validate", "preprocess", "embed", "health", "train",
+                                      "evaluate"]
     assert set(_statuses(first).values()) == {"ran"}
     assert first["outcome"] == "Promoted" and first["pushed"] is True
     assert (repo / "data/models/candidate/model.keras").is_file()

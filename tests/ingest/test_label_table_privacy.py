@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.ingest import label_table
+from tasks import label_table
 
 SECRET = "s3cr3t-first-line-hunter2"
 

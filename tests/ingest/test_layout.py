@@ -6,7 +6,7 @@ import os
 import pandas as pd
 import pytest
 
-from tasks.ingest import label_table
+from tasks import label_table
 from tasks.ingest.layout import scan
 
 

@@ -55,3 +55,38 @@ def test_the_report_says_which_model_is_in_production_after_a_rollback(tmp_path)
     assert f"<th>in production now</th><td>{'a' * 12}</td>" in page
     assert f"rollback to {'a' * 12}" in page and "promote (forced over the gate)" in page
     assert page.index("worse on live traffic") < page.index("passed the gate")  # newest first
+
+
+def test_the_report_shows_data_health_with_the_likely_label_errors_drawn(tmp_path):
+    import io
+
+    import pandas as pd
+
+    from tasks import data_health
+    from tasks.release import gate_record
+
+    paths = _project(tmp_path)
+    page = report.run(paths).read_text(encoding="utf-8")
+    assert "No data health report yet" in page
+    assert gate_record.data_health_record(paths) is None  # no summary: the gate records null
+    picture = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 200, 10)).save(picture, format="PNG")
+    summary = {"images": 200, "features": "efficientnet_lite2 features",
+               "label_issues": {"checked": True, "issues": 7, "estimated_noise_rate": 0.041, "notes": ["3 folds"],
+                                "confused_pairs": [{"given": "cat", "predicted": "dog", "images": 4}]},
+               "near_duplicates": {"threshold": 0.97, "pairs": 5, "leaks": 2}, "outliers": {"checked": True,
+                                                                                          "outliers": 1}}
+    issues = pd.DataFrame({"path": ["cat/1.jpg"], "given_label": ["cat"], "suggested_label": ["dog"], "score": [0.01],
+                           "split": ["train"]})
+    data_health.write(paths.data_health, {data_health.LABEL_ISSUES: issues}, summary,
+                      {data_health.GALLERY: picture.getvalue()})
+    page = report.run(paths).read_text(encoding="utf-8")
+    section = page[page.index("<section id=\"data-health\">"):]
+    section = section[:section.index("</section>")]
+    assert "<th>likely label errors</th><td>7 (3.5%)</td>" in section
+    assert "<th>estimated label noise</th><td>4.1%</td>" in section
+    assert "<th>near-duplicate pairs across splits (leaks)</th><td>2</td>" in section
+    assert "<td>cat</td><td>dog</td>" in section and "3 folds" in section
+    assert "data:image/png;base64," in section and "imgpipe relabel --from" in section
+    assert gate_record.data_health_record(paths) == {"estimated_noise_rate": 0.041, "label_issues": 7, "images": 200,
+                                                     "near_duplicate_leaks": 2, "outliers": 1}

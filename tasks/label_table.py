@@ -1,4 +1,5 @@
-"""Reads a label table (ingest.labels: a CSV or Parquet file of path, label[, split][, group]); writes nothing.
+"""The label table format (ingest.labels: a CSV or Parquet file of path, label[, split][, group]): reads it for
+ingest, writes it for `imgpipe relabel`.
 
 `path` is relative to ingest.source; `label` holds one label, or several separated by ";" (multi-label); `split`
 (train, val or valid or validation, test; empty for none) and `group` (a subject kept in one split) are optional.
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from tasks import atomic
 
 REQUIRED = ("path", "label")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -86,6 +89,32 @@ def read(file: Path) -> dict[str, Row]:
         rows[path] = row
         first_row.setdefault(path, index)
     return rows
+
+
+def read_raw(file: Path) -> pd.DataFrame:
+    """The table as written, every column kept as text (for rewriting it with some labels changed)."""
+    if not file.is_file():
+        raise ValueError(f"ingest.labels: {file} not found; give a CSV or Parquet file of path and label columns")
+    table = _read_table(file)
+    if file.suffix.lower() == ".parquet":
+        table = table.astype(object).where(table.notna(), "").astype(str)
+    for column in REQUIRED:
+        if column not in table.columns:
+            raise ValueError(f"ingest.labels: {file} has no {column!r} column; it needs a header of path and label")
+    return table
+
+
+def normalised_path(path: str) -> str:
+    """A table's path as ingest matches it: forward slashes, no leading ./, no surrounding spaces."""
+    return str(path).replace("\\", "/").strip().removeprefix("./")
+
+
+def write(file: Path, table: pd.DataFrame) -> None:
+    """The table at `file` (CSV or Parquet by its suffix), atomically."""
+    if file.suffix.lower() == ".parquet":
+        atomic.write_parquet(file, table)
+    else:
+        atomic.write_csv(file, table)
 
 
 def _where(file: Path, index: int) -> str:
