@@ -182,7 +182,8 @@ def _relabel(arguments: argparse.Namespace) -> int:
 
     root = Path(arguments.repo).resolve()
     with run_lock.workspace_lock(root, 0.0):  # never while a run reads the labels
-        done = relabel.relabel(Path(arguments.source), root / "params.yaml", arguments.labels)
+        table = arguments.issues_table or relabel.default_table(root / "params.yaml")
+        done = relabel.relabel(table, root / "params.yaml", arguments.labels)
     sys.stdout.write(f"imgpipe relabel: {len(done.changed)} image(s) relabelled in {done.table}"
                      + (" (made from the manifest; ingest.labels now names it)" if done.created else "")
                      + (f"; {len(done.unchanged)} left, relabelled since the report" if done.unchanged else "")
@@ -366,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         "relabel", help="accept the suggested labels of a label issues table (data/reports/data_health/label_issues.csv)",
         description="Give each image of FILE its suggested label in the label table that ingest.labels names (made "
                     "from the manifest, and ingest.labels set, when there is none). Delete the rows you reject first.")
-    relabel.add_argument("--from", dest="source", required=True, metavar="FILE", help="a label issues table")
+    relabel.add_argument(FLAGS["issues_table"], dest="issues_table", type=Path, metavar="FILE",
+                         help="a label issues table (default: the project's "
+                              "data/reports/data_health/label_issues.csv)")
     relabel.add_argument("--repo", default=".", help="the imgpipe project folder (default: the current folder)")
     relabel.add_argument("--labels", type=Path, metavar="FILE",
                          help="where to make the label table when ingest.labels names none (default: labels.csv)")

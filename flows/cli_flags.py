@@ -28,6 +28,7 @@ FLAGS: dict[str, str] = {
     "force": "--force",
     "reason": "--reason",
     "lock_timeout": "--lock-timeout",
+    "issues_table": "--from",  # relabel's label issues table
     "set_param": "--set-param",
     "jobs": "--jobs",
     "apply": "--apply",

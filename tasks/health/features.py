@@ -8,7 +8,7 @@ image on every run and separates classes far less well than a backbone's feature
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+
 
 import numpy as np
 

@@ -3,7 +3,7 @@ names; reads the issues table, the label table (or, without one, the manifest) a
 table (and, when the project had none, ingest.labels in params.yaml).
 
 A person reviews data/reports/data_health/label_issues.csv (or a copy of it), deletes the rows whose suggestion is
-wrong, and runs `imgpipe relabel --from FILE`: each row left gives its image the suggested label. No image folder
+wrong, and runs `imgpipe relabel` on the file: each row left gives its image the suggested label. No image folder
 is touched; the next run takes the new labels (images already decoded or embedded are not again: both stores are
 kept by content).
 A project of class folders gets a label table made from its manifest (every image, its label, and its split where
@@ -65,6 +65,12 @@ def apply(table: pd.DataFrame, accepted: pd.DataFrame) -> tuple[pd.DataFrame, li
         table.at[index, "label"] = row.suggested_label
         changed.append(row.path)
     return table, changed, unchanged
+
+
+def default_table(params_path: Path) -> Path:
+    """The label issues table the health stage wrote for the project of `params_path`."""
+    _, paths = load_config(params_path)
+    return paths.data_health / data_health.LABEL_ISSUES
 
 
 def relabel(issues_file: Path, params_path: Path, new_table: Path | None = None) -> Relabelled:

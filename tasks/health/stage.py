@@ -96,8 +96,8 @@ def check_block(max_label_issue_fraction: float | None, summary: dict[str, Any],
     if checked["fraction"] > max_label_issue_fraction:
         raise ValueError(f"health: {checked['issues']} of {summary['images']} images ({checked['fraction']:.1%}) look "
                          f"mislabelled, more than validate.max_label_issue_fraction={max_label_issue_fraction}; "
-                         f"review {folder / data_health.LABEL_ISSUES} (accept the suggested labels with `imgpipe "
-                         "relabel --from` that file, after deleting the rows you reject), or raise the key")
+                         f"review {folder / data_health.LABEL_ISSUES} (delete the rows you reject, then `imgpipe "
+                         "relabel` gives the rest their suggested labels), or raise the key")
 
 
 def run(params: HealthParams, seed: int, max_pixels: int, paths: Paths,

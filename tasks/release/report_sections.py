@@ -178,8 +178,8 @@ def data_health_section(paths: Paths) -> str:
     if picture.is_file() and issues.get("issues"):
         data = base64.b64encode(picture.read_bytes()).decode("ascii")
         caption = ("The likeliest label errors, most likely first: each image with its given label and the label "
-                   "the rest of the data suggests. Accept suggestions with `imgpipe relabel --from "
-                   "data/reports/data_health/label_issues.csv` after deleting the rows you reject.")
+                   "the rest of the data suggests. To accept them, delete the rows you reject from "
+                   "data/reports/data_health/label_issues.csv, then run `imgpipe relabel`.")
         body += (f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"likely label errors\">"
                  f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     links = " · ".join(f"<a href=\"data_health/{name}\">{name}</a>" for name in

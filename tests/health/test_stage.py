@@ -16,7 +16,6 @@ from tasks.embed import stage as embed
 from tasks.health import relabel
 from tasks.health import stage as health
 from tasks.ingest import stage as ingest
-from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
 from tests.conftest import CLASS_COLOURS, PROJECT_ROOT, make_image, write_class_folders, write_multi_label_source
 

@@ -87,6 +87,6 @@ def test_the_report_shows_data_health_with_the_likely_label_errors_drawn(tmp_pat
     assert "<th>estimated label noise</th><td>4.1%</td>" in section
     assert "<th>near-duplicate pairs across splits (leaks)</th><td>2</td>" in section
     assert "<td>cat</td><td>dog</td>" in section and "3 folds" in section
-    assert "data:image/png;base64," in section and "imgpipe relabel --from" in section
+    assert "data:image/png;base64," in section and "then run `imgpipe relabel`." in section
     assert gate_record.data_health_record(paths) == {"estimated_noise_rate": 0.041, "label_issues": 7, "images": 200,
                                                      "near_duplicate_leaks": 2, "outliers": 1}
