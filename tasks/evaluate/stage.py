@@ -138,7 +138,7 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
                                row_totals=support)
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
     plots.training_curves(model_folder.read_history(paths.candidate), output / "training_curves.png",
-                          model_folder.read_card(paths.candidate).get("validation"))
+                          plots.kept_epoch(paths.candidate))
     plots.mistakes_gallery(table, stored_thumbnails(paths, max_pixels), output / "mistakes.png")
     # metrics.json (DVC's metrics, a column each in `dvc exp show`) holds the headline figures; the tables per class
     # go beside it, into a file DVC does not read as metrics
