@@ -1,12 +1,12 @@
 """Bulk prediction speed: reads the shared clothing photos (replicated), writes only under a temporary folder.
 
 First trains the model with imgpipe's own stages on the photos (params.yaml's train section, `--model` and the image
-size changed), which writes its exports and engines.json. Then, on the same files with that model, in one run,
-images per second of
+size changed) and runs the export stage, which writes its exports and engines.json. Then, on the same files with that
+model, in one run, images per second of
   (a) a plain loop: Pillow open, resize, model.predict per image,
   (b) keras.utils.image_dataset_from_directory + model.predict,
   (c) imgpipe predict (tasks.predict.run: walk, hash, decode on every core, predict, write the table) with
-      --engine auto (what train measured fastest among the engines that passed parity),
+      --engine auto (what the export stage measured fastest among the engines that passed parity),
   (c') the same with --engine keras,
 and the limits of this machine: decode-and-resize on every core (tasks/pool.py, the normalisation imgpipe uses),
 and each engine's own predict rate on batches already decoded. Top-1 agreement of (c) with (c') (the engine alone)
@@ -71,11 +71,14 @@ def replicate(target: Path, copies: int, photo_side: int) -> list[Path]:
 
 
 def train_model(workspace: Path, model_name: str, image_size: int, epochs: int | None) -> Path:
-    """Train with imgpipe's stages on one copy of the photos: the candidate folder, with exports and engines.json."""
+    """Train and export with imgpipe's stages on one copy of the photos: the candidate joined with its exports and
+    engines.json, one model folder as promotion makes it."""
     import logging
 
     from tasks.config import load_config
+    from tasks import export_folder
     from tasks.embed import stage as embed
+    from tasks.export import stage as export
     from tasks.ingest import stage as ingest
     from tasks.paths import Paths
     from tasks.preprocess import stage as preprocess
@@ -96,7 +99,11 @@ def train_model(workspace: Path, model_name: str, image_size: int, epochs: int |
                    config.train.weights)
     embed.run(config.embed, config.ingest.max_pixels, paths)
     train.run(config.train, config.preprocess.augment, config.base.seed, paths)
-    return paths.candidate
+    export.run(config.export, config.base.seed, paths)
+    whole = workspace / "model"  # the candidate joined with its exports, as promotion makes it
+    whole.mkdir()
+    export_folder.join(paths.candidate, paths.candidate_exports, whole)
+    return whole
 
 
 class Clock:
@@ -266,7 +273,7 @@ def main() -> int:
           f"Keras {keras.__version__} ({keras.backend.backend()})")
     print(f"machine: {cores} cores, {machine.cpu_model()}, bf16 {'yes' if engines.supports_bf16() else 'no'}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after\n")
-    print("  engines measured by train on the test split (engines.json), CPU ms per image:")
+    print("  engines measured by the export stage on the test split (engines.json), CPU ms per image:")
     for row in sorted(measured, key=lambda row: row["ms_per_image"] or 1e9):
         print(f"    {row['engine'] + ' ' + row['precision']:<22}{row['ms_per_image'] or float('nan'):>8.3f}   "
               f"agreement {row['agreement']:.4f}   max difference {row['max_difference']:.1e}   "

@@ -57,7 +57,8 @@ def judge_candidate(root: Path) -> tuple[dict[str, Any], bool]:
 def finish_interrupted(root: Path) -> list[str]:
     """Clear what a killed run left: half-built output folders; an interrupted promotion or rollback is finished."""
     _, paths = load_config(root / "params.yaml")
-    removed = leftovers.remove([paths.demo, paths.raw, paths.processed, paths.validation, paths.candidate])
+    removed = leftovers.remove([paths.demo, paths.raw, paths.processed, paths.validation, paths.candidate,
+                                paths.candidate_exports])
     return [f"removed {folder}" for folder in removed] + promote.recover(paths)
 
 
@@ -203,6 +204,7 @@ def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSum
     summary.metrics = report.read_metrics(paths) or {}
     summary.outputs = {
         "model": str(paths.candidate / model_folder.MODEL_FILE),
+        "exports": str(paths.candidate_exports),
         "production model": str(paths.production),
         "metrics": str(paths.evaluation / "metrics.json"),
         "gate decision": str(paths.gate),

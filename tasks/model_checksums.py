@@ -15,8 +15,8 @@ from typing import Any
 from tasks import atomic
 from tasks.hashing import file_sha256
 
-# {"version": id, "complete": bool, "sha256": {path in the folder: hash}}; complete once train wrote engines.json
-# (before that train is still adding exports, which are then checked only if listed)
+# {"version": id, "complete": bool, "sha256": {path in the folder: hash}}; not complete while the export stage is
+# still adding exports (tasks/export/build.py), which are then checked only if listed
 CHECKSUMS_FILE = "checksums.json"
 RESTORE = ("restore the model folder (`dvc checkout`, `dvc pull`, or from data/models/registry/) or retrain it "
            "(`dvc repro train`)")
@@ -48,7 +48,10 @@ def seal(folder: Path, version: str, complete: bool = True) -> None:
                                                 "sha256": checksums})
 
 
-def _read_checksums(folder: Path) -> dict[str, Any] | None:
+files = _files  # every file of a folder that checksums.json records
+
+
+def read_checksums(folder: Path) -> dict[str, Any] | None:
     if not (folder / CHECKSUMS_FILE).is_file():
         return None
     record = _read_record(folder / CHECKSUMS_FILE)
@@ -69,7 +72,7 @@ def check_files(folder: Path, names: list[str], version: str | None = None, expo
     With `version`, checksums.json must have been written for that model. A file checksums.json does not list is
     refused, but for `exports` while train is still writing them (the record is not complete yet).
     """
-    record = _read_checksums(folder)
+    record = read_checksums(folder)
     if record is None:
         raise ValueError(f"{folder}: no {CHECKSUMS_FILE}, so {', '.join(names)} cannot be checked against the model "
                          f"(a folder written before imgpipe recorded checksums, or one that lost them); retrain it "

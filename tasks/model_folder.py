@@ -1,8 +1,9 @@
 """The model folder format: writes and reads model.keras, labels.json, model_card.json, history.csv, the exports,
 engines.json, and version.json in a copy of a registry version (the production folder).
 
-The one owner of the folder that train writes (data/models/candidate/) and that promotion copies into the
-registry and production. A model's version id is the first 12 hex digits of a hash of its weights file and its
+The one owner of the folder that train writes (data/models/candidate/, without exports: the export stage writes
+them beside it, tasks/export_folder.py) and that promotion copies, joined with its exports, into the registry and
+production. A model's version id is the first 12 hex digits of a hash of its weights file and its
 label list (and, for a multi-label model, its per-label thresholds); it is written into the model card and is the name of the model in the registry, in history.jsonl and
 in every prediction row. The version id covers model.keras, labels.json and thresholds.json; checksums.json
 (tasks/model_checksums.py) covers the rest that predict may run: the exports and engines.json. Keras is imported only where a model is saved or loaded, so
@@ -36,7 +37,7 @@ SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
 HISTORY_FILE = "history.csv"
 SAVED_MODEL_FOLDER = "saved_model"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, CARD_FILE)
-# train.exports -> where each is written inside the folder (an ONNX int8 model, calibrated on training images,
+# export.formats -> where each is written inside the folder (an ONNX int8 model, calibrated on training images,
 # is written beside the ONNX export; engines.json records how each engine and precision did on the test split)
 EXPORT_PATHS = {"saved_model": SAVED_MODEL_FOLDER, "onnx": "model.onnx", "openvino": "openvino/model.xml",
                 "litert": "model.tflite"}
@@ -94,18 +95,18 @@ def write(folder: Path, network: keras.Model, labels: list[str], card: dict[str,
     history.to_csv(folder / HISTORY_FILE, index=False)
     version = compute_version(folder)
     atomic.write_json(folder / CARD_FILE, {**card, "labels": labels, "version": version})
-    # the exports come next (tasks/train/export.py); write_engines completes the checksums
-    model_checksums.seal(folder, version_of(folder), complete=False)
+    # the exports are the export stage's (tasks/export/, in a folder of their own): promotion joins them in
+    model_checksums.seal(folder, version_of(folder))
     return version
 
 
 def export_path(folder: Path, name: str) -> Path:
-    """Where the export `name` (a train.exports value, or `int8` for the int8 ONNX model) lives in `folder`."""
+    """Where the export `name` (an export.formats value, or `int8` for the int8 ONNX model) lives in `folder`."""
     return folder / (INT8_ONNX_FILE if name == "int8" else EXPORT_PATHS[name])
 
 
 def write_engines(folder: Path, record: dict[str, Any]) -> None:
-    """Write engines.json, the last file train writes, and record the checksums of the whole folder."""
+    """Write engines.json into a whole model folder and record the checksums of all of it."""
     atomic.write_json(folder / ENGINES_FILE, record)
     model_checksums.seal(folder, version_of(folder))
 
@@ -126,14 +127,16 @@ def read_installed_version(folder: Path) -> str | None:
 
 
 def read_engines(folder: Path) -> dict[str, Any] | None:
-    """What train measured of each engine and precision on the test split; None for a folder without it."""
+    """What the export stage measured of each engine and precision on the test split; None for a folder without
+    it (the candidate folder, whose exports are apart)."""
     if not (folder / ENGINES_FILE).is_file():
         return None
     record = _read_json(folder / ENGINES_FILE)
-    if model_checksums.exists(folder):  # engines.json decides which export runs: it must be the one train wrote
+    if model_checksums.exists(folder):  # engines.json decides which export runs: it must be the one written
         model_checksums.check_files(folder, [ENGINES_FILE])
     if not isinstance(record, dict) or not isinstance(record.get("engines"), list):
-        raise ValueError(f"{folder / ENGINES_FILE}: must be a JSON object with an 'engines' list; train writes it")
+        raise ValueError(f"{folder / ENGINES_FILE}: must be a JSON object with an 'engines' list; the export stage "
+                         "writes it")
     return record
 
 

@@ -206,8 +206,10 @@ class HealthParams(Section):
     top_shown: int = Field(default=24, ge=0, le=200)  # likely label errors drawn in label_issues.png (the run report)
 
 
-# What train.exports may name: formats written beside model.keras (tasks/train/export.py writes them).
+# What export.formats may name: the candidate's exports (tasks/export/ writes them).
 ExportName = Literal["saved_model", "onnx", "openvino", "litert"]
+# train keys that the export section took over (train.exports -> export.formats), refused with their new name
+MOVED_TO_EXPORT = {"exports": "formats", "int8_calibration": "int8_calibration"}
 
 
 class TrainParams(Section):
@@ -230,10 +232,6 @@ class TrainParams(Section):
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     jit_compile: Literal["auto", "true", "false"] = "auto"
     deterministic: bool = False
-    exports: tuple[ExportName, ...] = ("saved_model", "onnx")
-    # training images that calibrate the int8 model; 0: none; auto: 256, but none for a pretrained EfficientNet-Lite,
-    # whose int8 copies agreed with it on only 92-97% of the clothing photos (the engines need 99%)
-    int8_calibration: int | Literal["auto"] = "auto"
     # auto: multi_label when any image has several labels (a label cell "a;b"), else single_label
     task: Literal["auto", "single_label", "multi_label"] = "auto"
     # balanced: each class (label) weighs in the loss inversely to its share of the training images
@@ -241,12 +239,16 @@ class TrainParams(Section):
     # balanced: training batches drawn with every class equally likely (tf.data rejection resampling; single-label)
     sampling: Literal["natural", "balanced"] = "natural"
 
-    @field_validator("int8_calibration", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _int8_calibration(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            return value
-        raise ValueError("must be a whole number >= 0 (0: no int8 model) or auto")
+    def _moved(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for old, new in MOVED_TO_EXPORT.items():
+                if old in values:
+                    raise ValueError(f"{old} is now export.{new}: the export stage writes the exports apart from "
+                                     f"training (an edit to them no longer retrains the model); move the key to the "
+                                     f"export section of params.yaml as {new}")
+        return values
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -261,6 +263,22 @@ class TrainParams(Section):
             raise ValueError("fine_tune.when: always needs pretrained weights (train.weights); "
                              "from random weights the whole backbone trains from the start")
         return self
+
+
+class ExportParams(Section):
+    """The export stage: the candidate's exports, each held to its Keras model (data/models/candidate_exports/)."""
+
+    formats: tuple[ExportName, ...] = ("saved_model", "onnx")
+    # training images that calibrate the int8 model; 0: none; auto: 256, but none for a pretrained EfficientNet-Lite,
+    # whose int8 copies agreed with it on only 92-97% of the clothing photos (the engines need 99%)
+    int8_calibration: int | Literal["auto"] = "auto"
+
+    @field_validator("int8_calibration", mode="before")
+    @classmethod
+    def _int8_calibration(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError("must be a whole number >= 0 (0: no int8 model) or auto")
 
 
 class GateParams(Section):
@@ -318,6 +336,7 @@ class Config(Section):
     embed: EmbedParams = EmbedParams()
     health: HealthParams = HealthParams()
     train: TrainParams = TrainParams()
+    export: ExportParams = ExportParams()
     evaluate: EvaluateParams = EvaluateParams()
     tune: TuneParams = TuneParams()
 

@@ -91,6 +91,12 @@ class Paths:
         return self.models / "candidate"
 
     @property
+    def candidate_exports(self) -> Path:
+        """The export stage's output: the candidate's exports and engines.json (tasks/export_folder.py), apart from
+        the candidate folder that train writes (DVC outputs may not overlap)."""
+        return self.models / "candidate_exports"
+
+    @property
     def training_reports(self) -> Path:
         return self.reports / "training"
 

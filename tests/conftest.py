@@ -21,8 +21,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # `make test-fast` (the inner loop) leaves these out: whole pipelines through Prefect and DVC, and the modules that
 # train or export models; `make test` (and CI) runs everything
 SLOW_TESTS = ("tests/flows/", "tests/train/test_stage.py", "tests/train/test_model.py", "tests/train/test_balance.py",
-              "tests/train/test_features_route.py", "tests/release/test_gate.py", "tests/predict/test_classify.py",
-              "tests/evaluate/test_stage.py", "tests/embed/test_stage.py")
+              "tests/train/test_features_route.py", "tests/export/test_stage.py", "tests/release/test_gate.py",
+              "tests/predict/test_classify.py", "tests/evaluate/test_stage.py", "tests/embed/test_stage.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks.config import apply_overrides, load_config, parse_config
 
@@ -75,3 +76,15 @@ def test_image_size_takes_auto_or_a_number_and_names_the_key_otherwise():
     assert parse_config({"preprocess": {"image_size": 96}}).preprocess.image_size == 96
     with pytest.raises(ValueError, match="preprocess.image_size"):
         parse_config({"preprocess": {"image_size": "big"}})
+
+
+@pytest.mark.parametrize("old, new", [("exports", "formats"), ("int8_calibration", "int8_calibration")])
+def test_the_export_keys_moved_out_of_train_are_refused_with_their_new_name(old, new):
+    """train.exports and train.int8_calibration are the export stage's now (export.formats, export.int8_calibration):
+    an old params.yaml is refused, naming the key to write instead."""
+    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    values["train"][old] = ["onnx"] if old == "exports" else 0
+    with pytest.raises(ValueError, match=rf"train: {old} is now export\.{new}: the export stage writes the exports"):
+        parse_config(values)
+    assert parse_config(apply_overrides(values | {"train": {key: value for key, value in values["train"].items()
+                                                           if key != old}}, {f"export.{new}": values["train"][old]}))

@@ -2,11 +2,11 @@
 
 Engines: `keras` (model.keras through Keras/TensorFlow), `onnxruntime` (model.onnx, or model.int8.onnx) and
 `openvino` (openvino/model.xml or model.onnx at fp32 or bf16, model.int8.onnx at int8). `auto` takes the fastest
-engine and precision that train measured on the test split (engines.json in the model folder) and that passed
+engine and precision that the export stage measured on the test split (engines.json in the model folder) and that passed
 parity there: fp32 within MAX_FP32_DIFFERENCE of Keras's probabilities (softmax, or a multi-label model's
 sigmoids), bf16 and int8 agreeing on the top-1 label (a multi-label model: on the label set at its thresholds)
 of at least MIN_AGREEMENT of the images. Nothing is assumed: a folder without engines.json runs on Keras.
-What runs is what train wrote: model.keras by the version id, an export and engines.json by the folder's
+What runs is what train and the export stage wrote: model.keras by the version id, an export and engines.json by the folder's
 checksums.json (hashed once when the engine is opened), and a folder without checksums runs only model.keras.
 The heavy libraries are imported only by the engine that is opened.
 """
@@ -72,7 +72,8 @@ def unusable_reason(folder: Path, engine: str, precision: str) -> str | None:
         return "this CPU has no native bf16 (avx512_bf16 or amx_bf16)"
     if model_file(folder, engine, precision) is None:
         wanted = " or ".join(FILES[engine][precision])
-        return f"{folder} has no {wanted} (train writes it: train.exports, train.int8_calibration)"
+        return (f"{folder} has no {wanted} (the export stage writes it: export.formats, export.int8_calibration; "
+                "promotion puts it beside model.keras in production, never in the candidate folder)")
     if engine != "keras" and not model_checksums.exists(folder):
         return (f"{folder} has no {model_checksums.CHECKSUMS_FILE}, so its exports cannot be checked against the "
                 "model (retrain it to record them; model.keras, which the version id covers, runs on `engine` keras)")
@@ -116,7 +117,7 @@ def choose(folder: Path, engine: str = AUTO, precision: str = AUTO) -> tuple[str
         failed = [row for row in measured if (row["engine"], row["precision"]) == (engine, precision)
                   and not row["passed"]]
         if failed:
-            logger.warning("%s %s failed the parity check when the model was trained (%s); using it as asked",
+            logger.warning("%s %s failed the parity check when the model was exported (%s); using it as asked",
                            engine, precision, failed[0].get("detail", ""))
         return engine, precision
     candidates = [row for row in measured if row["passed"] and row.get("ms_per_image") is not None

@@ -1,6 +1,6 @@
 """Holds engines and exports to the Keras model on the same batches: top-1 agreement, largest probability difference
-and CPU time per image; reads the model folder, writes nothing (train records the result in engines.json, the gate
-in gate.json)."""
+and CPU time per image; reads the model folder, writes nothing (the export stage records the result in engines.json,
+the gate in gate.json)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,8 @@ def open_candidates(folder: Path, pairs: list[tuple[str, str]]) -> tuple[list[An
 
 
 def measure_engines(folder: Path, batches: Iterable[np.ndarray]) -> dict[str, Any]:
-    """Every engine and precision that runs this model here, against Keras: the record train writes to engines.json."""
+    """Every engine and precision that runs this model here, against Keras: the record the export stage writes to
+    engines.json."""
     from tasks.engines import keras_engine
 
     info = model_folder.read_info(folder)

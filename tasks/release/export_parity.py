@@ -1,6 +1,7 @@
 """Runs saved models on stored test images: the production model's probabilities for the gate, and every export
-and faster engine of the candidate against its .keras model (the "export parity" check); reads the model folders
-and the raw store, writes nothing."""
+and faster engine of the candidate against its .keras model (the "export parity" check, on the candidate joined with
+its exports from the export stage); reads the model folders and the raw store, writes only a temporary joined copy
+(hard links) that it removes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import model_folder, pool, stored_images
+from tasks import export_folder, model_folder, pool, stored_images
 from tasks.params import GateParams
 from tasks.engines import engine, engine_check
 from tasks.release.gate_record import check_record
@@ -68,21 +69,23 @@ def _export_runner(folder: Path, name: str, classes: int) -> Any:
 
 def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,
                   max_pixels: int) -> list[engine_check.Figures]:
-    """Each export the model card lists (train.exports), and each faster engine precision that engines.json lets
-    `imgpipe predict --engine auto` use, against the .keras model on every test image."""
+    """Each export engines.json lists (export.formats; the model card's list in a folder promoted before the export
+    stage), and each faster engine precision that engines.json lets `imgpipe predict --engine auto` use, against the
+    .keras model on every test image. `folder` is a whole model folder: model.keras beside its exports."""
     from tasks.engines import keras_engine
 
     info = model_folder.read_info(folder)
-    card = model_folder.read_card(folder)
+    measured = model_folder.read_engines(folder) or {}
+    listed = measured.get("exports", model_folder.read_card(folder).get("exports", [model_folder.SAVED_MODEL_FOLDER]))
     runners, figures = [], []
-    for name in card.get("exports", [model_folder.SAVED_MODEL_FOLDER]):
+    for name in listed:
         try:
             runner = _export_runner(folder, name, len(info.labels))
             runner.name, runner.precision = name, "fp32"  # named as the export, whatever runs it
             runners.append(runner)
         except Exception as error:
             figures.append(engine_check.Figures(name, "fp32", error=f"{type(error).__name__}: {error}"))
-    usable = [(row["engine"], row["precision"]) for row in (model_folder.read_engines(folder) or {}).get("engines", [])
+    usable = [(row["engine"], row["precision"]) for row in measured.get("engines", [])
               if row["passed"] and row["precision"] != "fp32"
               and engine.unusable_reason(folder, row["engine"], row["precision"]) is None]
     opened, failed = engine_check.open_candidates(folder, usable)
@@ -92,12 +95,18 @@ def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,
     return engine_check.compare(keras_engine.KerasEngine(info), runners, stacks, 0, info.thresholds)[1:] + figures
 
 
-def export_check(params: GateParams, folder: Path, images: list[stored_images.Job], raw: Path, max_pixels: int
-                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def export_check(params: GateParams, folder: Path, exports: Path, images: list[stored_images.Job], raw: Path,
+                 max_pixels: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The "export parity" check and the figures behind it: every export (fp32) within
     evaluate.gate.max_export_difference of the .keras model's probabilities, every faster precision that auto may
-    use (bf16, int8) agreeing on the top-1 label of at least engine.MIN_AGREEMENT of the test images."""
-    figures = export_parity(folder, images, raw, max_pixels)
+    use (bf16, int8) agreeing on the top-1 label of at least engine.MIN_AGREEMENT of the test images. The model in
+    `folder` is checked with the exports in `exports` (the export stage's folder); exports missing, made from
+    another model or damaged fail the check, naming what to run."""
+    try:
+        with export_folder.joined(folder, exports) as whole:
+            figures = export_parity(whole, images, raw, max_pixels)
+    except ValueError as error:  # no exports of this model, or a file not as the export stage wrote it
+        return check_record("export parity", False, None, params.max_export_difference, str(error)), []
     failed = []
     for item in figures:
         if item.error:

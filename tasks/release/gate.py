@@ -1,4 +1,5 @@
-"""Gate: reads the candidate, its test results and the production model, writes data/reports/evaluation/gate.json."""
+"""Gate: reads the candidate, its exports, its test results and the production model, writes
+data/reports/evaluation/gate.json."""
 
 from __future__ import annotations
 
@@ -247,7 +248,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     multi_label = model_folder.read_info(paths.candidate).multi_label
     table = pd.read_parquet(paths.test_predictions)  # exact: the CSV beside it is escaped for spreadsheets
     stored = stored_images.jobs_for(paths.manifest, table["path"].tolist())  # the test images, from the raw store
-    parity, exports = export_check(params, paths.candidate, stored, paths.raw, max_pixels)
+    parity, exports = export_check(params, paths.candidate, paths.candidate_exports, stored, paths.raw, max_pixels)
     checks = [parity]
     checks += floor_checks(params, metrics)
     checks += spread_check(table) if not multi_label else []

@@ -1,4 +1,5 @@
-"""Promotion and rollback: reads the candidate and gate.json, writes data/models/production/ and the registry history.
+"""Promotion and rollback: reads the candidate, its exports and gate.json, writes data/models/production/ and the
+registry (each version one model folder: the candidate joined with its exports) and its history.
 
 The registry's history.jsonl is the one record of which model is in production, and each change is one atomic
 rename of it (the commit point). The registry folder of the new version is written before it, the production
@@ -17,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, kill_point, leftovers, model_folder, registry
+from tasks import atomic, export_folder, kill_point, leftovers, model_folder, registry
 from tasks.config import ArgumentError
 from tasks.paths import Paths
 from tasks.release import gate_record
@@ -64,11 +65,12 @@ def _install(paths: Paths, version: str) -> None:
 
 
 def _register(paths: Paths, version: str) -> None:
-    """Copy the candidate into registry/<version>, whole or not at all."""
+    """Copy the candidate joined with its exports into registry/<version> (one model folder, one checksums.json),
+    whole or not at all."""
     target = paths.registry / version
     if not model_folder.exists(target):
         with atomic.atomic_directory(target) as building:
-            shutil.copytree(paths.candidate, building, dirs_exist_ok=True)
+            export_folder.join(paths.candidate, paths.candidate_exports, building)
 
 
 def _kept_reason(paths: Paths, history: registry.History, version: str) -> str | None:

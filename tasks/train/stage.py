@@ -1,5 +1,5 @@
 """Train stage: reads data/processed/ (and data/embeddings/ for a pretrained backbone), writes data/models/candidate/
-(model, labels, history, model card, exports, engines.json).
+(model, labels, history, model card, checksums; the export stage, tasks/export/, writes its exports apart).
 
 The network preprocess settled on (tasks/model_choice.py) learns by one of two routes: on the images
 (tasks/train/on_pixels.py) or with a head on a pretrained backbone's cached features (tasks/train/on_features.py).
@@ -21,7 +21,7 @@ from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.params import AugmentParams, TrainParams
 from tasks.paths import Paths
-from tasks.train import augment_preview, backup, callbacks, export, lineage, on_features, on_pixels
+from tasks.train import augment_preview, backup, callbacks, lineage, on_features, on_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +116,11 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
         "precision": trained.precision,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
-        "exports": list(params.exports),
         **trained.card,
     }
     with atomic.atomic_directory(paths.candidate) as building:
         version = model_folder.write(building, _for_saving(trained.network), labels, card, trained.history,
                                      thresholds)
-        network_parameters = trained.network.count_params()
-        write = export.run_in_fresh_process if network_parameters > export.FRESH_PROCESS_PARAMETERS else export.run
-        write(building, list(params.exports), paths.processed, _int8_calibration(params, card), seed)
     augment_preview.run(augment, seed, paths)
     kept = (f"head at regularisation strength {best['strength']:g}" if best["phase"] == "head"
             else f"{best['phase']} epoch {int(best['epoch']) + 1}")
@@ -133,23 +129,6 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths) ->
                 float(best.get(f"val_{params.select_on}", best["val_loss"])), best["val_loss"], version,
                 paths.candidate)
     return paths.candidate
-
-
-DEFAULT_INT8_CALIBRATION = 256
-
-
-def _int8_calibration(params: TrainParams, card: dict[str, Any]) -> int:
-    """Training images that calibrate the int8 model: train.int8_calibration, or for auto 256, but none for a
-    pretrained EfficientNet-Lite (its int8 copies never reached the agreement the engines need: 0.92-0.97 on the
-    clothing photos, benchmarks/BENCHMARKS.md), whose calibration and checks would cost a minute of CPU a run."""
-    if params.int8_calibration != "auto":
-        return int(params.int8_calibration)
-    if card.get("backbone"):
-        logger.info("train: no int8 model for %s (train.int8_calibration auto): its int8 copies agree with it on "
-                    "too few images to be used; set a number of calibration images to write one anyway",
-                    card["backbone"]["name"])
-        return 0
-    return DEFAULT_INT8_CALIBRATION
 
 
 def _for_saving(network: keras.Model) -> keras.Model:

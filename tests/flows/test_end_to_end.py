@@ -103,13 +103,19 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
 
     first = training(repo=str(repo))
     assert list(_statuses(first)) == ["demo", "ingest", "validate", "preprocess", "embed", "health", "train",
-                                      "evaluate"]
+                                      "export", "evaluate"]
     assert set(_statuses(first).values()) == {"ran"}
     assert first["outcome"] == "Promoted" and first["pushed"] is True
     assert (repo / "data/models/candidate/model.keras").is_file()
     assert (repo / "data/models/production/model.keras").read_bytes() == \
         (repo / "data/models/candidate/model.keras").read_bytes()
     assert (repo / "data/models/production.dvc").is_file()  # production is versioned by DVC
+    # the export stage's folder beside the candidate; production is one folder: the model, its exports, engines.json
+    assert json.loads((repo / "data/models/candidate_exports/checksums.json").read_text())["version"] == \
+        json.loads((repo / "data/models/candidate/model_card.json").read_text())["version"]
+    production_checksums = json.loads((repo / "data/models/production/checksums.json").read_text())
+    assert production_checksums["complete"] and {"model.keras", "model.onnx", "engines.json"} <= \
+        set(production_checksums["sha256"])
     assert (repo / "data/reports/validation/data_docs/index.html").is_file()
     assert (repo / "data/reports/index.html").is_file()
     metrics = json.loads((repo / "data/reports/evaluation/metrics.json").read_text())
@@ -134,8 +140,8 @@ def test_flow_builds_everything_then_skips_everything(repo, prefect_server, noti
     second = training(repo=str(repo), return_state=True)
     assert second.name == "Nothing to do"
     assert _statuses(second.result()) == {"demo": "skipped", "ingest": "unchanged", "validate": "skipped",
-                                          "preprocess": "skipped", "embed": "skipped", "train": "skipped",
-                                          "evaluate": "skipped"}
+                                          "preprocess": "skipped", "embed": "skipped", "health": "skipped",
+                                          "train": "skipped", "export": "skipped", "evaluate": "skipped"}
     assert shard.stat().st_ino == inode  # ingest ran (DVC deleted its outputs) and linked the same file back
     # one `dvc status` before ingest answered for every other stage: none was asked of DVC again
     assert [stage["name"] for stage in second.result()["stages"] if stage["seconds"] > 0] == ["ingest"]
@@ -153,7 +159,7 @@ def test_changing_epochs_retrains_and_gates_against_production(repo, prefect_ser
     third = training(repo=str(repo), push=False, return_state=True)
     summary = third.result()
     ran = {name for name, status in _statuses(summary).items() if status == "ran"}
-    assert ran == {"train", "evaluate"}
+    assert ran == {"train", "export", "evaluate"}
     assert third.name in ("Promoted", "Refused")
     assert summary["gate"]["champion"] is not None  # compared with the production model
     gate = json.loads((repo / "data/reports/evaluation/gate.json").read_text())

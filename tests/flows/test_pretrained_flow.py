@@ -62,7 +62,7 @@ def test_auto_takes_the_pretrained_backbone_and_trains_a_head_on_cached_features
 
     first = training(repo=str(repo), push=False)
     assert list(_statuses(first)) == ["demo", "ingest", "validate", "preprocess", "embed", "health", "train",
-                                      "evaluate"]
+                                      "export", "evaluate"]
     assert _statuses(first)["embed"] == "ran" and first["outcome"] == "Promoted"
     card = json.loads((repo / "data/models/candidate/model_card.json").read_text())
     assert card["model"] == "efficientnet_lite2" and card["model_choice"]["route"] == "head_on_features"

@@ -22,18 +22,20 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def exported_model(tmp_path_factory) -> Path:
-    """An untrained simple_cnn with its ONNX export and int8 model, as train writes them (no engines.json yet)."""
+    """An untrained simple_cnn with its ONNX export and int8 model in one folder, as promotion joins the candidate
+    and its exports (no engines.json yet)."""
     import keras
 
     from tasks import networks
-    from tasks.train import export
+    from tasks.export import convert
 
     keras.utils.set_random_seed(11)
     folder = tmp_path_factory.mktemp("model")
     network = networks.simple_cnn(SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
     model_folder.write(folder, network, LABELS, {"image_size": SIZE, "resize": "stretch"}, pd.DataFrame())
     calibration = np.random.default_rng(0).integers(0, 255, (16, SIZE, SIZE, 3), dtype=np.uint8)
-    export.write_exports(folder, ["onnx"], calibration)
+    convert.write_exports(folder, folder, ["onnx"], calibration)
+    model_checksums.seal(folder, model_folder.version_of(folder))
     return folder
 
 
@@ -75,7 +77,7 @@ def test_explicit_choices_are_checked_and_named(exported_model, monkeypatch, cap
     bare.mkdir()
     for name in model_folder.REQUIRED_FILES:
         (bare / name).write_bytes((folder / name).read_bytes())
-    with pytest.raises(ArgumentError, match=r"has no model.int8.onnx \(train writes it"):
+    with pytest.raises(ArgumentError, match=r"has no model.int8.onnx \(the export stage writes it"):
         engine.choose(bare, "onnxruntime", "int8")
 
 
@@ -195,3 +197,19 @@ def test_a_changed_engine_record_or_a_folder_without_checksums_runs_no_export(ex
     assert engine.choose(folder) == ("keras", "fp32")
     with pytest.raises(ArgumentError, match="has no checksums.json, so its exports cannot be checked"):
         engine.choose(folder, "onnxruntime", "fp32")
+
+
+def test_the_candidate_folder_as_train_writes_it_runs_model_keras(exported_model, tmp_path):
+    """Train writes no exports (the export stage writes them apart): `--model data/models/candidate` runs on Keras,
+    and an engine asked for by name says where its file comes from."""
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    for name in (*model_folder.REQUIRED_FILES, model_folder.HISTORY_FILE):
+        (candidate / name).write_bytes((exported_model / name).read_bytes())
+    model_checksums.seal(candidate, model_folder.version_of(candidate))  # as model_folder.write seals it
+    assert engine.choose(candidate) == ("keras", "fp32")
+    with pytest.raises(ArgumentError, match=r"has no model.onnx \(the export stage writes it: export.formats"):
+        engine.choose(candidate, "onnxruntime", "fp32")
+    summary = predict.run(write_class_folders(tmp_path / "photos", per_class=1), tmp_path / "rows.parquet", candidate,
+                          predict.PredictOptions())
+    assert summary.engine == "keras"

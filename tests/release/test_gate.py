@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import model_folder, networks
+from tasks import model_checksums, model_folder, networks
 from tasks.evaluate import stage as evaluate
+from tasks.export import stage as export
 from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
 from tasks.release import gate, promote
@@ -23,6 +24,7 @@ def evaluated(shrunk_config, tmp_path, monkeypatch):
     preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     train.run(config.train.model_copy(update={"epochs": 6, "width": 8}), config.preprocess.augment,
               config.base.seed, paths)
+    export.run(config.export, config.base.seed, paths)
     evaluate.run(config.evaluate, config.base.seed, config.ingest.max_pixels, paths)
     return config, paths
 
@@ -93,12 +95,14 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
         promote.promote(paths, reason=" ", force=True)
 
     # a forced promotion needs a different model: nudge the weights file (a zip file tolerates trailing bytes) and
-    # record its new version id, as training would
+    # record its new version id and checksums, as training would, then export it, as the export stage would
     with (paths.candidate / "model.keras").open("ab") as handle:
         handle.write(b"\0")
     card = json.loads((paths.candidate / "model_card.json").read_text())
-    (paths.candidate / "model_card.json").write_text(json.dumps(card | {"version": model_folder.compute_version(
-        paths.candidate)}))
+    nudged = model_folder.compute_version(paths.candidate)
+    (paths.candidate / "model_card.json").write_text(json.dumps(card | {"version": nudged}))
+    model_checksums.seal(paths.candidate, nudged)
+    export.run(config.export, config.base.seed, paths)
     forced = promote.promote(paths, reason="customer demo needs it", force=True, requested_by="alice")
     history = promote.read_history(paths)
     assert [event["action"] for event in history] == ["promote", "promote"]
@@ -120,16 +124,22 @@ def test_promote_compare_refuse_force_and_roll_back(evaluated):
 def test_an_export_that_disagrees_or_is_missing_blocks_promotion_and_is_named(evaluated):
     import keras
 
-    from tasks import networks
-    from tasks.train import export
+    from tasks import export_folder, networks
+    from tasks.export import convert
 
     config, paths = evaluated
+    exports, version = paths.candidate_exports, model_folder.version_of(paths.candidate)
+    record = json.loads((exports / model_folder.ENGINES_FILE).read_text())
     lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
     assert gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)["decision"] == "pass"
     keras.utils.set_random_seed(99)  # another model of the same shape stands in for a broken conversion
     other = networks.simple_cnn(config.preprocess.image_size, 3, depth=config.train.depth, width=8, dropout=0.0)
     other.predict_on_batch(np.zeros((1, config.preprocess.image_size, config.preprocess.image_size, 3), np.uint8))
-    export.export_onnx(other, model_folder.export_path(paths.candidate, "onnx"))
+    convert.export_onnx(other, model_folder.export_path(exports, "onnx"))
+    # swapped after the export stage wrote it: refused by its checksum before anything runs
+    swapped = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert swapped["decision"] == "fail" and "model.onnx: changed or damaged" in swapped["sentence"]
+    export_folder.write_engines(exports, version, record)  # as if the export stage had written the broken conversion
     refused = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
     assert refused["decision"] == "fail"
     assert "export parity: onnx: largest probability difference" in refused["sentence"]
@@ -137,7 +147,8 @@ def test_an_export_that_disagrees_or_is_missing_blocks_promotion_and_is_named(ev
     with pytest.raises(promote.PromotionRefused, match="export parity: onnx"):
         promote.promote(paths, reason="try")
 
-    shutil.rmtree(model_folder.export_path(paths.candidate, "saved_model"))
+    shutil.rmtree(model_folder.export_path(exports, "saved_model"))
+    export_folder.write_engines(exports, version, record)  # as if the export stage had left it out
     missing = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
     assert missing["decision"] == "fail" and "saved_model fp32 failed" in missing["sentence"]
     assert "saved_model is missing" in missing["sentence"]

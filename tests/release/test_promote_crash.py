@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from flows.run_lock import workspace_lock
-from tasks import kill_point, model_folder, networks
+from tasks import export_folder, kill_point, model_folder, networks
 from tasks.params import PathsParams
 from tasks.paths import Paths
 from tasks.release import promote
@@ -63,15 +63,21 @@ CHILD = textwrap.dedent("""
 
 
 def _save_candidate(paths: Paths, seed: int) -> str:
-    """A new candidate model folder (untrained weights, different per seed), as the train stage writes one."""
+    """A new candidate model folder (untrained weights, different per seed), as the train stage writes one, and its
+    exports, as the export stage writes them."""
     import keras
 
     keras.utils.set_random_seed(seed)
     network = networks.simple_cnn(16, 3, depth=1, width=4, dropout=0.0)
     shutil.rmtree(paths.candidate, ignore_errors=True)
     paths.candidate.mkdir(parents=True)
-    return model_folder.write(paths.candidate, network, ["blue", "green", "red"],
-                              {"image_size": 16, "resize": "stretch"}, pd.DataFrame({"epoch": [0], "loss": [1.0]}))
+    version = model_folder.write(paths.candidate, network, ["blue", "green", "red"],
+                                 {"image_size": 16, "resize": "stretch"}, pd.DataFrame({"epoch": [0], "loss": [1.0]}))
+    # its export folder as the export stage writes one (export.formats empty: engines.json alone)
+    shutil.rmtree(paths.candidate_exports, ignore_errors=True)
+    paths.candidate_exports.mkdir(parents=True)
+    export_folder.write_engines(paths.candidate_exports, version, {"engines": [], "exports": []})
+    return version
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def configure(tmp_path, source, **overrides):
         "ingest.source": str(source), "ingest.near_duplicate_distance": 0, "validate.min_images_per_class": 3,
         "preprocess.image_size": 8, "preprocess.augment.horizontal_flip": False, "preprocess.augment.rotation": 0.0,
         "preprocess.augment.zoom": 0.0, "preprocess.augment.translation": 0.0, "train.batch_size": 16,
-        "train.width": 8, "train.depth": 1, "train.exports": [], "train.int8_calibration": 0, **overrides})
+        "train.width": 8, "train.depth": 1, **overrides})
     return config, Paths(config.paths, tmp_path)
 
 

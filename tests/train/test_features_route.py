@@ -25,7 +25,7 @@ from tasks.ingest import stage as ingest
 from tasks.params import Config
 from tasks.paths import Paths
 from tasks.preprocess import stage as preprocess
-from tasks.train import export, head, on_features, transfer
+from tasks.train import head, on_features, transfer
 from tasks.train import stage as train
 from tests.conftest import PROJECT_ROOT, make_photo
 
@@ -51,8 +51,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
         patch.chdir(root)  # dvclive looks for a repository in the current folder
-        # exports in this process: a fresh one would import TensorFlow again for each training (seconds)
-        patch.setattr(export, "FRESH_PROCESS_PARAMETERS", 10**12)
         config, _ = load_config(PROJECT_ROOT / "params.yaml", overrides={
             "ingest.source": str(write_photos(root / "source")),
             "validate.min_images_per_class": 3,
@@ -62,7 +60,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
             "embed.engine": "keras",
             "embed.workers": 1,
             "train.batch_size": 8,
-            "train.exports": [],
         })
         paths = Paths(config.paths, root)
         ingest.run(config.ingest, paths)
@@ -81,8 +78,6 @@ def copied(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Co
                     ignore=lambda folder, names: [name for name in names
                                                   if Path(folder, name) in (paths.models, paths.reports)])
     monkeypatch.chdir(tmp_path)
-    # the exports and their engine check (seconds: the model is built again) ran in the prepared project
-    monkeypatch.setattr(export, "run", lambda *arguments: None)
     return config, Paths(config.paths, tmp_path)
 
 

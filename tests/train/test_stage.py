@@ -1,4 +1,5 @@
-"""Training features: backbones, transfer learning, resumable runs, determinism, export, other Keras backends."""
+"""Training features: backbones, transfer learning, resumable runs, determinism, the model card, other Keras
+backends (the exports are the export stage's: tests/export/)."""
 
 import json
 import os
@@ -17,7 +18,6 @@ from tasks import model_folder, networks
 from tasks.ingest import stage as ingest
 from tasks.params import TrainParams
 from tasks.preprocess import stage as preprocess
-from tasks.train import export
 from tasks.train import stage as train
 from tests.conftest import PROJECT_ROOT
 
@@ -107,7 +107,7 @@ def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_pat
     cached, fetched = (networks.find_backbone(network).get_weights() for network in (from_cache, from_file))
     for first, second in zip(cached, fetched):
         np.testing.assert_array_equal(first, second)
-    params = TrainParams(model="mobilenet_v3_small", weights="imagenet", epochs=1, batch_size=8, exports=[])
+    params = TrainParams(model="mobilenet_v3_small", weights="imagenet", epochs=1, batch_size=8)
     settle_network(config, paths, params)
     candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
     card = json.loads((candidate / "model_card.json").read_text())
@@ -125,16 +125,13 @@ def test_deterministic_runs_give_identical_weights(prepared):
         np.testing.assert_array_equal(first, second)
 
 
-def test_model_card_exports_and_engines_written_in_a_fresh_process(prepared, monkeypatch):
-    import tensorflow as tf
-
+def test_model_card_written_and_no_exports(prepared):
     config, paths = prepared
-    monkeypatch.setattr(export, "FRESH_PROCESS_PARAMETERS", 0)  # as for a large model
     candidate = train.run(config.train, config.preprocess.augment, config.base.seed, paths)
     card = json.loads((candidate / "model_card.json").read_text())
     assert card["data_sha256"] and card["git_revision"] and card["image_size"] == 32
     assert card["params"]["train"]["epochs"] == config.train.epochs and "val_accuracy" in card["validation"]
-    assert card["exports"] == ["saved_model", "onnx"] and card["batch_size"] == 8
+    assert card["batch_size"] == 8
     assert card["validation"]["selected_on"] == "macro_f1" and len(card["validation"]["interval"]) == 2
     assert "too small for a decision" in card["validation"]["note"]  # 6 validation images
     # a user without imgpipe loads model.keras: no custom metric or optimizer state in it
@@ -144,17 +141,11 @@ def test_model_card_exports_and_engines_written_in_a_fresh_process(prepared, mon
                             text=True, timeout=300)
     assert loaded.returncode == 0 and "macro_f1" not in loaded.stdout, loaded.stderr[-2000:]
     assert "Skipping variable loading" not in loaded.stderr and "compile" not in loaded.stderr, loaded.stderr[-2000:]
-    network = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
-    exported = tf.saved_model.load(str(candidate / "saved_model"))
-    images = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
-    served = exported.serve(tf.constant(images)).numpy()
-    assert np.abs(served - network.predict(images, verbose=0)).max() <= 1e-4
-    for name in ("onnx", "int8"):
-        assert (candidate / model_folder.export_path(candidate, name).name).is_file()
-    engines = json.loads((candidate / "engines.json").read_text())["engines"]
-    assert {"keras", "onnxruntime"} <= {row["engine"] for row in engines}
-    test_images = json.loads((paths.processed / "preprocess.json").read_text())["counts"]["test"]
-    assert all(row["images"] == test_images and row["ms_per_image"] > 0 for row in engines), engines
+    # the exports and engines.json are the export stage's (tests/export/test_stage.py): none here, and the
+    # checksums train records are complete
+    assert "exports" not in card and not (candidate / model_folder.ENGINES_FILE).exists()
+    assert not any(model_folder.export_path(candidate, name).exists() for name in (*model_folder.EXPORT_PATHS, "int8"))
+    assert json.loads((candidate / "checksums.json").read_text())["complete"]
 
 
 EPOCH_LINE = re.compile(r"train epoch (\d+):")
@@ -207,15 +198,3 @@ def test_training_with_mixing_uses_soft_labels_end_to_end(prepared, mixing):
     history = (candidate / "history.csv").read_text()
     assert "val_accuracy" in history
     assert (paths.reports / "augmentation_preview.png").is_file()
-
-
-def test_engines_json_is_measured_on_at_most_engine_check_images(prepared, monkeypatch):
-    config, paths = prepared
-    params = config.train.model_copy(update={"epochs": 1, "exports": ("onnx",), "int8_calibration": 0})
-    candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
-    test_images = json.loads((paths.processed / "preprocess.json").read_text())["counts"]["test"]
-    assert test_images > 3
-    monkeypatch.setattr(export, "ENGINE_CHECK_IMAGES", 3)
-    export.run(candidate, ["onnx"], paths.processed, 0, config.base.seed)
-    engines = json.loads((candidate / "engines.json").read_text())["engines"]
-    assert engines and all(row["images"] == 3 for row in engines), engines

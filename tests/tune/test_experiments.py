@@ -38,13 +38,17 @@ def test_the_pipeline_as_dvc_resolves_it():
     assert pipeline.upstream == ["demo", "ingest", "validate", "preprocess", "embed"]
     assert pipeline.uncached_outputs["ingest"] == []  # every output of the raw store's ingest is in DVC's cache
     assert "data/reports/evaluation/metrics.json" in pipeline.downstream_outputs
-    assert not any(path.startswith("data/models/candidate") for path in pipeline.downstream_outputs)
+    # the candidate is train's (a trial builds it); its exports are the export stage's, after train (never built)
+    assert not any(path == "data/models/candidate" or path.startswith("data/models/candidate/")
+                   for path in pipeline.downstream_outputs)
+    assert "data/models/candidate_exports" in pipeline.downstream_outputs
     stages = [*pipeline.upstream, "train"]
     assert experiments.stages_reading(pipeline, "train.learning_rate", stages) == ["train"]
     assert experiments.stages_reading(pipeline, "preprocess.augment.rotation", stages) == ["train"]
     assert experiments.stages_reading(pipeline, "preprocess.image_size", stages) == ["preprocess"]
     assert experiments.stages_reading(pipeline, "base.seed", stages) == ["preprocess", "train"]
     assert experiments.stages_reading(pipeline, "evaluate.top_k", stages) == []
+    assert experiments.stages_reading(pipeline, "export.formats", stages) == []
     with pytest.raises(ValueError, match="no stage named nowhere"):
         experiments.read_pipeline(PROJECT_ROOT, "nowhere")
 

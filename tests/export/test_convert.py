@@ -1,5 +1,5 @@
-"""Exports beside model.keras (SavedModel, ONNX, OpenVINO IR, LiteRT, the int8 ONNX model), each held to the Keras
-model; the tf2onnx mends; a missing package named with the key to change. Tiny models, a few images."""
+"""Exports of a model (SavedModel, ONNX, OpenVINO IR, LiteRT, the int8 ONNX model), each held to the Keras model;
+the tf2onnx mends; a missing package named with the key to change. Tiny models, a few images."""
 
 import importlib.util
 
@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import model_folder, networks
+from tasks import model_checksums, model_folder, networks
 from tasks.engines import engine, engine_check, keras_engine
-from tasks.train import export
+from tasks.export import convert as export
 
 LABELS = ["a", "b", "c"]
 SIZE = 16
@@ -31,7 +31,8 @@ def exported(tmp_path_factory, images):
     folder = tmp_path_factory.mktemp("model")
     network = networks.simple_cnn(SIZE, len(LABELS), depth=2, width=4, dropout=0.0)
     model_folder.write(folder, network, LABELS, {"image_size": SIZE, "resize": "stretch"}, pd.DataFrame())
-    export.write_exports(folder, ["saved_model", "onnx", "openvino", "litert"], calibration=images[:32])
+    export.write_exports(folder, folder, ["saved_model", "onnx", "openvino", "litert"], calibration=images[:32])
+    model_checksums.seal(folder, model_folder.version_of(folder))  # one whole model folder, as promotion seals it
     return folder
 
 
@@ -96,5 +97,5 @@ def test_unread_graph_inputs_left_by_tf2onnx_are_removed(tmp_path):
 def test_a_missing_export_package_names_the_key_to_change(exported, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "tf2onnx" else real(name))
-    with pytest.raises(ValueError, match=r"train.exports: onnx needs the package\(s\) tf2onnx.*pip install tf2onnx"):
-        export.write_exports(exported, ["onnx"], calibration=None)
+    with pytest.raises(ValueError, match=r"export.formats: onnx needs the package\(s\) tf2onnx.*pip install tf2onnx"):
+        export.write_exports(exported, exported, ["onnx"], calibration=None)
