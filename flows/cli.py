@@ -145,7 +145,7 @@ def _predict(arguments: argparse.Namespace) -> int:
 def _fetch_weights(arguments: argparse.Namespace) -> int:
     from tasks import networks
 
-    saved = networks.fetch_weights(arguments.name, arguments.out)
+    saved = networks.fetch_weights(arguments.name, arguments.out or networks.weights_file_name(arguments.name))
     sys.stdout.write(f"saved the ImageNet weights of {arguments.name} (no top) to {saved}; set train.weights to "
                      "this file's path on the training machine\n")
     return 0
@@ -330,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     backbones = fetchable_backbones()
     fetch.add_argument("name", metavar="NAME", choices=backbones,
                        help=f"the backbone, as train.model names it: {', '.join(backbones)}")
-    fetch.add_argument(FLAGS["out"], type=Path, required=True, metavar="FILE",
-                       help="where to save the weights; the name must end in .weights.h5")
+    fetch.add_argument(FLAGS["out"], type=Path, metavar="FILE",
+                       help="where to save the weights; the name must end in .weights.h5 (default: "
+                            "NAME_imagenet_notop.weights.h5 in the current folder)")
     fetch.set_defaults(handler=_fetch_weights)
 
     tune = commands.add_parser(

@@ -72,16 +72,21 @@ def check_weights_file(weights: str | None) -> Path | str | None:
     if not path.is_file():
         raise ValueError(
             f"train.weights: {path} not found; give a local backbone weights file saved without the top "
-            "(include_top=False; 'imgpipe weights fetch NAME' writes one to the file given as `out`), imagenet (downloaded through "
-            "Keras's cache), or null to start from random weights"
+            "(include_top=False; 'imgpipe weights fetch NAME' writes one), imagenet (downloaded through Keras's cache), "
+            "or null to start from random weights"
         )
     return path
+
+
+def weights_file_name(name: str) -> Path:
+    """Where `imgpipe weights fetch NAME` saves NAME's no-top ImageNet weights unless told otherwise."""
+    return Path(f"{name}_imagenet_notop.weights.h5")
 
 
 def offline_message(name: str, error: Exception) -> str:
     return (f"train.weights: imagenet: the ImageNet weights of {name} are not in Keras's cache (~/.keras/models, or "
             f"$KERAS_HOME/models) and could not be downloaded ({error}). On a machine with internet run "
-            f"'imgpipe weights fetch {name}' with `out` {name}_imagenet_notop.weights.h5, copy the file here and set "
+            f"'imgpipe weights fetch {name}' (it writes {weights_file_name(name)}), copy the file here and set "
             f"train.weights to its path")
 
 

@@ -81,7 +81,7 @@ def test_imagenet_weights_offline_say_how_to_fetch_them_elsewhere(monkeypatch):
 
     monkeypatch.setattr(file_utils, "get_file", offline)
     with pytest.raises(ValueError, match=r"train.weights: imagenet: .*could not be downloaded.*'imgpipe weights fetch "
-                                         r"mobilenet_v3_small --out mobilenet_v3_small_imagenet_notop.weights.h5'.*"
+                                         r"mobilenet_v3_small' \(it writes mobilenet_v3_small_imagenet_notop.weights.h5\).*"
                                          r"set train.weights to its path"):
         networks.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
 
@@ -100,6 +100,9 @@ def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_pat
     assert not list(out.parent.glob(".*partial*"))
     assert main(["weights", "fetch", "mobilenet_v3_small", "--out", str(tmp_path / "x.h5")]) == 1
     assert "--out" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # without --out: the name the offline message gives, in the current folder
+    assert main(["weights", "fetch", "mobilenet_v3_small"]) == 0
+    assert (tmp_path / "mobilenet_v3_small_imagenet_notop.weights.h5").is_file()
 
     # imagenet (from the stand-in cache) and the fetched file give the same starting weights
     from_cache = networks.build(TrainParams(model="mobilenet_v3_small", weights="imagenet"), 32, 3)
