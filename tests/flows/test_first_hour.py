@@ -7,6 +7,7 @@ The tests of this module share one copy and run in order.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,9 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     assert second.returncode == 0, second.stderr[-3000:]
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 3  # kept, as dvc exp run -S
     assert "train.epochs: 2 -> 3" in second.stdout
+    # the demo stage ran once, for the first run: with the user's own source it has nothing to do (issue 25 item 13)
+    assert re.search(r"^  demo +skipped ", second.stdout, re.MULTILINE), second.stdout
+    assert "demo data not written" not in second.stdout + second.stderr
     assert _git(project, "log", "-1", "--format=%s").startswith("imgpipe run: ")
     assert "NOTES.md" not in _files_of(project, "HEAD")
     assert _git(project, "diff", "--cached", "--name-only").split() == ["NOTES.md"]
