@@ -28,9 +28,10 @@ DVC_FILES = ("dvc.lock", ".dvc", ".gitignore")
 def project(tmp_path_factory) -> Path:
     repo = _copy_repository(tmp_path_factory.mktemp("first-hour"))
     source = write_class_folders(repo.parent / "source", per_class=12)  # the user's own images, not the demo
+    # enough epochs and width to tell the three colours apart: the gate refuses a model naming one class for all
     _set_params(repo, {"ingest.source": str(source), "validate.min_images_per_class": 3, "preprocess.image_size": 16,
-                       "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25, "train.epochs": 2,
-                       "train.min_epochs": 1, "train.batch_size": 8, "train.width": 4, "train.depth": 2,
+                       "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25, "train.epochs": 10,
+                       "train.min_epochs": 1, "train.batch_size": 8, "train.width": 8, "train.depth": 2,
                        "evaluate.gate.min_accuracy": 0.0, "evaluate.gate.min_macro_f1": 0.0,
                        "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_class_f1_drop": 1.0})
     _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "--quiet", "-am", "my data")
@@ -68,10 +69,10 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     # the user's own staged work stays staged and out of imgpipe's commit
     (project / "NOTES.md").write_text("my notes\n")
     _git(project, "add", "NOTES.md")
-    second = _imgpipe(project, "run", "--commit", "--no-push", "-S", "train.epochs=3")
+    second = _imgpipe(project, "run", "--commit", "--no-push", "-S", "train.epochs=11")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 3  # kept, as dvc exp run -S
-    assert "train.epochs: 2 -> 3" in second.stdout
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 11  # kept, as dvc exp run -S
+    assert "train.epochs: 10 -> 11" in second.stdout
     # the demo stage ran once, for the first run: with the user's own source it has nothing to do (issue 25 item 13)
     assert re.search(r"^  demo +skipped ", second.stdout, re.MULTILINE), second.stdout
     assert "demo data not written" not in second.stdout + second.stderr
@@ -81,7 +82,7 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     # the params the run used are committed with its lock: the commit agrees with itself, and DVC sees the change
     assert "params.yaml" in _files_of(project, "HEAD") and "params.yaml" not in _git(project, "status", "--short")
     changed = json.loads(_dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json").stdout)
-    assert changed["params.yaml"]["train.epochs"] == {"old": 2, "new": 3}, changed
+    assert changed["params.yaml"]["train.epochs"] == {"old": 10, "new": 11}, changed
 
     # DVC's comparisons between the two revisions
     metrics = json.loads(_dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json").stdout)
@@ -147,20 +148,20 @@ def test_models_promote_and_rollback_import_nothing_heavy_and_rollback_rewrites_
 
 
 def test_the_log_is_quiet_and_a_bad_param_is_one_line(project, prefect_server):
-    run = _imgpipe(project, "run", "--no-push", "-S", "train.epochs=4")  # not trained before: no run-cache restore
+    run = _imgpipe(project, "run", "--no-push", "-S", "train.epochs=12")  # not trained before: no run-cache restore
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stderr
     (project.parent / "quiet-run.log").write_text(log)
     for noise in ("git add", "autostage", "Use `dvc push`", "cuInit", "Finished in state Completed()",
                   "INFO prefect", "INFO tasks."):
         assert noise not in log, f"{noise!r} in the log:\n{log[-4000:]}"
-    assert "train epoch 1: " in log and "(epoch 1 of 4, " in log and "| train: " in log  # a stage's line, one prefix
+    assert "train epoch 1: " in log and "(epoch 1 of 12, " in log and "| train: " in log  # a stage's line, one prefix
     bad = _imgpipe(project, "run", "-S", "train.epochs=-1")
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "train.epochs must be >= 1, got -1" in bad.stderr, bad.stderr
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 4  # nothing written
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 12  # nothing written
     before = (project / "params.yaml").read_bytes()
-    outside = _imgpipe(project, "run", "-S", "train.epochs=5", "-S", "paths.raw=/")  # refused before it is written
+    outside = _imgpipe(project, "run", "-S", "train.epochs=13", "-S", "paths.raw=/")  # refused before it is written
     assert outside.returncode == 1 and "paths.raw" in outside.stderr, outside.stderr
     assert (project / "params.yaml").read_bytes() == before
 
