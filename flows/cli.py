@@ -38,7 +38,7 @@ def _run(arguments: argparse.Namespace) -> int:
 
     overrides = owner_params.check(arguments.repo, arguments.set_param)
     params_changed = owner_params.write(arguments.repo, overrides, arguments.lock_timeout) if overrides else []
-    prefect_setup.use_project(Path(arguments.repo).resolve(), temporary_server=True)
+    prefect_setup.use_project(Path(arguments.repo).resolve(), project_server=True)
     from prefect.exceptions import FailedRun
 
     from flows.training import training
