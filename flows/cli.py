@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command in ("run", "serve", "predict", "tune", "lr-find"):  # commands that may start TensorFlow here
         console_log.filter_native_noise()
-    console_log.configure(rewrite=for_command_line if arguments.command in COMMANDS_WITH_SETTINGS else None)
+    console_log.configure(rewrite=for_command_line if arguments.command in COMMANDS_WITH_SETTINGS else None,
+                          served=arguments.command == "serve")
     try:
         return arguments.handler(arguments)
     except (ValueError, RuntimeError) as error:

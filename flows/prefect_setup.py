@@ -7,9 +7,9 @@ so that a server configured there is still used; and gives the temporary server 
 can meet. The API is, in order: PREFECT_API_URL (environment or profile); the project's own long-lived server
 (flows/local_server.py) when it runs, or started when a schedule needs one or a training run asks for it (a
 server started once serves every later run: no start-up of 10-20 s each time; IMGPIPE_PREFECT_SERVER=temporary
-declines it); else a temporary server of the command's own (one that dies with it), or Prefect's temporary server. Every server of the project asks for the project's secret
-(.dvc/tmp/prefect/api-auth, mode 0600), which this sets as the client's PREFECT_API_AUTH_STRING: no other user of
-the machine can list or start runs, or read their states.
+declines it); else a temporary server of the command's own (one that dies with it), or Prefect's temporary server.
+Every server of the project asks for the project's secret (.dvc/tmp/prefect/api-auth, mode 0600), which this sets
+as the client's PREFECT_API_AUTH_STRING: no other user of the machine can list or start runs, or read their states.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def _project_server_declined() -> bool:
     choice = os.environ.get(SERVER_CHOICE, "").strip().lower()
     if choice not in ("", "project", "temporary"):
         raise ValueError(f"{SERVER_CHOICE} must be project (the default: use the project's long-lived Prefect server, "
-                         f"started when it is not running) or temporary (a server of the command's own), got {choice!r}")
+                         "started when it is not running) or temporary (a server of the command's own), got "
+                         f"{choice!r}")
     return choice == "temporary"
 
 
