@@ -15,11 +15,11 @@ from tasks import native_noise
 
 _ROUTINE = ("Finished in state Completed()",)
 # what the engine of a served run says when the runner cancels it (serve stopping, or a cancel in Prefect's UI): it
-# is recorded Cancelled, so a crash and a run "Finished" while "Running" would only mislead; and the runner's routine
+# is recorded Cancelled, so a crash and a run "Finished" while "Running" would only mislead; the runner's routine lines
 _SERVED_NOISE = re.compile(r"Crash detected! Execution was aborted by a termination signal\.?|"
-                                 r"Finished in state Crashed\('Execution was aborted by a termination signal\.'\)|"
-                                 r"Finished in state Running\(\)|Execution of flow run '[^']*' was terminated\.|"
-                                 r"Downloading flow code from storage at .*")
+                           r"Finished in state Crashed\('Execution was aborted by a termination signal\.'\)|"
+                           r"Finished in state Running\(\)|Execution of flow run '[^']*' was terminated\.|"
+                           r"Downloading flow code from storage at .*")
 _SERVED_IN_PLAIN_WORDS = (
     (re.compile(r"Flow run was cancelled\."), "run cancelled: its stages were stopped; the next run redoes what this "
                                               "one left unfinished"),
@@ -117,5 +117,3 @@ def served_runs_logging(folder: Path) -> Path:
     path = folder / "served-runs-logging.yml"
     atomic.write_text(path, yaml.safe_dump(config, sort_keys=False), keep_if_same=True)
     return path
-
-
