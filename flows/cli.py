@@ -89,7 +89,7 @@ def _server(arguments: argparse.Namespace) -> int:
         sys.stdout.write(f"running at {server.ui_url} (pid {server.pid}, database "
                          f"{prefect_home.home(root) / 'prefect.db'}, log {server.log}, secret "
                          f"{prefect_home.auth_file(root)})\n" if server else
-                         "not running; `imgpipe serve` starts it, or `imgpipe server start`\n")
+                         "not running; `imgpipe run` and `imgpipe serve` start it, or `imgpipe server start`\n")
     return 0
 
 
