@@ -38,7 +38,7 @@ def _run(arguments: argparse.Namespace) -> int:
 
     overrides = owner_params.check(arguments.repo, arguments.set_param)
     params_changed = owner_params.write(arguments.repo, overrides, arguments.lock_timeout) if overrides else []
-    prefect_setup.use_project(Path(arguments.repo).resolve(), temporary_server=True)
+    prefect_setup.use_project(Path(arguments.repo).resolve(), project_server=True)
     from prefect.exceptions import FailedRun
 
     from flows.training import training
@@ -89,7 +89,7 @@ def _server(arguments: argparse.Namespace) -> int:
         sys.stdout.write(f"running at {server.ui_url} (pid {server.pid}, database "
                          f"{prefect_home.home(root) / 'prefect.db'}, log {server.log}, secret "
                          f"{prefect_home.auth_file(root)})\n" if server else
-                         "not running; `imgpipe serve` starts it, or `imgpipe server start`\n")
+                         "not running; `imgpipe run` and `imgpipe serve` start it, or `imgpipe server start`\n")
     return 0
 
 
@@ -154,7 +154,11 @@ def _fetch_weights(arguments: argparse.Namespace) -> int:
 def _tune(arguments: argparse.Namespace) -> int:
     from flows.tune import PLAIN_STEPS, run_sweep
 
+    from flows import owner_params
+
     repo = Path(arguments.repo).resolve()
+    overrides = owner_params.check_sweep(repo, arguments.set_param, arguments.trials, arguments.epochs)
+    params_changed = owner_params.write(repo, overrides, arguments.lock_timeout) if overrides else []
     try:  # without Prefect: the trials outlive this command, which must leave no server behind when killed
         summary = run_sweep(repo, arguments.jobs, arguments.apply, arguments.restart, arguments.lock_timeout,
                             PLAIN_STEPS)
@@ -163,7 +167,7 @@ def _tune(arguments: argparse.Namespace) -> int:
                          "(`dvc queue status`); `imgpipe tune` again follows them and queues the rest; "
                          "`dvc queue kill TRIAL` and `dvc queue remove --queued` stop them\n")
         return 130
-    sys.stdout.write(summaries.format_tune_summary(summary, repo))
+    sys.stdout.write(summaries.format_tune_summary(summary | {"params_changed": params_changed}, repo))
     return 0
 
 
@@ -207,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"imgpipe {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="run the training flow: every dvc.yaml stage that is out of date")
+    run = commands.add_parser(
+        "run", help="run the training flow: every dvc.yaml stage that is out of date",
+        description="Run the training flow once: every dvc.yaml stage that is out of date (through DVC), then the "
+                    "gate against the production model, promotion or refusal, the report and the push; print a "
+                    "summary. A run with nothing new does nothing and says so.")
     run.add_argument(FLAGS["repo"], default=".", help="the imgpipe project folder (default: the current folder)")
     run.add_argument("--no-push", action="store_true", help="do not push outputs to the DVC remote at the end")
     run.add_argument(FLAGS["lock_timeout"], type=float, default=0.0, metavar="SECONDS",
@@ -221,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "compare revisions")
     run.set_defaults(handler=_run)
 
-    serve = commands.add_parser("serve", help="retrain on a schedule (Prefect serve) until interrupted")
+    serve = commands.add_parser(
+        "serve", help="retrain on a schedule (Prefect serve) until interrupted",
+        description="Run the training flow on a schedule until Ctrl-C, one run at a time (a run due while one is in "
+                    "flight is cancelled); each run logs the summary `imgpipe run` prints. Uses PREFECT_API_URL when "
+                    "set, else the project's own Prefect server, started if it is not running (it keeps running: "
+                    "`imgpipe server stop`). Ctrl-C cancels the run in flight.")
     serve.add_argument(FLAGS["repo"], default=".", help="the imgpipe project folder (default: the current folder)")
     when = serve.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help="a cron schedule, e.g. '0 3 * * *' (03:00 UTC every day)")
@@ -231,13 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "they are committed, alone, when the git index holds nothing staged)")
     serve.set_defaults(handler=_serve)
 
-    server = commands.add_parser("server", help="the project's own Prefect server, which serve starts: "
-                                                "status, start or stop")
+    server = commands.add_parser(
+        "server", help="the project's own Prefect server, which serve and run start: status, start or stop",
+        description="The project's own long-lived Prefect server (database, log and API secret in .dvc/tmp/prefect/, "
+                    "UI on 127.0.0.1): its status, start it, or stop it. `imgpipe serve` and `imgpipe run` start it "
+                    "when no PREFECT_API_URL is set; it answers only clients that hold the project's secret.")
     server.add_argument("action", choices=["status", "start", "stop"])
     server.add_argument(FLAGS["repo"], default=".", help="the imgpipe project folder (default: the current folder)")
     server.set_defaults(handler=_server)
 
-    promote = commands.add_parser("promote", help="make the candidate model the production model")
+    promote = commands.add_parser(
+        "promote", help="make the candidate model the production model",
+        description="Make the candidate model (data/models/candidate) the production model and record it in the "
+                    "registry; refused when the gate refused the candidate, unless --force with --reason.")
     promote.add_argument(FLAGS["repo"], default=".", help="the imgpipe project folder (default: the current folder)")
     promote.add_argument(FLAGS["force"], action="store_true", help="promote even though the gate refused it")
     promote.add_argument(FLAGS["reason"], default="", help=f"why (required with {FLAGS['force']}); kept in the history")
@@ -245,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="wait this long for a run on the same repository to finish (default: do not wait)")
     promote.set_defaults(handler=_promote)
 
-    rollback = commands.add_parser("rollback", help="restore the previous production model")
+    rollback = commands.add_parser(
+        "rollback", help="restore the previous production model",
+        description="Put the production model before the current one back in production, and record the rollback "
+                    "(with --reason) in the registry; the model withdrawn is not promoted again by later runs.")
     rollback.add_argument(FLAGS["repo"], default=".", help="the imgpipe project folder (default: the current folder)")
     rollback.add_argument(FLAGS["reason"], default="rolled back by hand", help="why; kept in the history")
     rollback.add_argument(FLAGS["lock_timeout"], type=float, default=0.0, metavar="SECONDS",
@@ -253,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(handler=_rollback)
 
     listing = commands.add_parser(
-        "models", help="list the model registry: versions, dates, test metrics, gate outcome, which is in production")
+        "models", help="list the model registry: versions, dates, test metrics, gate outcome, which is in production",
+        description="List the model registry: each version, when it was trained, its test metrics and gate outcome, "
+                    "which one is in production, and the candidate.")
     listing.add_argument(FLAGS["repo"], default=".", help="the imgpipe project folder (default: the current folder)")
     listing.set_defaults(handler=_models)
 
@@ -321,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "CPU with native bf16, int8 the int8 model that train calibrates")
     predict.set_defaults(handler=_predict)
 
-    weights = commands.add_parser("weights", help="pretrained backbone weights for train.weights")
+    weights = commands.add_parser("weights", help="pretrained backbone weights for train.weights",
+                                  description="Pretrained backbone weights for train.weights, for a training machine "
+                                              "without internet.")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
     fetch = weights_commands.add_parser(
         "fetch", help="download a backbone's ImageNet weights (through Keras) and save them without the top",
@@ -341,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "follow them and rank them by a validation metric. Run it again after an interruption to "
                     "resume: finished trials stay, the rest run.")
     tune.add_argument(FLAGS["repo"], default=".", help="the imgpipe project folder (default: the current folder)")
+    tune.add_argument("-S", FLAGS["set_param"], action="append", metavar="KEY=VALUE",
+                      help="set a params.yaml value before the sweep and keep it there, as `imgpipe run -S` does "
+                           "(checked first; repeatable), e.g. -S tune.method=grid -S train.batch_size=32")
+    tune.add_argument(FLAGS["trials"], type=int, metavar="N",
+                      help="draw N trials (sets tune.trials, and tune.max_trials when it is lower; kept in "
+                           "params.yaml; tune.method random)")
+    tune.add_argument(FLAGS["epochs"], type=int, metavar="N",
+                      help="train each trial for at most N epochs (sets train.epochs; kept in params.yaml)")
     tune.add_argument(FLAGS["jobs"], type=int, default=None,
                       help="trials at a time (dvc queue start -j; default: one per 2 cores)")
     tune.add_argument(FLAGS["apply"], action="store_true",
@@ -382,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command in ("run", "serve", "predict", "tune", "lr-find"):  # commands that may start TensorFlow here
         console_log.filter_native_noise()
-    console_log.configure(rewrite=for_command_line if arguments.command in COMMANDS_WITH_SETTINGS else None)
+    console_log.configure(rewrite=for_command_line if arguments.command in COMMANDS_WITH_SETTINGS else None,
+                          served=arguments.command == "serve")
     try:
         return arguments.handler(arguments)
     except (ValueError, RuntimeError) as error:

@@ -33,6 +33,8 @@ FLAGS: dict[str, str] = {
     "jobs": "--jobs",
     "apply": "--apply",
     "restart": "--restart",
+    "trials": "--trials",
+    "epochs": "--epochs",
     "min_rate": "--min-rate",
     "max_rate": "--max-rate",
     "steps": "--steps",

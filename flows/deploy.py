@@ -27,6 +27,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runner import Runner
 from prefect.states import Cancelled
 
+from flows import console_log, prefect_home
 from flows.training import training
 
 DEPLOYMENT_NAME = "scheduled-retrain"
@@ -112,6 +113,16 @@ async def _serve(deployment, schedule: str, poll_seconds: float | None) -> None:
         logger.info("marked as cancelled: %s", ", ".join(cancelled))
 
 
+def _log_runs_as_imgpipe_run(repo: Path) -> None:
+    """Give the runs' processes (started by the runner, which imports nothing of ours to configure them) the log lines
+    of `imgpipe run`, through Prefect's logging configuration file; one the user chose is left in charge."""
+    from prefect.settings import PREFECT_LOGGING_SETTINGS_PATH
+
+    if "PREFECT_LOGGING_SETTINGS_PATH" in os.environ or PREFECT_LOGGING_SETTINGS_PATH.value().exists():
+        return
+    os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(console_log.served_runs_logging(prefect_home.make_home(repo)))
+
+
 def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: float | None = None,
                      commit: bool | None = None) -> None:
     """Serve the scheduled retrain until interrupted (Ctrl-C or SIGTERM); runs happen in child processes.
@@ -119,6 +130,7 @@ def serve_retraining(repo: Path, cron: str | None = None, interval_seconds: floa
     commit None: each run commits dvc.lock and the .dvc files when the git index holds nothing staged.
     """
     deployment = retrain_deployment(repo, cron, interval_seconds, commit=commit)
+    _log_runs_as_imgpipe_run(repo)
     schedule = f"on the cron schedule {cron!r}" if cron else f"every {interval_seconds:g} s"
     # Prefect looks for due runs every 10 s (PREFECT_RUNNER_POLL_FREQUENCY): often enough, unless runs come faster
     poll_seconds = None

@@ -9,7 +9,7 @@ from typing import Any
 
 from flows import run_lock
 from tasks import params_file
-from tasks.config import load_config
+from tasks.config import apply_overrides, check_values, load_config, read_params
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,29 @@ def check(repo: str | Path, assignments: list[str] | None = None) -> dict[str, A
     overrides = params_file.parse_assignments(assignments or [])
     if overrides:
         params_file.check(params, overrides)
+    return overrides
+
+
+def check_sweep(repo: str | Path, assignments: list[str] | None, trials: int | None = None,
+                epochs: int | None = None) -> dict[str, Any]:
+    """`imgpipe tune`'s changes, checked as `check` does: the `key=value` ones, then `trials` (tune.trials, and
+    tune.max_trials when it is lower, so that the sweep is not cut short of the number asked) and `epochs`
+    (train.epochs, the epochs of each trial)."""
+    overrides = check(repo, assignments)
+    if epochs is not None:
+        overrides["train.epochs"] = epochs
+    if trials is not None:
+        params = Path(repo).resolve() / "params.yaml"
+        config, _ = check_values(apply_overrides(read_params(params), overrides), params)
+        if config.tune.method == "grid":
+            raise ValueError(f"`trials` {trials}: {params}'s tune.method is grid, which runs every combination of "
+                             "tune.space (tune.max_trials caps them: -S tune.max_trials=N); `trials` counts the "
+                             "trials that tune.method random draws")
+        overrides["tune.trials"] = trials
+        if trials > config.tune.max_trials:
+            overrides["tune.max_trials"] = trials
+    if overrides:
+        params_file.check(Path(repo).resolve() / "params.yaml", overrides)
     return overrides
 
 

@@ -95,6 +95,8 @@ def format_tune_summary(summary: dict[str, Any], repo: Path) -> str:
         path = Path(summary[name])
         lines.append(f"  {name.replace('_', ' ') + ':':<14}{path.relative_to(repo) if path.is_relative_to(repo) else path}")
     lines.append(f"  {'compare:':<14}dvc exp show --only-changed;  dvc plots diff TRIAL TRIAL")
+    for change in summary.get("params_changed") or []:
+        lines.append(f"  {'params.yaml:':<14}{change}  (kept; `git checkout params.yaml` undoes it)")
     return "\n".join(lines) + "\n"
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows import git_commit, journal, notify, run_lock, stage_runner
+from flows import git_commit, journal, notify, run_lock, stage_runner, summaries
 from tasks import kill_point, leftovers, model_folder
 from tasks.config import load_config
 from tasks.release import gate, promote, report
@@ -284,4 +285,6 @@ def training(repo: str = ".", push: bool = True, lock_timeout: float = 0.0, comm
     if summary.outcome in ("Promoted", "Refused"):
         notify.send(f"imgpipe: candidate {summary.outcome.lower()}",
                     f"{root}: {_change_line(summary)}. {summary.gate['sentence']}")
+    if get_run_context().flow_run.deployment_id:  # a served run: no command prints its summary, so its log ends with it
+        get_run_logger().info("%s", summaries.format_summary(asdict(summary)).strip("\n"))
     return Completed(name=summary.outcome, message=summary.gate["sentence"], data=asdict(summary))

@@ -149,3 +149,17 @@ def test_help_states_the_defaults_it_takes_from_tasks():
     assert f"(default: {PredictOptions.top_k})" in helps["top_k"]
     assert f"(default: {PredictOptions.max_pixels})" in helps["max_pixels"]
     assert f"(default: {PredictOptions.chunk_size})" in helps["chunk_size"]
+
+
+def test_every_command_says_what_it_does_in_the_list_and_in_its_own_help():
+    parser = cli.build_parser()
+    listed = {choice.dest: choice.help for action in parser._actions
+              if isinstance(action, argparse._SubParsersAction) for choice in action._choices_actions}
+    commands = _subcommands(parser)
+    assert {name for name in commands if " " not in name} == set(listed)
+    for name, subparser in commands.items():
+        assert subparser.description, f"`imgpipe {name} --help` has no description line"
+        assert subparser.description.endswith("."), name
+    for name, text in listed.items():
+        assert text, f"`imgpipe --help` lists {name} without a line"
+    assert "KEY=VALUE" in commands["tune"].format_help() and "--trials N" in commands["tune"].format_help()

@@ -7,6 +7,7 @@ import base64
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -357,6 +358,24 @@ def _interrupt_a_run_and_check(serving: subprocess.Popen, log_file: Path, api_ur
     assert "RuntimeWarning" not in output and "Traceback" not in output, output[-3000:]
     assert _scheduled_runs(api_url, _UNFINISHED, secret) == [], "a run is left shown as unfinished:\n" + output[-3000:]
     assert _scheduled_runs(api_url, ["CANCELLED"], secret), output[-3000:]
+    _check_the_served_log(output)
+
+
+_PREFECTS_FORMAT = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ +\| ", re.MULTILINE)  # 12:03:05.123 | INFO    | ...
+_OUR_FORMAT = re.compile(r"^\d\d:\d\d:\d\d \S+ *\| ", re.MULTILINE)  # 12:03:05 ingest     | ...
+
+
+def _check_the_served_log(output: str) -> None:
+    """Issue 25 item 7: serve and its runs log as `imgpipe run` does, each finished run ends with its summary (the
+    gate's decision in it), and the run that Ctrl-C or SIGTERM stopped reads as cancelled, not as a crash."""
+    assert not _PREFECTS_FORMAT.search(output), _PREFECTS_FORMAT.search(output).group(0) + "\n" + output[-3000:]
+    assert re.search(r"^\d\d:\d\d:\d\d training +\| Beginning flow run", output, re.MULTILINE), output[-3000:]
+    assert re.search(r"^\d\d:\d\d:\d\d ingest +\| stage ingest ", output, re.MULTILINE), output[-3000:]
+    assert "imgpipe training run: Nothing to do" in output and "  gate: pass  ->  Nothing to do" in output
+    assert "Crash detected" not in output and "Finished in state Running()" not in output, output[-3000:]
+    assert "cancelled" in output[output.index("stopping: cancelling the run in flight"):].lower(), output[-3000:]
+    log_lines = [line for line in output.splitlines() if _OUR_FORMAT.match(line)]
+    assert len(log_lines) > 10, output[-3000:]
 
 
 def test_a_served_schedule_triggers_a_real_run(repo, real_prefect_server, tmp_path):

@@ -119,3 +119,41 @@ def test_a_commands_temporary_server_asks_for_the_secret_and_dies_with_a_killed_
     if not gone:
         servers[0].kill()
     assert gone, "the temporary server outlived the command killed with SIGKILL"
+
+
+RUN_SETUP = """
+import sys
+from pathlib import Path
+from flows import console_log, prefect_setup
+console_log.configure()
+print(prefect_setup.use_project(Path(sys.argv[1]), project_server=True), flush=True)
+"""
+
+
+def test_a_training_run_starts_the_projects_server_once_says_how_to_stop_it_and_later_runs_use_it(tmp_path):
+    """Issue 25 item 6: no server start-up in every `imgpipe run` (10-20 s of a no-op run); the same secured server
+    `imgpipe server start` starts, named once; IMGPIPE_PREFECT_SERVER=temporary declines it."""
+    project = tmp_path / "project"
+    (project / ".dvc").mkdir(parents=True)
+    environment = _environment(tmp_path / "home")
+
+    def setup(**variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", RUN_SETUP, str(project)], cwd=PROJECT_ROOT,
+                              env=dict(environment, **variables), capture_output=True, text=True, timeout=400,
+                              check=True)
+
+    try:
+        first = setup()
+        record = json.loads((project / ".dvc/tmp/prefect/server.json").read_text())
+        assert first.stdout.strip() == record["api_url"] and record["root"] == str(project.resolve())
+        assert first.stderr.count("`imgpipe server stop` stops it") == 1, first.stderr
+        secret = prefect_home.auth_file(project).read_text().strip()
+        assert _status(record["api_url"], None) == 401 and _status(record["api_url"], secret) == 200
+        second = setup()
+        assert second.stdout.strip() == record["api_url"]
+        assert "stops it" not in second.stderr and "using the project's Prefect server" in second.stderr
+    finally:
+        _imgpipe(environment, "server", "stop", "--repo", str(project))
+    declined = setup(IMGPIPE_PREFECT_SERVER="temporary")
+    assert declined.stdout.strip().startswith("http://127.0.0.1:") and "stops it" not in declined.stderr
+    assert not (project / ".dvc/tmp/prefect/server.json").exists() and local_server.running(project) is None
