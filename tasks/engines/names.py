@@ -25,6 +25,7 @@ class EngineEntry:
 
 
 REGISTRY: dict[str, EngineEntry] = {
+    # the reference every other engine is held to; its runner takes the model's info (engine.open_engine)
     "keras": EngineEntry("tasks.engines.keras_engine:KerasEngine", "keras", {"fp32": ("keras",)}),
     "onnxruntime": EngineEntry("tasks.engines.onnxruntime_engine:OnnxRuntimeEngine", "onnxruntime",
                                {"fp32": ("onnx",), "int8": ("int8",)}),
