@@ -20,8 +20,8 @@ DEFAULT_BACKBONE = "efficientnet_lite2"
 # simple_cnn in `make run`).
 SCAN_BELOW = 32
 # The keras.applications networks that train on pixels (tasks/networks.py builds them) and the size they were made
-# for: preprocess.image_size auto takes it, as it takes a pretrained backbone's (a test holds the names to networks.py)
-PIXEL_BACKBONE_SIZES = {"mobilenet_v3_small": 224, "efficientnet_v2_b0": 224, "resnet50": 224}
+# for: preprocess.image_size auto takes it, as it takes a pretrained backbone's (the registry: catalog.PIXEL_BACKBONES)
+PIXEL_BACKBONE_SIZES = {name: entry.image_size for name, entry in catalog.PIXEL_BACKBONES.items()}
 HEAD_ON_FEATURES = "head_on_features"  # a pretrained backbone's features are cached; the head trains on them
 PIXELS = "pixels"  # the network trains on decoded images (simple_cnn, keras.applications backbones)
 

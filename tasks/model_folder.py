@@ -37,10 +37,28 @@ SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
 HISTORY_FILE = "history.csv"
 SAVED_MODEL_FOLDER = "saved_model"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, CARD_FILE)
-# export.formats -> where each is written inside the folder (an ONNX int8 model, calibrated on training images,
-# is written beside the ONNX export; engines.json records how each engine and precision did on the test split)
-EXPORT_PATHS = {"saved_model": SAVED_MODEL_FOLDER, "onnx": "model.onnx", "openvino": "openvino/model.xml",
-                "litert": "model.tflite"}
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export.formats value: the export registry entry (its writer is tasks/export/convert.py WRITERS[name])."""
+
+    path: str  # where it is written inside the folder
+    packages: tuple[str, ...]  # the packages writing it needs (import names, pip installs them by the same name)
+    # what runs it at fp32 for the gate's export parity, the first one installed: an engine of
+    # tasks/engines/names.py, or "module:Class" of a runner taking (path, classes)
+    checked_by: tuple[str, ...]
+
+
+# the export registry: export.formats -> its entry (an ONNX int8 model, calibrated on training images, is written
+# beside the ONNX export; engines.json records how each engine and precision did on the test split)
+EXPORTS = {
+    "saved_model": ExportFormat(SAVED_MODEL_FOLDER, (), ("tasks.engines.keras_engine:SavedModelRunner",)),
+    "onnx": ExportFormat("model.onnx", ("onnx", "tf2onnx"), ("onnxruntime", "openvino")),
+    "openvino": ExportFormat("openvino/model.xml", ("onnx", "tf2onnx", "openvino"), ("openvino",)),
+    "litert": ExportFormat("model.tflite", (), ("tasks.engines.keras_engine:LiteRtRunner",)),
+}
+EXPORT_PATHS = {name: entry.path for name, entry in EXPORTS.items()}
 INT8_ONNX_FILE = "model.int8.onnx"
 ENGINES_FILE = "engines.json"
 # in a copy of a registry version (the production folder), written by promotion: {"version": the version it copies}

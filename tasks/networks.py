@@ -18,11 +18,10 @@ from tasks.params import ModelName, TrainParams
 SIMPLE_CNN = "simple_cnn"
 IMAGENET = "imagenet"  # train.weights: the backbone's ImageNet weights, through Keras's own download and cache
 # name -> (constructor, how the backbone wants its 0-255 RGB input)
+# (the registry: tasks/backbones/catalog.py PIXEL_BACKBONES)
 BACKBONES: dict[str, tuple[Callable[..., keras.Model], str]] = {
-    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, "built_in"),
-    "efficientnet_v2_b0": (keras.applications.EfficientNetV2B0, "built_in"),
-    "resnet50": (keras.applications.ResNet50, "caffe"),
-}
+    name: (getattr(keras.applications, entry.constructor), entry.input_style)
+    for name, entry in catalog.PIXEL_BACKBONES.items()}
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)  # the one list, in tasks/params.py; a test holds BACKBONES to it
 
 

@@ -1,6 +1,11 @@
-"""The pretrained backbones that install with imgpipe: their names, weights packages, pinned hashes and native sizes;
-reads nothing, writes nothing (tasks/backbones/pretrained.py loads them). Kept apart so that the stages that only
-need these facts (preprocess settles the network and its image size) do not depend on the network code.
+"""The backbone registry: the pretrained backbones that install with imgpipe (their names, weights packages, pinned
+hashes and native sizes; tasks/backbones/pretrained.py loads them, a head trains on their cached features) and the
+keras.applications networks that train on pixels (their constructor, input style and native size; tasks/networks.py
+builds them). Reads nothing, writes nothing. Kept apart so that the stages that only need these facts (preprocess
+settles the network and its image size) do not depend on the network code.
+
+Adding a backbone: an entry here and its name in train.model's ModelName (tasks/params.py); a pretrained one also
+pins its weights package in pyproject.toml. tests/test_extension_points.py holds the derived lists to these.
 """
 
 from __future__ import annotations
@@ -45,3 +50,19 @@ def spec(name: str) -> Backbone:
         raise ValueError(f"train.model {name!r} has no installed weights; installed backbones: "
                          f"{', '.join(BACKBONES)}")
     return BACKBONES[name]
+
+
+@dataclass(frozen=True)
+class PixelBackbone:
+    """A keras.applications network that trains on decoded pixels (ImageNet weights through Keras's download)."""
+
+    constructor: str  # its name in keras.applications
+    input_style: str  # how it wants its 0-255 RGB input: "built_in" (its own preprocessing) or "caffe" (BGR - means)
+    image_size: int  # the size it was made for: preprocess.image_size auto takes it
+
+
+PIXEL_BACKBONES = {
+    "mobilenet_v3_small": PixelBackbone("MobileNetV3Small", "built_in", 224),
+    "efficientnet_v2_b0": PixelBackbone("EfficientNetV2B0", "built_in", 224),
+    "resnet50": PixelBackbone("ResNet50", "caffe", 224),
+}

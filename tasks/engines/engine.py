@@ -13,6 +13,7 @@ The heavy libraries are imported only by the engine that is opened.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -24,20 +25,25 @@ from tasks import model_checksums, model_folder
 from tasks.cpu import limit_tensorflow_threads as limit_threads
 from tasks.cpu import supports_bf16
 from tasks.config import ArgumentError
-from tasks.engines.names import AUTO, ENGINES, PRECISIONS
+from tasks.engines.names import AUTO, ENGINES, PRECISIONS, REGISTRY
 
 logger = logging.getLogger(__name__)
 
-# ENGINES and PRECISIONS, by name: tasks/engines/names.py (the command line reads them without importing this)
-# engine -> precision -> the file in the model folder it runs (tried in order)
+
+def _file_name(name: str) -> str:
+    """A registry file name ("keras", an export.formats name, "int8") as its path in a model folder."""
+    return model_folder.MODEL_FILE if name == "keras" else model_folder.export_path(Path(), name).as_posix()
+
+
+# ENGINES, PRECISIONS and each engine's runner, package and files: tasks/engines/names.py (the registry; the command
+# line reads it without importing this). Derived here: engine -> precision -> the file in the model folder it runs
+# (tried in order), and engine -> the package it needs.
 FILES: dict[str, dict[str, tuple[str, ...]]] = {
-    "keras": {"fp32": (model_folder.MODEL_FILE,)},
-    "onnxruntime": {"fp32": (model_folder.EXPORT_PATHS["onnx"],), "int8": (model_folder.INT8_ONNX_FILE,)},
-    "openvino": {"fp32": (model_folder.EXPORT_PATHS["openvino"], model_folder.EXPORT_PATHS["onnx"]),
-                 "bf16": (model_folder.EXPORT_PATHS["openvino"], model_folder.EXPORT_PATHS["onnx"]),
-                 "int8": (model_folder.INT8_ONNX_FILE,)},
-}
-PACKAGES = {"keras": "keras", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+    engine: {precision: tuple(_file_name(name) for name in names) for precision, names in entry.files.items()}
+    for engine, entry in REGISTRY.items()}
+PACKAGES = {engine: entry.package for engine, entry in REGISTRY.items()}
+# a precision asked for that engines.json never measured: the engines tried for it, the latest registered first
+FALLBACK_ORDER = tuple(reversed([engine for engine in ENGINES if engine != "keras"]))
 MIN_AGREEMENT = 0.99  # bf16 and int8: top-1 agreement with Keras on the test split
 MAX_FP32_DIFFERENCE = 1e-4  # fp32: largest probability difference from Keras on the test split
 
@@ -130,7 +136,7 @@ def choose(folder: Path, engine: str = AUTO, precision: str = AUTO) -> tuple[str
         return best["engine"], best["precision"]
     fallback = (engine if engine != "auto" else "keras", precision if precision != "auto" else "fp32")
     if fallback[1] != "fp32" and engine == "auto":  # a precision asked for, never measured: any engine with it
-        fallback = next(((name, fallback[1]) for name in ("openvino", "onnxruntime")
+        fallback = next(((name, fallback[1]) for name in FALLBACK_ORDER
                          if unusable_reason(folder, name, fallback[1]) is None), fallback)
     reason = unusable_reason(folder, *fallback)
     if reason:
@@ -153,10 +159,5 @@ def open_engine(info: model_folder.ModelInfo, engine: str, precision: str, threa
         raise ArgumentError(f"`engine` {engine} at `precision` {precision}: {reason}")
     model_folder.check_unchanged(info)
     model_checksums.check_files(info.folder, [path.relative_to(info.folder).as_posix()], info.version, exports=True)
-    if engine == "onnxruntime":
-        from tasks.engines import onnxruntime_engine
-
-        return onnxruntime_engine.OnnxRuntimeEngine(path, precision, len(info.labels), threads)
-    from tasks.engines import openvino_engine
-
-    return openvino_engine.OpenVinoEngine(path, precision, len(info.labels), threads)
+    module, runner = REGISTRY[engine].runner.split(":")  # imported only now: the heavy libraries with it
+    return getattr(importlib.import_module(module), runner)(path, precision, len(info.labels), threads)

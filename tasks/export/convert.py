@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from tasks import model_folder
 logger = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 32
-PACKAGES = {"onnx": ("onnx", "tf2onnx"), "openvino": ("onnx", "tf2onnx", "openvino"), "int8": ("onnx", "onnxruntime")}
+# what writing each needs: the export registry's packages (tasks/model_folder.py EXPORTS), and the int8 ONNX model's
+PACKAGES = {**{name: entry.packages for name, entry in model_folder.EXPORTS.items()}, "int8": ("onnx", "onnxruntime")}
 
 
 def _require(name: str, setting: str) -> None:
@@ -90,6 +92,28 @@ def export_openvino(network: Any, folder: Path) -> None:
         openvino.save_model(converted, str(target), compress_to_fp16=False)
 
 
+def _write_saved_model(network: Any, folder: Path) -> None:
+    network.export(str(model_folder.export_path(folder, "saved_model")), format="tf_saved_model", verbose=False)
+
+
+def _write_onnx(network: Any, folder: Path) -> None:
+    export_onnx(network, model_folder.export_path(folder, "onnx"))
+
+
+def _write_litert(network: Any, folder: Path) -> None:
+    network.export(str(model_folder.export_path(folder, "litert")), format="litert", verbose=False)
+
+
+# export.formats -> what writes it into a folder from the loaded (and called) Keras network: one per entry of the
+# export registry (tasks/model_folder.py EXPORTS; tests/test_extension_points.py holds them together)
+WRITERS: dict[str, Callable[[Any, Path], None]] = {
+    "saved_model": _write_saved_model,
+    "onnx": _write_onnx,
+    "openvino": export_openvino,
+    "litert": _write_litert,
+}
+
+
 def write_int8(folder: Path, calibration: np.ndarray) -> None:
     """model.int8.onnx: ONNX Runtime's static QDQ quantization of model.onnx (int8 weights per channel, uint8
     activations, min-max ranges from `calibration`), the softmax (or a multi-label model's sigmoid) left in fp32. Used only if it passes parity."""
@@ -139,16 +163,8 @@ def write_exports(model: Path, folder: Path, formats: list[str], calibration: np
     size = int(network.input_shape[1])
     network.predict_on_batch(np.zeros((1, size, size, 3), dtype=np.uint8))  # Keras exports only a model once called
     for name in formats:
-        target = model_folder.export_path(folder, name)
-        if name == "saved_model":
-            network.export(str(target), format="tf_saved_model", verbose=False)
-        elif name == "onnx":
-            export_onnx(network, target)
-        elif name == "openvino":
-            export_openvino(network, folder)
-        elif name == "litert":
-            network.export(str(target), format="litert", verbose=False)
-        logger.info("export: wrote %s", target)
+        WRITERS[name](network, folder)
+        logger.info("export: wrote %s", model_folder.export_path(folder, name))
     if calibration is not None and len(calibration) and "onnx" in formats:
         write_int8(folder, calibration)
         logger.info("export: wrote %s (calibrated on %d training images)", model_folder.export_path(folder, "int8"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,25 @@ class SourceScan:
         return sorted({file.label for file in self.files})
 
 
+def _from_class_folder(parts: list[str]) -> tuple[str, str] | None:
+    """classes: `cat/2024/x.jpg` is a cat, of no given split; a file directly under the source belongs to none."""
+    return (parts[0], "") if len(parts) > 1 else None
+
+
+def _from_split_folder(parts: list[str]) -> tuple[str, str] | None:
+    """splits: `train/cat/x.jpg` is a cat of the train split; a file directly in a split folder belongs to none."""
+    return (parts[1], label_table.SPLIT_NAMES[parts[0].lower()]) if len(parts) > 2 else None
+
+
+# The layout registry: each way a source folder's paths give labels (and splits), by its name in ingest.layout (auto
+# detects splits, tasks/ingest/layout.py detect()): the image's path parts below the source -> (label, split), or None
+# for a file that belongs to no class. A label table (ingest.labels) is the other way, read by tasks/label_table.py.
+FOLDER_LAYOUTS: dict[str, Callable[[list[str]], tuple[str, str] | None]] = {
+    "classes": _from_class_folder,
+    "splits": _from_split_folder,
+}
+
+
 def _top_folders(root: Path) -> list[str]:
     """The names of the folders directly under root (not hidden, not links)."""
     with os.scandir(root) as found:
@@ -101,6 +121,9 @@ def scan(source: Path, layout: str = "auto", labels: Path | None = None,
     """The candidate image files of a source folder, labelled by its layout or by a label table."""
     if not source.is_dir():
         raise ValueError(f"{source}: source folder not found; set ingest.source to a folder of images")
+    if layout != "auto" and layout not in FOLDER_LAYOUTS:
+        raise ValueError(f"ingest.layout {layout!r} is not one of auto, {', '.join(FOLDER_LAYOUTS)}; set it in "
+                         "params.yaml")
     root = source.resolve()
     result = SourceScan(layout="table" if labels is not None else detect(root, layout), root=str(root))
     table = label_table.read(labels) if labels is not None else None
@@ -136,11 +159,9 @@ def scan(source: Path, layout: str = "auto", labels: Path | None = None,
                                                subject=row.subject, **facts))
         elif not images.has_image_extension(file.relative):
             (result.non_image_files if len(parts) > 1 else result.root_files).append(file.relative)
-        elif result.layout == "splits" and len(parts) > 2:
-            split = label_table.SPLIT_NAMES[parts[0].lower()]
-            _add_from_folder(result, SourceFile(file.location, file.relative, parts[1], split=split, **facts))
-        elif result.layout == "classes" and len(parts) > 1:
-            _add_from_folder(result, SourceFile(file.location, file.relative, parts[0], **facts))
+        elif (labelled := FOLDER_LAYOUTS[result.layout](parts)) is not None:
+            label, split = labelled
+            _add_from_folder(result, SourceFile(file.location, file.relative, label, split=split, **facts))
         else:
             result.root_files.append(file.relative)
     if table is not None:

@@ -5,6 +5,7 @@ its exports from the export stage); reads the model folders and the raw store, w
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,22 +50,23 @@ def predict_stored(folder: Path, images: list[stored_images.Job], raw: Path, max
 
 
 def _export_runner(folder: Path, name: str, classes: int) -> Any:
-    """What runs export `name` for its check: TensorFlow for the SavedModel and LiteRT, ONNX Runtime (else
-    OpenVINO) for ONNX, OpenVINO at fp32 for its IR."""
-    from tasks.engines import keras_engine, onnxruntime_engine, openvino_engine
-
+    """What runs export `name` for its check: the first installed of its registry entry's `checked_by`
+    (tasks/model_folder.py EXPORTS): an engine at fp32 (ONNX Runtime, else OpenVINO, for ONNX; OpenVINO for its IR),
+    or a runner of its own (TensorFlow for the SavedModel and LiteRT)."""
     path = model_folder.export_path(folder, name)
     if not path.exists():
         raise ValueError(f"{path} is missing")
-    if name == "saved_model":
-        return keras_engine.SavedModelRunner(path, classes)
-    if name == "litert":
-        return keras_engine.LiteRtRunner(path, classes)
-    if name == "onnx" and engine.is_installed("onnxruntime"):
-        return onnxruntime_engine.OnnxRuntimeEngine(path, "fp32", classes)
-    if engine.is_installed("openvino"):
-        return openvino_engine.OpenVinoEngine(path, "fp32", classes)
-    raise ValueError(f"no runtime to check {path} is installed (pip install onnxruntime or openvino)")
+    checked_by = model_folder.EXPORTS[name].checked_by
+    for runner in checked_by:
+        if runner in engine.REGISTRY:
+            if engine.is_installed(runner):
+                module, cls = engine.REGISTRY[runner].runner.split(":")
+                return getattr(importlib.import_module(module), cls)(path, "fp32", classes)
+        else:
+            module, cls = runner.split(":")
+            return getattr(importlib.import_module(module), cls)(path, classes)
+    wanted = " or ".join(engine.PACKAGES[runner] for runner in checked_by if runner in engine.REGISTRY)
+    raise ValueError(f"no runtime to check {path} is installed (pip install {wanted})")
 
 
 def export_parity(folder: Path, images: list[stored_images.Job], raw: Path,

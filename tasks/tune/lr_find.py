@@ -76,7 +76,7 @@ def run(params: TrainParams, augment: AugmentParams, seed: int, paths: Paths,
     if (preprocessing.get("model") or {}).get("route") == model_choice.HEAD_ON_FEATURES:
         raise ValueError(f"train.model {params.model} is {choice}: a head on its cached features, fitted by logistic "
                          "regression, has no learning rate to find; lr-find is for networks trained on pixels "
-                         "(train.model simple_cnn, mobilenet_v3_small, efficientnet_v2_b0, resnet50)")
+                         f"(train.model {', '.join((networks.SIMPLE_CNN, *networks.BACKBONES))})")
     weights = None if params.weights == "auto" else params.weights
     if weights not in (None, networks.IMAGENET):
         weights = str(paths.resolve(weights))

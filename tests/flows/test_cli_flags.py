@@ -139,8 +139,11 @@ def test_other_defaults_and_choices_are_the_ones_tasks_defines():
     assert (arguments.min_rate, arguments.max_rate, arguments.steps) == (
         lr_settings.MIN_RATE, lr_settings.MAX_RATE, lr_settings.STEPS) == tuple(
         run_defaults[key].default for key in ("min_rate", "max_rate", "steps"))
-    # embed.engine is a params.yaml key (a Literal, so that every stage need not depend on tasks/engines/names.py)
-    assert get_args(EmbedParams.model_fields["engine"].annotation) == (names.AUTO, *names.ENGINES)
+    # embed.engine is a params.yaml key (a Literal, so that every stage need not depend on tasks/backbones/): the
+    # engines that compute a backbone's features, held to feature_engine's list (not every engine of a model folder)
+    from tasks.backbones import feature_engine
+
+    assert get_args(EmbedParams.model_fields["engine"].annotation) == (names.AUTO, *feature_engine.PRECISIONS)
 
 
 def test_help_states_the_defaults_it_takes_from_tasks():
