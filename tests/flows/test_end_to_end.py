@@ -57,6 +57,11 @@ def _set_params(repo: Path, changes: dict) -> None:
     params_file.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
+# Exports (a SavedModel, ONNX, an int8 model, each timed on every engine) cost the export stage most of its time;
+# the flows' tests that do not check them turn them off (tests/export/ checks every format and engine)
+NO_EXPORTS = {"export.formats": [], "export.int8_calibration": 0}
+
+
 def _statuses(summary: dict) -> dict[str, str]:
     return {stage["name"]: stage["status"] for stage in summary["stages"]}
 
@@ -73,8 +78,10 @@ def _environment_for(repo: Path) -> dict[str, str]:
 def repo(tmp_path_factory) -> Path:
     repo = _copy_repository(tmp_path_factory.mktemp("imgpipe"))
     # the real demo data, shrunk training
+    # one export, ONNX, which production must carry with its checksums (the others are checked in tests/export/)
     _set_params(repo, {"preprocess.image_size": 16, "train.epochs": 4, "train.width": 8, "train.depth": 2,
-                       "evaluate.gate.min_accuracy": 0.3, "evaluate.gate.min_macro_f1": 0.2})
+                       "evaluate.gate.min_accuracy": 0.3, "evaluate.gate.min_macro_f1": 0.2,
+                       "export.formats": ["onnx"], "export.int8_calibration": 0})
     return repo
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_class_folders
-from tests.flows.test_end_to_end import _copy_repository, _environment_for, _git, _set_params
+from tests.flows.test_end_to_end import NO_EXPORTS, _copy_repository, _environment_for, _git, _set_params
 
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
                 "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
@@ -33,7 +33,7 @@ def project(tmp_path_factory) -> Path:
                        "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25, "train.epochs": 10,
                        "train.min_epochs": 1, "train.batch_size": 8, "train.width": 8, "train.depth": 2,
                        "evaluate.gate.min_accuracy": 0.0, "evaluate.gate.min_macro_f1": 0.0,
-                       "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_class_f1_drop": 1.0})
+                       "evaluate.gate.tolerance": 1.0, "evaluate.gate.max_class_f1_drop": 1.0, **NO_EXPORTS})
     _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "--quiet", "-am", "my data")
     return repo
 

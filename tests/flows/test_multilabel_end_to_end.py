@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score
 
 from tasks import label_sets
 from tests.conftest import write_multi_label_source
-from tests.flows.test_end_to_end import _copy_repository, _environment_for, _set_params
+from tests.flows.test_end_to_end import NO_EXPORTS, _copy_repository, _environment_for, _set_params
 
 
 def test_multi_label_data_trains_gates_promotes_and_predicts(tmp_path, prefect_server):
@@ -22,7 +22,7 @@ def test_multi_label_data_trains_gates_promotes_and_predicts(tmp_path, prefect_s
     _set_params(repo, {"ingest.source": str(source), "ingest.labels": f"csv:{source / 'labels.csv'}",
                        "validate.min_images_per_class": 5, "preprocess.image_size": 16,
                        "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25, "train.epochs": 12,
-                       "train.width": 8, "train.depth": 2, "evaluate.gate.min_macro_f1": 0.5})
+                       "train.width": 8, "train.depth": 2, "evaluate.gate.min_macro_f1": 0.5, **NO_EXPORTS})
     summary = training(repo=str(repo))
     assert summary["outcome"] == "Promoted", summary
     labels = ["blue", "green", "red"]

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.flows.test_end_to_end import _copy_repository, _environment_for, _set_params, _statuses
+from tests.flows.test_end_to_end import NO_EXPORTS, _copy_repository, _environment_for, _set_params, _statuses
 
 CLASSES = {"sky": (70, 130, 230), "grass": (60, 170, 60), "sand": (220, 190, 120)}
 
@@ -49,7 +49,7 @@ def repo(tmp_path_factory) -> Path:
     _write_photos(source, per_class=20)
     # the defaults (train.model auto), at a small image size so the backbone runs fast on a CPU
     _set_params(repo, {"ingest.source": str(source), "preprocess.image_size": 64,
-                       "evaluate.gate.min_accuracy": 0.5, "evaluate.gate.min_macro_f1": 0.4})
+                       "evaluate.gate.min_accuracy": 0.5, "evaluate.gate.min_macro_f1": 0.4, **NO_EXPORTS})
     return repo
 
 

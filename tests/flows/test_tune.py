@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_class_folders
-from tests.flows.test_end_to_end import _copy_repository, _git, _set_params, _statuses
+from tests.flows.test_end_to_end import NO_EXPORTS, _copy_repository, _git, _set_params, _statuses
 
 IMGPIPE = str(Path(sys.executable).parent / "imgpipe")
 LEARNING_RATES = [0.001, 0.01]
@@ -54,7 +54,7 @@ def repo(tmp_path_factory) -> Path:
         "ingest.source": str(source), "validate.min_images_per_class": 3, "preprocess.image_size": 16,
         "preprocess.val_fraction": 0.25, "preprocess.test_fraction": 0.25, "train.epochs": 2, "train.batch_size": 8,
         "train.width": 4, "train.depth": 2, "evaluate.gate.min_accuracy": 0.0, "evaluate.gate.min_macro_f1": 0.0,
-        "tune.method": "grid", "tune.space": {"train.learning_rate": LEARNING_RATES}})
+        "tune.method": "grid", "tune.space": {"train.learning_rate": LEARNING_RATES}, **NO_EXPORTS})
     _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "--quiet", "-am", "tiny")
     return repo
 
