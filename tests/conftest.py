@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,15 @@ def tiny_source(tmp_path: Path) -> Path:
 @pytest.fixture
 def shrunk_config(tmp_path: Path, tiny_source: Path) -> tuple[Config, Paths]:
     """The project's real params.yaml, shrunk for tiny data, with every path under tmp_path."""
+    return shrunk(tmp_path, tiny_source)
+
+
+def shrunk(root: Path, source: Path) -> tuple[Config, Paths]:
+    """shrunk_config's settings for a project at `root` reading `source` (for fixtures of a wider scope)."""
     config, _ = load_config(
         PROJECT_ROOT / "params.yaml",
         overrides={
-            "ingest.source": str(tiny_source),
+            "ingest.source": str(source),
             "validate.min_images_per_class": 3,
             "preprocess.image_size": 16,
             "preprocess.val_fraction": 0.25,
@@ -118,7 +124,14 @@ def shrunk_config(tmp_path: Path, tiny_source: Path) -> tuple[Config, Paths]:
             "train.depth": 2,
         },
     )
-    return config, Paths(config.paths, tmp_path)
+    return config, Paths(config.paths, root)
+
+
+def copy_project(built: Path, target: Path) -> Path:
+    """A copy of a project a wider fixture built (its source inside it), for one test to change as it likes: the
+    files the stages exchange name each other by relative paths, so the copy stands alone."""
+    shutil.copytree(built, target, symlinks=True)
+    return target
 
 
 @pytest.fixture(scope="session")

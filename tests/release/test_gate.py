@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,19 +15,29 @@ from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
 from tasks.release import gate, promote
 from tasks.train import stage as train
+from tests.conftest import copy_project, shrunk, write_class_folders
 
 
-@pytest.fixture
-def evaluated(shrunk_config, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config, paths = shrunk_config
+@pytest.fixture(scope="module")
+def evaluated_once(tmp_path_factory) -> Path:
+    """A tiny project taken through ingest, preprocess, train, export and evaluate once for the module."""
+    root = tmp_path_factory.mktemp("gate-project")
+    config, paths = shrunk(root, write_class_folders(root / "source"))
     ingest.run(config.ingest, paths)
     preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     train.run(config.train.model_copy(update={"epochs": 6, "width": 8}), config.preprocess.augment,
               config.base.seed, paths)
     export.run(config.export, config.base.seed, paths)
     evaluate.run(config.evaluate, config.base.seed, config.ingest.max_pixels, paths)
-    return config, paths
+    return root
+
+
+@pytest.fixture
+def evaluated(evaluated_once, tmp_path, monkeypatch):
+    """A copy of the evaluated project of its own for each test (they promote, force, roll back and change files)."""
+    root = copy_project(evaluated_once, tmp_path / "project")
+    monkeypatch.chdir(root)
+    return shrunk(root, root / "source")
 
 
 def _make_candidate_worse(paths) -> None:
