@@ -2,6 +2,7 @@
 version they were made from; a retrained candidate's old exports are refused until the stage runs again."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +16,26 @@ from tasks.preprocess import stage as preprocess
 from tasks.release import promote
 from tasks.release.export_parity import export_check
 from tasks.train import stage as train
+from tests.conftest import copy_project, shrunk, write_class_folders
 
 
-@pytest.fixture
-def trained(shrunk_config, tmp_path, monkeypatch):
-    """Tiny data ingested, preprocessed and trained for one epoch in tmp_path: a candidate without exports."""
-    monkeypatch.chdir(tmp_path)
-    config, paths = shrunk_config
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    """Tiny data ingested, preprocessed and trained for one epoch, once for the module: a candidate without exports."""
+    root = tmp_path_factory.mktemp("export-project")
+    config, paths = shrunk(root, write_class_folders(root / "source"))
     ingest.run(config.ingest, paths)
     preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     train.run(config.train.model_copy(update={"epochs": 1}), config.preprocess.augment, config.base.seed, paths)
-    return config, paths
+    return root
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path, monkeypatch):
+    """A copy of the trained project for each test (they export, retrain and promote)."""
+    root = copy_project(trained_once, tmp_path / "project")
+    monkeypatch.chdir(root)
+    return shrunk(root, root / "source")
 
 
 def _test_images(paths) -> int:
