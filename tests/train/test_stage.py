@@ -117,13 +117,30 @@ def test_weights_fetch_saves_a_no_top_file_that_training_loads(prepared, tmp_pat
     assert card["params"]["train"]["weights"] == "imagenet"
 
 
-def test_deterministic_runs_give_identical_weights(prepared):
+TRAIN_DETERMINISTICALLY = """
+import sys
+from pathlib import Path
+from tasks.config import load_config
+from tasks.paths import Paths
+from tasks.train import stage as train
+config, _ = load_config(Path(sys.argv[1]))
+train.run(config.train.model_copy(update={"deterministic": True, "epochs": 2}), config.preprocess.augment,
+          config.base.seed, Paths(config.paths, Path(sys.argv[2])))
+"""
+
+
+def test_deterministic_runs_give_identical_weights(prepared, tmp_path):
+    """Each run in a process of its own, as DVC runs the stage: Keras draws its initial weights' seeds from Python's
+    global `random`, which threads that other tests leave in this process (a Prefect server's) also draw from."""
     config, paths = prepared
-    params = config.train.model_copy(update={"deterministic": True, "epochs": 2})
+    settings = tmp_path / "deterministic.yaml"
+    settings.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
     weights = []
     for _ in range(2):
-        candidate = train.run(params, config.preprocess.augment, config.base.seed, paths)
-        weights.append([np.array(w) for w in keras.saving.load_model(candidate / "model.keras").get_weights()])
+        subprocess.run([sys.executable, "-c", TRAIN_DETERMINISTICALLY, str(settings), str(paths.root)], check=True,
+                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)), capture_output=True)
+        model = keras.saving.load_model(paths.candidate / "model.keras")
+        weights.append([np.array(w) for w in model.get_weights()])
     for first, second in zip(*weights):
         np.testing.assert_array_equal(first, second)
 
