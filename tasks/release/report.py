@@ -13,7 +13,7 @@ from typing import Any
 from tasks import atomic, model_folder, processed_store
 from tasks.paths import Paths
 from tasks.hashing import file_sha256
-from tasks.release import report_sections
+from tasks.release import report_html, report_sections
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +87,10 @@ def _sha256(path: Path) -> str | None:
     return file_sha256(path) if path.is_file() else None
 
 
-def _number(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _interval(metrics: dict[str, Any], key: str) -> str:
     interval = metrics.get(f"{key}_ci")
     if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        return f"{_number(interval[0])} – {_number(interval[1])}"
+        return f"{report_html.number(interval[0])} – {report_html.number(interval[1])}"
     return ""
 
 
@@ -133,22 +121,6 @@ def collect_lineage(paths: Paths, lineage: dict[str, str] | None) -> dict[str, s
     return {key: "not recorded" if value in (None, "") else str(value) for key, value in found.items()}
 
 
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
-    """An HTML table; cells are escaped here, columns from `numeric_from` on are right-aligned."""
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-
-    def cell(index: int, text: str) -> str:
-        alignment = " class=\"number\"" if index >= numeric_from else ""
-        return f"<td{alignment}>{html.escape(text)}</td>"
-
-    body = "".join("<tr>" + "".join(cell(index, text) for index, text in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _missing(what: str) -> str:
-    return f"<p class=\"note\">{html.escape(what)}</p>"
-
-
 def _header(gate: dict[str, Any] | None, lineage: dict[str, str]) -> str:
     if gate is None:
         badge, sentence = ("NO GATE YET", "none"), "The candidate has not been through the gate yet."
@@ -168,22 +140,15 @@ def _header(gate: dict[str, Any] | None, lineage: dict[str, str]) -> str:
             f"{html.escape(sentence)}</p><nav>{links}</nav></header>")
 
 
-def _pairs(rows: list[tuple[str, str]], code: bool = False) -> str:
-    """A two-column table of names and values, the name as a row header."""
-    wrap = ("<code>", "</code>") if code else ("", "")
-    return "<table>" + "".join(f"<tr><th>{html.escape(name)}</th><td>{wrap[0]}{html.escape(value)}{wrap[1]}</td></tr>"
-                               for name, value in rows) + "</table>"
-
-
 def _lineage_section(lineage: dict[str, str]) -> str:
     rows = [(LINEAGE_TITLES.get(key, key), value) for key, value in lineage.items()]
-    return f"<section id=\"lineage\"><h2>Lineage</h2>{_pairs(rows, code=True)}</section>"
+    return f"<section id=\"lineage\"><h2>Lineage</h2>{report_html.pairs(rows, code=True)}</section>"
 
 
 def _validation_section(paths: Paths) -> str:
     summary_file = paths.validation / "summary.txt"
     body = (f"<pre>{html.escape(summary_file.read_text(encoding='utf-8', errors='replace'))}</pre>"
-            if summary_file.is_file() else _missing("No validation summary (validation/summary.txt) yet."))
+            if summary_file.is_file() else report_html.missing("No validation summary (validation/summary.txt) yet."))
     if (paths.validation / "data_docs" / "index.html").is_file():
         body += "<p><a href=\"validation/data_docs/index.html\">Great Expectations Data Docs</a></p>"
     return f"<section id=\"validation\"><h2>Validation</h2>{body}</section>"
@@ -191,30 +156,30 @@ def _validation_section(paths: Paths) -> str:
 
 def _splits_section(preprocess: dict[str, Any] | None) -> str:
     if not preprocess or "counts" not in preprocess:
-        note = _missing("No split counts (preprocess.json) yet.")
+        note = report_html.missing("No split counts (preprocess.json) yet.")
         return f"<section id=\"splits\"><h2>Split counts</h2>{note}</section>"
     splits = list(preprocess["counts"])
     per_class: dict[str, dict[str, int]] = preprocess.get("counts_per_class") or {}
     labels = list(dict.fromkeys(label for split in splits for label in per_class.get(split, {})))
-    rows = [[label, *(_number(per_class.get(split, {}).get(label, 0)) for split in splits),
-             _number(sum(per_class.get(split, {}).get(label, 0) for split in splits))] for label in labels]
-    rows.append(["all classes", *(_number(preprocess["counts"][split]) for split in splits),
-                 _number(sum(preprocess["counts"].values()))])
-    return f"<section id=\"splits\"><h2>Split counts</h2>{_table(['class', *splits, 'total'], rows)}</section>"
+    rows = [[label, *(report_html.number(per_class.get(split, {}).get(label, 0)) for split in splits),
+             report_html.number(sum(per_class.get(split, {}).get(label, 0) for split in splits))] for label in labels]
+    rows.append(["all classes", *(report_html.number(preprocess["counts"][split]) for split in splits),
+                 report_html.number(sum(preprocess["counts"].values()))])
+    return f"<section id=\"splits\"><h2>Split counts</h2>{report_html.table(['class', *splits, 'total'], rows)}</section>"
 
 
 def _metrics_section(metrics: dict[str, Any] | None) -> str:
     if metrics is None:
-        return f"<section id=\"metrics\"><h2>Test metrics</h2>{_missing('No metrics (metrics.json) yet.')}</section>"
-    rows = [[key, _number(metrics[key]), _interval(metrics, key)] for key in headline_metrics(metrics)]
-    body = _table(["metric", "value", "interval (low – high)"], rows)
+        return f"<section id=\"metrics\"><h2>Test metrics</h2>{report_html.missing('No metrics (metrics.json) yet.')}</section>"
+    rows = [[key, report_html.number(metrics[key]), _interval(metrics, key)] for key in headline_metrics(metrics)]
+    body = report_html.table(["metric", "value", "interval (low – high)"], rows)
     per_class: dict[str, dict[str, Any]] = metrics.get("per_class") or {}
     if per_class:
         multi_label = metrics.get("task") == "multi_label"
         columns = PER_LABEL_COLUMNS if multi_label else PER_CLASS_COLUMNS
-        class_rows = [[label, *(_number(values.get(name)) for name in columns)] for label, values in per_class.items()]
+        class_rows = [[label, *(report_html.number(values.get(name)) for name in columns)] for label, values in per_class.items()]
         header = ["label" if multi_label else "class", *(name.replace("_", " ").replace("f1", "F1") for name in columns)]
-        body += f"<h3>Per {'label' if multi_label else 'class'}</h3>" + _table(header, class_rows)
+        body += f"<h3>Per {'label' if multi_label else 'class'}</h3>" + report_html.table(header, class_rows)
     return f"<section id=\"metrics\"><h2>Test metrics</h2>{body}</section>"
 
 
@@ -228,7 +193,7 @@ def _figures_section(paths: Paths, multi_label: bool = False) -> str:
             parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(caption)}\">"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         else:
-            parts.append(f"<h3>{html.escape(caption)}</h3>{_missing(f'Not drawn yet (evaluation/{name} is missing).')}")
+            parts.append(f"<h3>{html.escape(caption)}</h3>{report_html.missing(f'Not drawn yet (evaluation/{name} is missing).')}")
     return f"<section id=\"figures\"><h2>Figures</h2>{''.join(parts)}</section>"
 
 
@@ -243,7 +208,7 @@ def _label_sets_part(label_sets: dict[str, Any] | None) -> str:
             ("added by the candidate", ", ".join(label_sets.get("added") or []) or "none"),
             ("dropped by the candidate", ", ".join(label_sets.get("removed") or []) or "none")]
     return ("<h3>The label sets differ</h3><p class=\"note\">The candidate and the production model know different "
-            "classes, so their scores are not compared.</p>" + _pairs(rows))
+            "classes, so their scores are not compared.</p>" + report_html.pairs(rows))
 
 
 def _noise(record: dict[str, Any] | None) -> str:
@@ -254,27 +219,27 @@ def _noise(record: dict[str, Any] | None) -> str:
 
 def _gate_section(gate: dict[str, Any] | None) -> str:
     if gate is None:
-        return f"<section id=\"gate\"><h2>Gate</h2>{_missing('No gate decision (gate.json) yet.')}</section>"
+        return f"<section id=\"gate\"><h2>Gate</h2>{report_html.missing('No gate decision (gate.json) yet.')}</section>"
     candidate = gate.get("candidate") or {}
     champion = gate.get("champion") or {}
-    body = _pairs([("decision", str(gate.get("decision", "?"))),
+    body = report_html.pairs([("decision", str(gate.get("decision", "?"))),
                    ("headline metric", str(gate.get("headline_metric", "?"))),
-                   ("tolerance", _number(gate.get("tolerance"))), ("promoted", _number(bool(gate.get("promoted")))),
+                   ("tolerance", report_html.number(gate.get("tolerance"))), ("promoted", report_html.number(bool(gate.get("promoted")))),
                    ("candidate model version", str(candidate.get("version", "—"))),
                    ("champion model version", str(champion.get("version", "none: no production model yet"))),
                    ("estimated label noise of the data", _noise(gate.get("data_health"))),
                    ("decided at", str(gate.get("created_at", "—")))])
     body += _label_sets_part(gate.get("label_sets")) + report_sections.data_lineage_part(gate.get("lineage"))
-    checks = [[str(check.get("name", "")), "passed" if check.get("passed") else "FAILED", _number(check.get("value")),
-               _number(check.get("threshold")), str(check.get("detail", ""))] for check in gate.get("checks") or []]
-    body += "<h3>Checks</h3>" + (_table(["check", "result", "value", "threshold", "detail"], checks, numeric_from=2)
-                                 if checks else _missing("The gate recorded no checks."))
+    checks = [[str(check.get("name", "")), "passed" if check.get("passed") else "FAILED", report_html.number(check.get("value")),
+               report_html.number(check.get("threshold")), str(check.get("detail", ""))] for check in gate.get("checks") or []]
+    body += "<h3>Checks</h3>" + (report_html.table(["check", "result", "value", "threshold", "detail"], checks, numeric_from=2)
+                                 if checks else report_html.missing("The gate recorded no checks."))
     candidate_metrics, champion_metrics = candidate.get("metrics") or {}, champion.get("metrics") or {}
     keys = headline_metrics(candidate_metrics) + [key for key in headline_metrics(champion_metrics)
                                                   if key not in candidate_metrics]
     if keys:
-        rows = [[key, _number(candidate_metrics.get(key)), _number(champion_metrics.get(key))] for key in keys]
-        body += "<h3>Candidate against champion</h3>" + _table(["metric", "candidate", "champion"], rows)
+        rows = [[key, report_html.number(candidate_metrics.get(key)), report_html.number(champion_metrics.get(key))] for key in keys]
+        body += "<h3>Candidate against champion</h3>" + report_html.table(["metric", "candidate", "champion"], rows)
     return f"<section id=\"gate\"><h2>Gate</h2>{body}</section>"
 
 
@@ -320,14 +285,14 @@ def markdown_summary(paths: Paths) -> str:
     if metrics is None:
         return "\n".join(lines + ["No test metrics yet."]) + "\n"
     lines += ["| metric | value | interval |", "|---|---:|---|"]
-    lines += [f"| {key} | {_number(metrics[key])} | {_interval(metrics, key)} |" for key in headline_metrics(metrics)]
+    lines += [f"| {key} | {report_html.number(metrics[key])} | {_interval(metrics, key)} |" for key in headline_metrics(metrics)]
     per_class: dict[str, dict[str, Any]] = metrics.get("per_class") or {}
     if per_class:
         multi_label = metrics.get("task") == "multi_label"
         columns = PER_LABEL_COLUMNS if multi_label else PER_CLASS_COLUMNS
         header = ["label" if multi_label else "class", *(name.replace("_", " ").replace("f1", "F1") for name in columns)]
         lines += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
-        lines += [f"| {_markdown_cell(label)} | " + " | ".join(_number(values.get(name)) for name in columns) + " |"
+        lines += [f"| {_markdown_cell(label)} | " + " | ".join(report_html.number(values.get(name)) for name in columns) + " |"
                   for label, values in per_class.items()]
     return "\n".join(lines) + "\n"
 
