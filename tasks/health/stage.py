@@ -121,7 +121,7 @@ def run(params: HealthParams, seed: int, max_pixels: int, paths: Paths,
     folder = paths.data_health
     data_health.write(folder, {data_health.LABEL_ISSUES: issues, data_health.NEAR_DUPLICATES: duplicates,
                                data_health.OUTLIERS: far}, summary, {data_health.GALLERY: picture})
-    _log(summary, folder)
+    _log(summary, Path(paths.shown(folder)))  # relative to the project in the log
     check_block(max_label_issue_fraction, summary, folder)
     return summary
 
