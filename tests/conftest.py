@@ -127,11 +127,26 @@ def shrunk(root: Path, source: Path) -> tuple[Config, Paths]:
     return config, Paths(config.paths, root)
 
 
-def copy_project(built: Path, target: Path) -> Path:
-    """A copy of a project a wider fixture built (its source inside it), for one test to change as it likes: the
-    files the stages exchange name each other by relative paths, so the copy stands alone."""
+def trained_project(root: Path, **train_updates: Any) -> tuple[Config, Paths]:
+    """A shrunk project at `root` (its source inside it) taken through ingest, preprocess and train: for a fixture of
+    a module's scope, which each test then copies (project_copy)."""
+    from tasks.ingest import stage as ingest
+    from tasks.preprocess import stage as preprocess
+    from tasks.train import stage as train
+
+    config, paths = shrunk(root, write_class_folders(root / "source"))
+    ingest.run(config.ingest, paths)
+    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
+    train.run(config.train.model_copy(update=train_updates), config.preprocess.augment, config.base.seed, paths)
+    return config, paths
+
+
+def project_copy(built: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Config, Paths]:
+    """A copy of a project a wider fixture built, for one test to change as it likes (the files the stages exchange
+    name each other by relative paths, so the copy stands alone); the test runs in it."""
     shutil.copytree(built, target, symlinks=True)
-    return target
+    monkeypatch.chdir(target)
+    return shrunk(target, target / "source")
 
 
 @pytest.fixture(scope="session")

@@ -10,32 +10,25 @@ import pytest
 from tasks import export_folder, model_folder
 from tasks.export import build
 from tasks.export import stage as export
-from tasks.ingest import stage as ingest
 from tasks.params import ExportParams
-from tasks.preprocess import stage as preprocess
 from tasks.release import promote
 from tasks.release.export_parity import export_check
 from tasks.train import stage as train
-from tests.conftest import copy_project, shrunk, write_class_folders
+from tests.conftest import project_copy, trained_project
 
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory) -> Path:
     """Tiny data ingested, preprocessed and trained for one epoch, once for the module: a candidate without exports."""
     root = tmp_path_factory.mktemp("export-project")
-    config, paths = shrunk(root, write_class_folders(root / "source"))
-    ingest.run(config.ingest, paths)
-    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
-    train.run(config.train.model_copy(update={"epochs": 1}), config.preprocess.augment, config.base.seed, paths)
+    trained_project(root, epochs=1)
     return root
 
 
 @pytest.fixture
 def trained(trained_once, tmp_path, monkeypatch):
     """A copy of the trained project for each test (they export, retrain and promote)."""
-    root = copy_project(trained_once, tmp_path / "project")
-    monkeypatch.chdir(root)
-    return shrunk(root, root / "source")
+    return project_copy(trained_once, tmp_path / "project", monkeypatch)
 
 
 def _test_images(paths) -> int:

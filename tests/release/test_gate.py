@@ -11,22 +11,15 @@ import pytest
 from tasks import model_checksums, model_folder, networks
 from tasks.evaluate import stage as evaluate
 from tasks.export import stage as export
-from tasks.ingest import stage as ingest
-from tasks.preprocess import stage as preprocess
 from tasks.release import gate, promote
-from tasks.train import stage as train
-from tests.conftest import copy_project, shrunk, write_class_folders
+from tests.conftest import project_copy, trained_project
 
 
 @pytest.fixture(scope="module")
 def evaluated_once(tmp_path_factory) -> Path:
     """A tiny project taken through ingest, preprocess, train, export and evaluate once for the module."""
     root = tmp_path_factory.mktemp("gate-project")
-    config, paths = shrunk(root, write_class_folders(root / "source"))
-    ingest.run(config.ingest, paths)
-    preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
-    train.run(config.train.model_copy(update={"epochs": 6, "width": 8}), config.preprocess.augment,
-              config.base.seed, paths)
+    config, paths = trained_project(root, epochs=6, width=8)
     export.run(config.export, config.base.seed, paths)
     evaluate.run(config.evaluate, config.base.seed, config.ingest.max_pixels, paths)
     return root
@@ -35,9 +28,7 @@ def evaluated_once(tmp_path_factory) -> Path:
 @pytest.fixture
 def evaluated(evaluated_once, tmp_path, monkeypatch):
     """A copy of the evaluated project of its own for each test (they promote, force, roll back and change files)."""
-    root = copy_project(evaluated_once, tmp_path / "project")
-    monkeypatch.chdir(root)
-    return shrunk(root, root / "source")
+    return project_copy(evaluated_once, tmp_path / "project", monkeypatch)
 
 
 def _make_candidate_worse(paths) -> None:
