@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import get_args
 
 from flows import console_log, prefect_setup, summaries
+from tasks import native_noise
 from flows.cli_flags import FLAGS, for_command_line
 from tasks.predict.options import (DEFAULT_OUT, DEFAULT_WORKERS, ENGINE_CHOICES, MIN_FILES_PER_WORKER,
                                    PRECISION_CHOICES, PredictOptions)
@@ -415,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command in ("run", "serve", "predict", "tune", "lr-find"):  # commands that may start TensorFlow here
-        console_log.filter_native_noise()
+        native_noise.filter_stderr()
     console_log.configure(rewrite=for_command_line if arguments.command in COMMANDS_WITH_SETTINGS else None,
                           served=arguments.command == "serve")
     try:

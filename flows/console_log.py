@@ -11,8 +11,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks import native_noise
-
 _ROUTINE = ("Finished in state Completed()",)
 # what the engine of a served run says when the runner cancels it (serve stopping, or a cancel in Prefect's UI): it
 # is recorded Cancelled, so a crash and a run "Finished" while "Running" would only mislead; the runner's routine lines
@@ -26,8 +24,6 @@ _SERVED_IN_PLAIN_WORDS = (
     (re.compile(r"Aborted submission of flow run '([^']*)': Server returned a non-pending state 'CANCELLED'"),
      r"scheduled run \1 not started: cancelled, since a run was in flight (one run at a time)"),
 )
-NATIVE_NOISE = native_noise.NATIVE_NOISE  # TensorFlow's C++ start-up lines, which the stage output relay drops
-filter_native_noise = native_noise.filter_stderr
 FORMAT_WIDTH = 10  # the stage names (preprocess is the longest) line up
 
 

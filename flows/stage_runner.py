@@ -12,14 +12,13 @@ from pathlib import Path
 
 import yaml
 
-from flows import console_log
-from tasks import dvc_command
+from tasks import dvc_command, native_noise
 
 _SKIPPED = re.compile(r"Stage '(?P<name>[^']+)' didn't change, skipping")
 _RESTORED = re.compile(r"Stage '(?P<name>[^']+)' is cached - skipping run")
 _RAN = re.compile(r"Running stage '(?P<name>[^']+)'")
 # TensorFlow's start-up chatter and CUDA probes in the stages' output: kept out of the run's log
-_TENSORFLOW_NOISE = console_log.NATIVE_NOISE
+_TENSORFLOW_NOISE = native_noise.NATIVE_NOISE
 # DVC's advice after each stage, which imgpipe follows itself (`imgpipe run --commit`, the push at the end)
 _DVC_HINTS = ("To track the changes with git, run:", "git add ", "To enable auto staging, run:",
               "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage.")

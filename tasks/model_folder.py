@@ -174,6 +174,14 @@ def read_card(folder: Path) -> dict[str, Any]:
     return card
 
 
+def read_kept_epoch(folder: Path) -> dict[str, Any] | None:
+    """The card's record of the epoch train kept (phase, 1-based epoch, selected_on); None without a card."""
+    if not (folder / CARD_FILE).is_file():
+        return None
+    record = read_card(folder).get("validation")
+    return record if isinstance(record, dict) else None
+
+
 def read_labels(folder: Path) -> list[str]:
     labels = _read_json(folder / LABELS_FILE)
     if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):

@@ -5,6 +5,7 @@ The decoder runs in worker processes (tasks/pool.py), so this module stays free 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,21 @@ class Decoder:
             raise raw_store.DamagedShard(error.folder, error.shard, f"{error.problem} (image {name})") from None
         return images.decode_array(data, name, self.image_size, self.resize_mode,  # type: ignore[arg-type]
                                    self.max_pixels)
+
+
+def pictures(raw: Path, manifest: Path, names: list[str], side: int, max_pixels: int,
+             on_error: Callable[[str, Exception], None]) -> list[np.ndarray | None]:
+    """Pictures of images by manifest path, padded to `side` px (the originals, for a gallery); None, after
+    `on_error(path, error)`, for one that cannot be decoded."""
+    decoder = Decoder(raw, side, "pad", max_pixels)
+    found: list[np.ndarray | None] = []
+    for job in jobs_for(manifest, names):
+        try:
+            found.append(decoder(job))
+        except (images.ImageError, OSError) as error:
+            on_error(job[0], error)
+            found.append(None)
+    return found
 
 
 def jobs_for(manifest: Path, names: list[str]) -> list[Job]:

@@ -58,7 +58,7 @@ def write(predictions: pd.DataFrame, info: model_folder.ModelInfo, history: pd.D
     plots.label_outcomes(outcomes, output / "confusion_matrix.png", normalised=False)
     plots.label_outcomes(outcomes, output / "confusion_matrix_normalised.png", normalised=True)
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
-    plots.training_curves(history, output / "training_curves.png", plots.kept_epoch(info.folder))
+    plots.training_curves(history, output / "training_curves.png", model_folder.read_kept_epoch(info.folder))
     plots.mistakes_gallery(table, thumbnails, output / "mistakes.png")
     metrics_file.write(output, metrics)  # the headline figures, and the per-label tables beside them
     logger.info("evaluate: multi-label, subset accuracy %.4f, macro-F1 %.4f, micro-F1 %.4f, mAP %s on %d test "

@@ -167,17 +167,6 @@ def _ordered_history(history: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="_phase_rank")
 
 
-def kept_epoch(model: Path) -> dict[str, Any] | None:
-    """The model card's record of the epoch train kept (phase, 1-based epoch, selected_on); None without a card."""
-    card = model / "model_card.json"
-    if not card.is_file():
-        return None
-    import json
-
-    record = json.loads(card.read_text(encoding="utf-8")).get("validation")
-    return record if isinstance(record, dict) else None
-
-
 def _kept_row(table: pd.DataFrame, kept: dict[str, Any] | None) -> pd.Series | None:
     """The row of the epoch the model was kept from (the model card's `validation`: phase, 1-based epoch); None
     when the card does not say or the history lacks it."""

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, csv_cells, embedding_store, images, label_sets, model_folder, processed_store
+from tasks import atomic, csv_cells, embedding_store, label_sets, model_folder, processed_store
 from tasks import shard_reader, stored_images
 from tasks.config import load_config
 from tasks.evaluate import confusion, metrics_file, multilabel_report, plots
@@ -79,17 +79,9 @@ def test_predictions(model: keras.Model, paths: Paths, image_size: int, multi_la
 
 def stored_thumbnails(paths: Paths, max_pixels: int) -> plots.Thumbnails:
     """Pictures of images by manifest path, from the raw store (the originals, not the model's small input)."""
-    decoder = stored_images.Decoder(paths.raw, plots.THUMBNAIL_SIDE, "pad", max_pixels)
-
     def thumbnails(names: list[str]) -> list[np.ndarray | None]:
-        pictures: list[np.ndarray | None] = []
-        for job in stored_images.jobs_for(paths.manifest, names):
-            try:
-                pictures.append(decoder(job))
-            except (images.ImageError, OSError) as error:
-                logger.warning("mistakes gallery: cannot show %s: %s", job[0], error)
-                pictures.append(None)
-        return pictures
+        return stored_images.pictures(paths.raw, paths.manifest, names, plots.THUMBNAIL_SIDE, max_pixels, lambda
+                                      name, error: logger.warning("mistakes gallery: cannot show %s: %s", name, error))
 
     return thumbnails
 
@@ -138,7 +130,7 @@ def run(params: EvaluateParams, seed: int, max_pixels: int, paths: Paths) -> dic
                                row_totals=support)
     plots.per_class_bars(metrics["per_class"], output / "per_class.png")
     plots.training_curves(model_folder.read_history(paths.candidate), output / "training_curves.png",
-                          plots.kept_epoch(paths.candidate))
+                          model_folder.read_kept_epoch(paths.candidate))
     plots.mistakes_gallery(table, stored_thumbnails(paths, max_pixels), output / "mistakes.png")
     # metrics.json (DVC's metrics, a column each in `dvc exp show`) holds the headline figures; the tables per class
     # go beside it, into a file DVC does not read as metrics

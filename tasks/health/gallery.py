@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # the object API draws with Agg and touches no global pyplot state
 
-from tasks import images, stored_images
+from tasks import stored_images
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +31,8 @@ def _literal(text: object, width: int = 18) -> str:
 
 def thumbnails(raw: Path, manifest: Path, names: list[str], max_pixels: int) -> list[np.ndarray | None]:
     """Pictures of images by manifest path, from the raw store; None for one that cannot be decoded."""
-    decoder = stored_images.Decoder(raw, THUMBNAIL_SIDE, "pad", max_pixels)
-    pictures: list[np.ndarray | None] = []
-    for job in stored_images.jobs_for(manifest, names):
-        try:
-            pictures.append(decoder(job))
-        except (images.ImageError, OSError) as error:
-            logger.warning("health gallery: cannot show %s: %s", job[0], error)
-            pictures.append(None)
-    return pictures
+    return stored_images.pictures(raw, manifest, names, THUMBNAIL_SIDE, max_pixels,
+                                  lambda name, error: logger.warning("health gallery: cannot show %s: %s", name, error))
 
 
 def draw(rows: pd.DataFrame, pictures: list[np.ndarray | None]) -> bytes:
