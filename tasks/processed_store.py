@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import atomic, disk_space
+from tasks import atomic, disk_space, tfrecord_file
 
 if TYPE_CHECKING:  # numpy and pandas are imported where used: the report and promotion name files only
     import numpy as np
@@ -29,7 +29,7 @@ SHARD_PATTERN = re.compile(r"decoded-(?P<serial>\d{6})\.tfrecord")
 SPLIT_TABLE = "split.parquet"
 LABELS_FILE = "labels.json"
 SUMMARY_FILE = "preprocess.json"
-RECORD_OVERHEAD = 16  # TFRecord framing per record: its length and two checksums
+RECORD_OVERHEAD = tfrecord_file.RECORD_OVERHEAD  # TFRecord framing per record: its length and two checksums
 
 
 def shard_names(folder: Path) -> list[str]:
@@ -55,14 +55,11 @@ def remove(folder: Path, names: list[str]) -> None:
 
 
 def _record(sha256: str, pixels: np.ndarray) -> bytes:
+    """One serialized tf.train.Example {"sha256": the key in ASCII, "image": the raw uint8 pixels}."""
     import numpy as np
-    import tensorflow as tf  # here, not at the top: readers of the split table alone start without TensorFlow
 
-    features = {
-        "sha256": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sha256.encode("ascii")])),
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(pixels).tobytes()])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return tfrecord_file.encode_example({"sha256": sha256.encode("ascii"),
+                                         "image": np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()})
 
 
 class ShardWriter:
@@ -70,8 +67,8 @@ class ShardWriter:
 
     A shard is renamed into place when full and on a clean exit; on an error its temporary file is removed, also
     when closing it fails too (a full disk fails the close as well). A full disk is raised as disk_space.DiskFull,
-    naming the folder and `needed_bytes` (what the whole write needs, when the caller knows), never as TensorFlow's
-    ResourceExhaustedError.
+    naming the folder and `needed_bytes` (what the whole write needs, when the caller knows). Written without
+    TensorFlow (tasks/tfrecord_file.py), in the format tf.io.TFRecordWriter writes and tf.data reads.
     """
 
     def __init__(self, folder: Path, shard_bytes: int, needed_bytes: int | None = None) -> None:
@@ -80,7 +77,7 @@ class ShardWriter:
         self.needed_bytes = needed_bytes
         names = shard_names(folder)
         self._serial = int(SHARD_PATTERN.fullmatch(names[-1])["serial"]) if names else 0
-        self._writer: tf.io.TFRecordWriter | None = None
+        self._writer: tfrecord_file.Writer | None = None
         self._size = 0
         self.written: list[str] = []
         self.counts: dict[str, int] = {}  # records in each shard written
@@ -111,9 +108,7 @@ class ShardWriter:
         try:
             if self._writer is None:
                 self._serial += 1
-                import tensorflow as tf
-
-                self._writer = tf.io.TFRecordWriter(str(self._temporary))
+                self._writer = tfrecord_file.Writer(self._temporary)
                 self._size = 0
             self._writer.write(record)
         except Exception as error:
@@ -148,8 +143,8 @@ class ShardWriter:
             self._writer = None
 
     def _raise_disk_full(self, error: Exception) -> None:
-        """Say a full disk in plain words: TensorFlow reports one as ResourceExhaustedError."""
-        if disk_space.is_full(error) or type(error).__name__ == "ResourceExhaustedError":
+        """Say a full disk in plain words, not as the OSError of a write."""
+        if disk_space.is_full(error):
             raise disk_space.DiskFull(self.folder, "the decoded image shards", self.needed_bytes) from error
 
 
@@ -164,13 +159,27 @@ def parse_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
 
 
 def records(folder: Path, name: str, image_size: int) -> Iterator[tuple[str, np.ndarray]]:
-    """(sha256, pixels) of every record of one shard, in order (for compaction and checks)."""
-    import tensorflow as tf
+    """(sha256, pixels) of every record of one shard, in order (for compaction and checks), read without TensorFlow;
+    the pixels are read-only arrays over the record's bytes.
 
-    for batch in tf.data.TFRecordDataset(str(folder / name)).batch(256):
-        parsed = parse_batch(batch, image_size)
-        for sha256, pixels in zip(parsed["sha256"].numpy(), parsed["image"].numpy()):
-            yield sha256.decode("ascii"), pixels
+    A damaged shard (a record cut short, failing its checksum or not holding both features) raises ValueError naming
+    the file.
+    """
+    import numpy as np
+
+    path = folder / name
+    shape = (image_size, image_size, 3)
+    try:
+        for record in tfrecord_file.read_records(path):
+            features = tfrecord_file.decode_example(record)
+            sha256, image = features.get("sha256", []), features.get("image", [])
+            if len(sha256) != 1 or len(image) != 1 or len(image[0]) != image_size * image_size * 3:
+                raise ValueError(f"{path}: a record is not one sha256 and {image_size}x{image_size}x3 pixels")
+            yield sha256[0].tobytes().decode("ascii"), np.frombuffer(image[0], dtype=np.uint8).reshape(shape)
+    except ValueError as error:
+        message = str(error) if str(path) in str(error) else f"{path}: {error}"
+        raise ValueError(f"{message}; delete that shard and run the preprocess stage again (it decodes the images "
+                         "of a missing shard again)") from error
 
 
 def summary_file(folder: Path) -> Path:

@@ -218,14 +218,13 @@ def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_rec
 
 def test_preprocess_on_a_full_disk_says_so_and_removes_its_partial_shards(shrunk_config, monkeypatch):
     import pytest
-    import tensorflow as tf
 
-    from tasks import disk_space
+    from tasks import disk_space, tfrecord_file
     from tests.test_processed_store import _FullDiskWriter
 
     config, paths = shrunk_config
     ingest.run(config.ingest, paths)
-    monkeypatch.setattr(tf.io, "TFRecordWriter", _FullDiskWriter)
+    monkeypatch.setattr(tfrecord_file, "Writer", _FullDiskWriter)
     with pytest.raises(disk_space.DiskFull, match="the disk is full: cannot write the decoded image shards in") as raised:
         preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths)
     assert str(paths.processed) in str(raised.value) and "needed" in str(raised.value)
@@ -263,3 +262,41 @@ def test_a_train_and_val_source_is_told_where_its_test_split_came_from(shrunk_co
     assert (f"splits: train is the source's own train/ ({int((table['split'] == 'train').sum())} images); val is the "
             f"source's own val/ (9 images); test is carved out of the source's train/ by hash ({carved} images, "
             "preprocess.test_fraction 0.25); to test on images you chose, give a test/ folder") in caplog.text
+
+
+WITHOUT_TENSORFLOW = """
+import logging
+import sys
+from pathlib import Path
+
+import tasks.ingest.stage as ingest
+import tasks.preprocess.stage as preprocess
+import tasks.validate.stage  # noqa: F401
+from tests.conftest import shrunk, write_class_folders
+
+logging.basicConfig(level=logging.INFO)
+root = Path(sys.argv[1])
+source = write_class_folders(root / "source")
+config, paths = shrunk(root / "project", source)
+params = config.preprocess.model_copy(update={"workers": 1})  # every image decoded and written in this process
+ingest.run(config.ingest, paths)
+preprocess.run(params, config.base.seed, config.ingest.max_pixels, paths)
+for path in sorted(source.rglob("*.*"))[:30]:  # most images removed: the next run compacts the shard it read back
+    path.unlink()
+ingest.run(config.ingest, paths)
+preprocess.run(params, config.base.seed, config.ingest.max_pixels, paths)
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras")))
+"""
+
+
+def test_the_data_stages_write_and_compact_shards_without_importing_tensorflow(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    environment = os.environ | {"PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    child = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(tmp_path)], cwd=PROJECT_ROOT,
+                           env=environment, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "compacted 1 sparse shard(s) into 1" in child.stderr, child.stderr[-3000:]
+    assert child.stdout.strip().splitlines()[-1] == "[]"  # neither TensorFlow nor Keras was imported
