@@ -59,7 +59,7 @@ def _record(sha256: str, pixels: np.ndarray) -> bytes:
     import numpy as np
 
     return tfrecord_file.encode_example({"sha256": sha256.encode("ascii"),
-                                         "image": np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()})
+                                         "image": np.ascontiguousarray(pixels).tobytes()})
 
 
 class ShardWriter:
