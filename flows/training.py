@@ -17,7 +17,7 @@ from prefect.tasks import exponential_backoff
 from flows import git_commit, journal, notify, run_lock, stage_runner, summaries
 from tasks import kill_point, leftovers, model_folder
 from tasks.config import load_config
-from tasks.release import gate, promote, report
+from tasks.release import gate, promote, report, report_drift
 
 
 @dataclass
@@ -114,7 +114,7 @@ def push_outputs(root: Path) -> bool:
     return True
 
 
-def _publish(metrics: dict[str, Any], validation_summary: Path) -> None:
+def _publish(metrics: dict[str, Any], validation_summary: Path, drift: str | None) -> None:
     if metrics:
         headline = [{"metric": key, "value": round(value, 4)} for key, value in metrics.items()
                     if isinstance(value, float)]
@@ -125,6 +125,9 @@ def _publish(metrics: dict[str, Any], validation_summary: Path) -> None:
     if validation_summary.is_file():
         create_markdown_artifact(key="validation-summary", description="Data validation summary",
                                  markdown="```\n" + validation_summary.read_text(encoding="utf-8") + "\n```")
+    if drift:
+        create_markdown_artifact(key="data-drift", markdown=drift,
+                                 description="How far the images new since the last run sit from its images, per class")
 
 
 def _release(root: Path, summary: TrainingSummary, already_judged: bool, interrupted: list[str]) -> str:
@@ -233,7 +236,7 @@ def _retrain(root: Path, push: bool, commit: bool | None = False) -> TrainingSum
     if "track" in journal.owed(root):
         track_models(root)
         journal.done(root, "track")
-    _publish(summary.metrics, paths.validation / "summary.txt")
+    _publish(summary.metrics, paths.validation / "summary.txt", report_drift.markdown(paths))
     write_report(root)
     if "push" in owed:
         summary.pushed = push_outputs(root)

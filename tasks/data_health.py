@@ -1,9 +1,12 @@
 """The data health report format: writes and reads data/reports/data_health/ (label_issues.csv, near_duplicates.csv,
-outliers.csv, label_issues.png, summary.json), what the health stage found in the labelled images.
+outliers.csv, label_issues.png, summary.json, drift.json, drift_reference.npz), what the health stage found in the
+labelled images.
 
-The health stage writes the folder; the gate (the estimated noise rate), the run report and `imgpipe relabel` read
-it through this module alone. summary.json holds the counts, the estimated noise rate, the most confused class
-pairs and what the features were.
+The health stage writes the folder; the gate (the estimated noise rate, the drift warning), the run report, the
+training flow's artifacts and `imgpipe relabel` read it through this module alone. summary.json holds the counts,
+the estimated noise rate, the most confused class pairs and what the features were; drift.json how far the images
+new since the last run sit from that run's images, per class (tasks/health/drift.py says how it is measured);
+drift_reference.npz what the next run measures against (its bytes made by tasks/health/drift_reference.py).
 """
 
 from __future__ import annotations
@@ -22,21 +25,29 @@ NEAR_DUPLICATES = "near_duplicates.csv"  # path_a, path_b, cosine, labels and sp
 OUTLIERS = "outliers.csv"  # path, label, split, nearest_class, spread (robust z-score of the distance)
 GALLERY = "label_issues.png"  # the top label issues, each captioned with its given and suggested label
 SUMMARY = "summary.json"
+DRIFT = "drift.json"  # status, note, new images, overall and per-class shift, threshold, warning (or null)
+DRIFT_REFERENCE = "drift_reference.npz"  # per-class centres and spreads, and which images the run had
 LABEL_ISSUE_COLUMNS = ["path", "given_label", "suggested_label", "score", "split"]
 
 
+def _json_text(value: dict[str, Any]) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def write(folder: Path, tables: dict[str, pd.DataFrame], summary: dict[str, Any],
-          pictures: dict[str, bytes] | None = None) -> None:
-    """The whole folder at once (a temporary folder renamed into place): the CSV tables, pictures and summary.json."""
+          files: dict[str, bytes] | None = None, drift: dict[str, Any] | None = None) -> None:
+    """The whole folder at once (a temporary folder renamed into place): the CSV tables, the other files (pictures,
+    the drift reference), summary.json and, when given, drift.json."""
     from tasks import csv_cells
 
     with atomic.atomic_directory(folder) as temporary:
         for name, table in tables.items():
             csv_cells.safe_table(table).to_csv(temporary / name, index=False)  # paths, labels escaped
-        for name, data in (pictures or {}).items():
+        for name, data in (files or {}).items():
             (temporary / name).write_bytes(data)
-        (temporary / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
+        (temporary / SUMMARY).write_text(_json_text(summary), encoding="utf-8")
+        if drift is not None:
+            (temporary / DRIFT).write_text(_json_text(drift), encoding="utf-8")
 
 
 def read_summary(folder: Path) -> dict[str, Any] | None:
@@ -46,6 +57,23 @@ def read_summary(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
+
+
+def read_drift(folder: Path) -> dict[str, Any] | None:
+    """drift.json, or None when the health stage has not written one (or it cannot be read)."""
+    try:
+        drift = json.loads((folder / DRIFT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return drift if isinstance(drift, dict) else None
+
+
+def read_drift_reference(folder: Path) -> bytes | None:
+    """The bytes of drift_reference.npz, or None when there is none (a first run)."""
+    try:
+        return (folder / DRIFT_REFERENCE).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def estimated_noise_rate(folder: Path) -> float | None:

@@ -204,6 +204,9 @@ class HealthParams(Section):
     outlier_spread: float = Field(default=6.0, gt=0)  # outliers: robust z-score of the distance to every class centroid
     max_fit_images: int = Field(default=20_000, ge=100)  # each fold's head is fitted on at most this many (sampled)
     top_shown: int = Field(default=24, ge=0, le=200)  # likely label errors drawn in label_issues.png (the run report)
+    # drift: a warning (health log, gate.json) when the centre of a class's new images moved more than this many of
+    # the class's spreads from its centre at the last run (tasks/health/drift.py)
+    drift_warning: float = Field(default=0.5, gt=0)
 
 
 # What export.formats may name: the candidate's exports (tasks/export/ writes them).

@@ -7,8 +7,8 @@ image on every run and separates classes far less well than a backbone's feature
 
 from __future__ import annotations
 
+import json
 import logging
-
 
 import numpy as np
 
@@ -43,3 +43,11 @@ def load(paths: Paths, names: list[str], sha256s: list[str], max_pixels: int) ->
     logger.info("health: the embed stage stored no features (%s); comparing images by their pixels at %d px instead",
                 summary.get("why", "no embeddings.json"), STAND_IN_SIDE)
     return stand_in(paths, names, max_pixels), f"stand-in: pixels at {STAND_IN_SIDE} px, standardised"
+
+
+def identity(paths: Paths, kind: str) -> str:
+    """What makes the features of two runs comparable: what they are (`kind`, from load) and, for a backbone's, the
+    settings the embed stage computed them under (weights, image size, resize, decoder)."""
+    settings = embedding_store.read_summary(paths.embeddings).get("settings") if not kind.startswith("stand-in") \
+        else None
+    return f"{kind} {json.dumps(settings, sort_keys=True)}" if settings else kind

@@ -1,11 +1,16 @@
-"""Health stage: reads the split table, data/embeddings/ (or data/raw/ for a stand-in), writes data/reports/data_health/
-(label_issues.csv, near_duplicates.csv, outliers.csv, label_issues.png, summary.json).
+"""Health stage: reads the split table, data/embeddings/ (or data/raw/ for a stand-in) and the drift reference of its
+last run, writes data/reports/data_health/ (label_issues.csv, near_duplicates.csv, outliers.csv, label_issues.png,
+summary.json, drift.json, drift_reference.npz).
 
 Every run checks the labelled images from their cached features: likely label errors (cleanlab on out-of-fold
 probabilities of a k-fold linear head), near-duplicates by meaning and the pairs of them that cross splits (leaks),
-outliers far from every class, and the class pairs most confused. It warns with counts; with
-validate.max_label_issue_fraction set, more likely label errors than that share fail the stage. Per image it only
-reads features; the fits and comparisons take seconds (benchmarks/BENCHMARKS.md, "Data health").
+outliers far from every class, the class pairs most confused, and the drift of the images new since the last run
+(how far they sit from that run's images of their class; tasks/health/drift.py). It warns with counts, and when the
+drift passes health.drift_warning; with validate.max_label_issue_fraction set, more likely label errors than that
+share fail the stage. Per image it only reads features; the fits and comparisons take seconds
+(benchmarks/BENCHMARKS.md, "Data health").
+DVC deletes the folder before the stage runs; its last version is linked back from DVC's cache first
+(tasks/dvc_outputs.py), for the drift reference in it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import data_health, label_sets, processed_store
+from tasks import data_health, dvc_outputs, label_sets, processed_store
 from tasks.config import load_config
-from tasks.health import features, gallery, label_issues, outliers, semantic_duplicates
+from tasks.health import drift, drift_reference, features, gallery, label_issues, outliers, semantic_duplicates
 from tasks.params import HealthParams
 from tasks.paths import Paths
 
@@ -88,6 +93,31 @@ def _outliers(params: HealthParams, unit: np.ndarray, table: pd.DataFrame, label
     return found, {"checked": True, "spread": params.outlier_spread, "outliers": len(found)}
 
 
+def earlier_reference(folder: Path) -> tuple[drift.Reference | None, dict[str, Any] | None, str | None]:
+    """(the last run's drift reference, the drift it measured, why there is none when its file cannot be read)."""
+    data = data_health.read_drift_reference(folder)
+    if data is None:
+        return None, None, None
+    try:
+        reference, measured = drift_reference.decode(data)
+    except ValueError as error:
+        problem = (f"{folder / data_health.DRIFT_REFERENCE}: unreadable ({error}); no drift measured, the next run "
+                   "compares against this one")
+        logger.warning("health: %s", problem)
+        return None, None, problem
+    return reference, measured, None
+
+
+def _drift(params: HealthParams, unit: np.ndarray, table: pd.DataFrame, labels: list[str], multi_label: bool,
+           features_used: str, folder: Path) -> tuple[dict[str, Any], bytes]:
+    """drift.json against the last run's reference, and the bytes of this run's reference for the next run."""
+    rows = drift.class_rows(table["label"], table["label_index"].to_numpy(), labels, multi_label)
+    sha256s = table["sha256"].tolist()
+    current = drift.summarise(unit, rows, labels, sha256s, features_used)
+    found = drift.compare(*earlier_reference(folder), current, unit, rows, labels, sha256s, params.drift_warning)
+    return found, drift_reference.encode(current, found)
+
+
 def check_block(max_label_issue_fraction: float | None, summary: dict[str, Any], folder: Path) -> None:
     """Raise when validate.max_label_issue_fraction is set and the share of likely label errors is above it."""
     checked = summary["label_issues"]
@@ -104,6 +134,8 @@ def run(params: HealthParams, seed: int, max_pixels: int, paths: Paths,
         max_label_issue_fraction: float | None = None) -> dict[str, Any]:
     """Check the labelled images; write the data health report; raise when the label issues are over the limit."""
     started, cpu_started = time.perf_counter(), time.process_time()
+    folder = paths.data_health
+    dvc_outputs.restore(paths.root, "health", [folder])  # under DVC: the last run's folder, for its drift reference
     table = processed_store.read_table(paths.processed, ["path", "label", "label_index", "split", "sha256"])
     labels = processed_store.read_labels(paths.processed)
     multi_label = label_sets.has_several(table["label"])  # then label_index is -1: the model's classes are labels
@@ -112,16 +144,18 @@ def run(params: HealthParams, seed: int, max_pixels: int, paths: Paths,
     issues, issue_summary = _label_check(params, seed, unit, table, labels, multi_label)
     duplicates, duplicate_summary = _duplicates(params, unit, table)
     far, outlier_summary = _outliers(params, unit, table, labels, multi_label)
+    drifted, reference = _drift(params, unit, table, labels, multi_label, features.identity(paths, kind), folder)
     shown = issues.head(params.top_shown)
     picture = gallery.draw(shown, gallery.thumbnails(paths.raw, paths.manifest, shown["path"].tolist(), max_pixels))
     summary = {"images": len(table), "classes": len(labels), "features": kind, "label_issues": issue_summary,
                "near_duplicates": duplicate_summary, "outliers": outlier_summary,
                "seconds": round(time.perf_counter() - started, 2),
                "cpu_seconds": round(time.process_time() - cpu_started, 2)}
-    folder = paths.data_health
     data_health.write(folder, {data_health.LABEL_ISSUES: issues, data_health.NEAR_DUPLICATES: duplicates,
-                               data_health.OUTLIERS: far}, summary, {data_health.GALLERY: picture})
+                               data_health.OUTLIERS: far}, summary,
+                      {data_health.GALLERY: picture, data_health.DRIFT_REFERENCE: reference}, drifted)
     _log(summary, Path(paths.shown(folder)))  # relative to the project in the log
+    _log_drift(drifted)
     check_block(max_label_issue_fraction, summary, folder)
     return summary
 
@@ -143,6 +177,17 @@ def _log(summary: dict[str, Any], folder: Path) -> None:
     logger.info("health: %d images (%s): %d likely label errors, %d near-duplicate pairs (%d leaks), %d outliers; "
                 "%.1f s", summary["images"], summary["features"], checked.get("issues", 0), pairs["pairs"],
                 pairs["leaks"], far["outliers"], summary["seconds"])
+
+
+def _log_drift(found: dict[str, Any]) -> None:
+    if found["warning"]:
+        logger.warning("health: %s", found["warning"])
+    elif found["overall"] is not None:
+        logger.info("health: drift: %s; overall shift %.2f (largest: %s %.2f; health.drift_warning=%s)",
+                    found["note"], found["overall"], found["largest"]["class"], found["largest"]["shift"],
+                    found["threshold"])
+    else:
+        logger.info("health: drift: %s", found["note"])
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.release import lineage as data_lineage
 from tasks.release.export_parity import export_check, predict_stored
-from tasks.release.gate_record import check_record, data_health_record, failed_own_checks
+from tasks.release.gate_record import check_record, data_drift_record, data_health_record, failed_own_checks
 from tasks.release.gate_record import is_current  # noqa: F401  (callers ask the gate whether it is current)
 from tasks.scoring import metrics as metric_functions
 from tasks.scoring import multilabel, selection
@@ -269,6 +269,10 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     if lineage["note"]:
         logger.warning("gate: %s", lineage["note"])
         notes.append(lineage["note"])
+    drift = data_drift_record(paths)
+    if drift and drift.get("warning"):  # a warning, not a check: new images labelled right are right to learn from
+        logger.warning("gate: %s", drift["warning"])
+        notes.append(drift["warning"])
     gate = {
         "decision": "pass" if passed else "fail",
         "sentence": _sentence(passed, champion, checks, compared) + "".join(f" Note: {note}." for note in notes),
@@ -283,6 +287,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
         "label_sets": compared,
         "lineage": lineage,  # both models' data: source, manifest and data hashes, label set; grown or other data
         "data_health": data_health_record(paths),  # the estimated label noise of the data; null without the stage
+        "data_drift": drift,  # the shift of the images new since the last health run, its warning; null without it
         "checks": checks,
         "exports": exports,
         "fit_to_force": not failed_own_checks(checks),  # only the comparison with production refused it

@@ -47,6 +47,16 @@ def data_health_record(paths: Paths) -> dict[str, Any] | None:
             "outliers": (summary.get("outliers") or {}).get("outliers")}
 
 
+def data_drift_record(paths: Paths) -> dict[str, Any] | None:
+    """How far the images new since the last health run sit from that run's images (drift.json, in short), with its
+    warning when a class's shift passed health.drift_warning; None when the health stage wrote no drift.json."""
+    drift = data_health.read_drift(paths.data_health)
+    if drift is None:
+        return None
+    return {key: drift.get(key) for key in ("status", "carried", "new_images", "overall", "largest", "threshold",
+                                            "shifted", "warning")}
+
+
 def check_record(name: str, passed: bool, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:
     """One check as gate.json records it."""
     return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}

@@ -181,5 +181,7 @@ def data_health_section(paths: Paths) -> str:
 
 
 def sections(paths: Paths) -> list[str]:
-    return [data_health_section(paths), production_section(paths), training_params_section(paths),
-            augmentation_section(paths)]
+    from tasks.release import report_drift
+
+    return [data_health_section(paths), report_drift.section(paths), production_section(paths),
+            training_params_section(paths), augmentation_section(paths)]

@@ -1,5 +1,6 @@
 """The health stage end to end through run() on tiny generated images (the stand-in features of a simple_cnn
-project), and `imgpipe relabel` writing the label table from its report."""
+project), `imgpipe relabel` writing the label table from its report, and the drift of the images a later run adds
+(its reference linked back from DVC's cache, as under `dvc repro`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tasks.health import stage as health
 from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
 from tests.conftest import CLASS_COLOURS, PROJECT_ROOT, make_image, write_class_folders, write_multi_label_source
+from tests.test_dvc_outputs import put
 
 
 def build(tmp_path: Path, source: Path, extra: dict | None = None) -> tuple:
@@ -54,7 +56,7 @@ def test_the_stage_finds_the_mislabelled_image_and_relabel_fixes_it(tmp_path: Pa
     folder = paths.data_health
     assert sorted(entry.name for entry in folder.iterdir()) == sorted(
         [data_health.LABEL_ISSUES, data_health.NEAR_DUPLICATES, data_health.OUTLIERS, data_health.GALLERY,
-         data_health.SUMMARY])
+         data_health.SUMMARY, data_health.DRIFT, data_health.DRIFT_REFERENCE])
     assert summary["features"].startswith("stand-in")  # simple_cnn: the embed stage stored no features
     issues = data_health.read_label_issues(folder / data_health.LABEL_ISSUES)
     assert issues.iloc[0][["path", "given_label", "suggested_label"]].tolist() == ["green/odd_one.png", "green", "red"]
@@ -117,3 +119,46 @@ def test_near_duplicates_in_two_splits_are_leaks():
     pairs, summary = health._duplicates(HealthParams(), unit / np.linalg.norm(unit, axis=1, keepdims=True), table)
     assert pairs[["path_a", "path_b", "leak"]].values.tolist() == [["a", "b", True]]
     assert summary == {"threshold": 0.97, "pairs": 1, "images": 2, "leaks": 1, "label_disagreements": 0}
+
+
+def commit_like_dvc(root: Path, stage: str, folder: Path) -> None:
+    """Record `folder` in DVC's cache and dvc.lock as `dvc repro` does after a stage, then delete it as DVC does
+    before running the stage again."""
+    cache = root / ".dvc" / "cache"
+    listing = [{"md5": put(cache, file.read_bytes()), "relpath": file.name} for file in sorted(folder.iterdir())]
+    listing_md5 = put(cache, json.dumps(listing).encode())
+    stored = cache / "files" / "md5" / listing_md5[:2]
+    (stored / listing_md5[2:]).rename(stored / f"{listing_md5[2:]}.dir")
+    lock = {"schema": "2.0", "stages": {stage: {"outs": [
+        {"path": str(folder.relative_to(root)), "hash": "md5", "md5": f"{listing_md5}.dir"}]}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    for file in folder.iterdir():
+        file.unlink()
+    folder.rmdir()
+
+
+def test_a_later_run_measures_the_drift_of_its_new_images_and_warns_of_a_moved_class(tmp_path: Path):
+    source = write_class_folders(tmp_path / "source", per_class=16)
+    config, paths, params = build(tmp_path / "project", source)
+    health.run(config.health, config.base.seed, config.ingest.max_pixels, paths)
+    first = data_health.read_drift(paths.data_health)
+    assert first["status"] == "first_run" and "no earlier run" in first["note"] and first["warning"] is None
+
+    for index in range(6):  # new images: blue ones like the others, and red ones filed under green
+        make_image(CLASS_COLOURS["blue"], seed=5000 + index).save(source / "blue" / f"new_{index}.png")
+        make_image(CLASS_COLOURS["red"], seed=6000 + index).save(source / "green" / f"new_{index}.png")
+    commit_like_dvc(paths.root, "health", paths.data_health)
+    config, paths, _ = build(tmp_path / "project", source)
+    summary = health.run(config.health, config.base.seed, config.ingest.max_pixels, paths)
+    found = data_health.read_drift(paths.data_health)
+    assert summary["images"] == 60 and found["status"] == "measured" and not found["carried"]
+    assert found["new_images"] == 12 and found["reference_images"] == 48
+    by_class = {row["class"]: row for row in found["classes"]}
+    assert set(by_class) == {"blue", "green"} and by_class["green"]["new_images"] == 6
+    assert by_class["green"]["shift"] > 1.0 > 0.5 > by_class["blue"]["shift"]
+    assert found["shifted"] == ["green"] and "green" in found["warning"]
+    assert found["threshold"] == config.health.drift_warning
+
+    health.run(config.health, config.base.seed, config.ingest.max_pixels, paths)  # nothing new: carried over
+    again = data_health.read_drift(paths.data_health)
+    assert again["carried"] and again["classes"] == found["classes"] and again["warning"] == found["warning"]

@@ -208,3 +208,25 @@ def test_the_floors_apply_to_every_candidate_not_only_the_first(evaluated):
     assert decision["decision"] == "fail" and "macro-F1 floor" in decision["sentence"]
     assert {"accuracy floor", "macro-F1 floor", "same label set as production"} <= \
         {check["name"] for check in decision["checks"]}
+
+
+def test_a_drift_warning_is_a_note_of_the_gate_record_not_a_check(evaluated):
+    from tasks import data_health
+
+    config, paths = evaluated
+    lenient = config.evaluate.gate.model_copy(update={"min_accuracy": 0.0, "min_macro_f1": 0.0})
+    warning = ("data drift: the new images of 1 class(es) sit far from that class's images of the last run: green "
+               "1.30 spreads")
+    data_health.write(paths.data_health, {}, {"images": 48}, drift={
+        "status": "measured", "carried": False, "new_images": 6, "overall": 0.9, "threshold": 0.5,
+        "largest": {"class": "green", "shift": 1.3, "new_images": 6}, "shifted": ["green"], "warning": warning})
+    decision = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert decision["decision"] == "pass"  # a warning: it refuses nothing
+    assert decision["data_drift"]["warning"] == warning and decision["data_drift"]["shifted"] == ["green"]
+    assert warning in decision["notes"] and f"Note: {warning}." in decision["sentence"]
+    assert not any("drift" in check["name"] for check in decision["checks"])
+    assert json.loads(paths.gate.read_text())["data_drift"] == decision["data_drift"]
+
+    data_health.write(paths.data_health, {}, {"images": 48}, drift={"status": "first_run", "warning": None})
+    quiet = gate.run(lenient, config.base.seed, config.ingest.max_pixels, paths)
+    assert quiet["data_drift"]["status"] == "first_run" and not any("drift" in note for note in quiet["notes"])

@@ -90,3 +90,50 @@ def test_the_report_shows_data_health_with_the_likely_label_errors_drawn(tmp_pat
     assert "data:image/png;base64," in section and "then run `imgpipe relabel`." in section
     assert gate_record.data_health_record(paths) == {"estimated_noise_rate": 0.041, "label_issues": 7, "images": 200,
                                                      "near_duplicate_leaks": 2, "outliers": 1}
+
+
+def _drift(warning: str | None) -> dict:
+    return {"status": "measured", "carried": False, "note": "12 images new since the last run, compared with the 48 it "
+            "had", "method": "distance of the new images' mean", "features": "efficientnet_lite2 features",
+            "images": 60, "new_images": 12, "reference_images": 48, "measured_images": 12, "overall": 0.61,
+            "largest": {"class": "cat", "shift": 0.83, "new_images": 6},
+            "classes": [{"class": "cat", "new_images": 6, "reference_images": 24, "shift": 0.83, "spread_ratio": 1.1},
+                        {"class": "owl", "new_images": 6, "reference_images": 0, "shift": None, "spread_ratio": None,
+                         "note": "a class the last run did not have"}],
+            "threshold": 0.5, "min_images": 5, "shifted": ["cat"] if warning else [], "warning": warning}
+
+
+def test_the_report_gate_record_and_artifact_show_the_drift_and_its_warning(tmp_path):
+    from tasks import data_health
+    from tasks.release import gate_record, report_drift
+
+    paths = _project(tmp_path)
+    page = report.run(paths).read_text(encoding="utf-8")
+    assert "<section id=\"data-drift\"><h2>Data drift</h2>" in page and "No drift measured yet" in page
+    assert gate_record.data_drift_record(paths) is None and report_drift.markdown(paths) is None
+
+    warning = "data drift: the new images of 1 class(es) sit far from that class's images of the last run: cat 0.83"
+    data_health.write(paths.data_health, {}, {"images": 60}, drift=_drift(warning))
+    page = report.run(paths).read_text(encoding="utf-8")
+    section = page[page.index("<section id=\"data-drift\">"):]
+    section = section[:section.index("</section>")]
+    assert "12 images new since the last run" in section and f"Warning: {warning}" in section.replace("&#x27;", "'")
+    assert "<th>overall shift (spreads)</th><td>0.61</td>" in section
+    assert "<th>largest shift</th><td>cat: 0.83 (6 new)</td>" in section
+    number = "<td class=\"number\">"
+    assert f"<td>cat</td>{number}6</td>{number}24</td>{number}0.83</td>" in section
+    assert "a class the last run did not have" in section
+    assert page.index("id=\"data-health\"") < page.index("id=\"data-drift\"")
+    assert gate_record.data_drift_record(paths) == {
+        "status": "measured", "carried": False, "new_images": 12, "overall": 0.61,
+        "largest": {"class": "cat", "shift": 0.83, "new_images": 6}, "threshold": 0.5, "shifted": ["cat"],
+        "warning": warning}
+    text = report_drift.markdown(paths)
+    assert text.startswith("## Data drift") and f"**Warning:** {warning}." in text
+    assert "| cat | 6 | 24 | 0.83 | 1.10 |  |" in text and "| overall shift (spreads) | 0.61 |" in text
+
+    data_health.write(paths.data_health, {}, {"images": 60}, drift={
+        "status": "first_run", "note": "no earlier run to compare with", "warning": None, "classes": []})
+    page = report.run(paths).read_text(encoding="utf-8")
+    section = page.split("<section id=\"data-drift\">")[1].split("</section>")[0]
+    assert "no earlier run to compare with" in section and "Warning" not in section and "<table>" not in section
