@@ -51,6 +51,9 @@ def build_checks(params: ValidateParams) -> list[Check]:
 
     def check(name: str, table: str, title: str, kind: type, severity: str = BLOCKING, **kwargs: Any) -> Check:
         notes = "Blocking: a failure stops the pipeline." if severity == BLOCKING else "Warning: reported only."
+        if table in PER_ROW_TABLES:
+            notes += (" Run over the rows that no earlier run saw pass these checks; the others passed them before "
+                      "(result.json: per_row_checks).")
         return Check(name, table, title, kind(**kwargs, severity=severity, meta={"check": name}, notes=notes))
 
     checks = [check(f"not_null_{column}", "manifest", f"every image has a {column}",
