@@ -30,6 +30,7 @@ class Facts:
     ingest_summary: dict[str, Any]
     # near-duplicate pairs whose members the source put in different splits: [path, split, path, split]
     leaks: list[list[str]] = dataclasses.field(default_factory=list)
+    train_images_per_class: dict[str, int] = dataclasses.field(default_factory=dict)  # see train_class_counts
 
 
 def _value_counts(column: pd.Series) -> dict[str, int]:
@@ -37,8 +38,11 @@ def _value_counts(column: pd.Series) -> dict[str, int]:
 
 
 def labels_of(manifest: pd.DataFrame) -> pd.Series:
-    """One row per (image, label): a multi-label image ("a;b") counts for each of its labels."""
-    return manifest["label"].astype(str).str.split(";").explode()
+    """One row per (image, label): a multi-label image ("a;b") counts for each of its labels; index: the image's."""
+    labels = manifest["label"].astype(str)
+    if not labels.str.contains(";", regex=False).any():  # single-label: splitting a million strings costs seconds
+        return labels
+    return labels.str.split(";").explode()
 
 
 def leaks(manifest: pd.DataFrame) -> list[list[str]]:
@@ -64,6 +68,12 @@ def train_class_counts(manifest: pd.DataFrame) -> dict[str, int]:
     return _value_counts(labels_of(manifest))
 
 
+def repeated_content(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose sha256 another row has too (path, label, sha256), in manifest order; nulls never repeat."""
+    sha256 = manifest["sha256"]
+    return manifest.loc[sha256.notna() & sha256.duplicated(keep=False), ["path", "label", "sha256"]]
+
+
 def compute_facts(manifest: pd.DataFrame, quarantine: pd.DataFrame, ingest_summary: dict[str, Any]) -> Facts:
     per_class = _value_counts(labels_of(manifest))
     train_counts = train_class_counts(manifest)
@@ -83,4 +93,5 @@ def compute_facts(manifest: pd.DataFrame, quarantine: pd.DataFrame, ingest_summa
                      for side in ("width", "height") if manifest[side].notna().any()},
         ingest_summary={key: ingest_summary[key] for key in INGEST_KEYS if key in ingest_summary},
         leaks=leaks(manifest),
+        train_images_per_class=train_counts,
     )

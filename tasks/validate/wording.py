@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.params import ValidateParams
-from tasks.validate.facts import Facts, labels_of, train_class_counts
+from tasks.validate.facts import Facts, labels_of, repeated_content
 
 
 def _quoted(values: Any, limit: int = 8) -> str:
@@ -41,7 +41,7 @@ def describe_failure(name: str, result: dict[str, Any], manifest: pd.DataFrame, 
         return (f"{len(bad)} images have a {side} outside validate.min_side={params.min_side}..validate.max_side="
                 f"{params.max_side} (observed {_span(bad[side].min(), bad[side].max())}), e.g. {examples}")
     if name == "sha256_unique":
-        repeated = manifest[manifest["sha256"].duplicated(keep=False) & manifest["sha256"].notna()]
+        repeated = repeated_content(manifest)
         groups = [" = ".join(f"{row.path} [{row.label}]" for row in group.itertuples())
                   for _, group in repeated.groupby("sha256")]
         return f"{len(repeated)} images share their content (sha256) with another image: " + "; ".join(groups[:3])
@@ -72,7 +72,7 @@ def describe_failure(name: str, result: dict[str, Any], manifest: pd.DataFrame, 
         return (f"{len(facts.leaks)} near-duplicate pair(s) lie in different given splits, so the evaluation sees "
                 f"images close to training ones: {shown}{more}; move or remove one of each pair in the source")
     if name == "class_imbalance":
-        classes = list(train_class_counts(manifest).items())
+        classes = list(facts.train_images_per_class.items())
         (largest, most), (smallest, fewest) = classes[0], classes[-1]
         return (f"classes are imbalanced in the training images: {largest!r} has {most}, {smallest!r} {fewest} "
                 f"(ratio {most / fewest:.1f}, over validate.warn_max_class_imbalance="

@@ -81,7 +81,7 @@ def good_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Paths, validate.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket.socket, "connect", _refuse_network)
         patch.setattr(socket, "create_connection", _refuse_network)
-        validate.run(expected, paths)  # a first report, replaced by the second run
+        validate.run(expected, paths)  # a first report, which the second run (nothing new) gives again
         outcome = validate.run(expected, paths)
     return paths, outcome
 
@@ -92,7 +92,7 @@ def test_good_dataset_passes_and_writes_the_report(good_run: tuple[Paths, valida
     assert outcome.report_dir == paths.validation
     result = json.loads((paths.validation / "result.json").read_text(encoding="utf-8"))
     assert result["success"] is True
-    assert set(result["great_expectations"]) == {"manifest", "labels", "class_counts", "dataset"}
+    assert set(result["great_expectations"]) == {"manifest", "labels", "class_counts", "repeated_sha256", "dataset"}
     assert all(table["success"] for table in result["great_expectations"].values())
     index = (paths.validation / "data_docs" / "index.html").read_text(encoding="utf-8")
     assert "imgpipe_manifest" in index and "imgpipe_class_counts" in index
