@@ -30,13 +30,15 @@ $(INSTALLED): pyproject.toml
 run: setup
 	$(BIN)/imgpipe run --commit
 
+# -n auto: a worker per core (pytest-xdist, at most 4); --dist loadfile: a module's tests run in order on one worker,
+# since a module's tests may share one trained project
 test: setup chromium
-	$(BIN)/python -m pytest --durations=20
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile --durations=20
 
 # the inner loop: everything but the tests marked slow (whole pipelines, training; tests/conftest.py SLOW_TESTS),
 # about 3 minutes on 2 cores; `make test` (and CI) runs them all
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" --durations=10
+	$(BIN)/python -m pytest -m "not slow" -n auto --maxprocesses=4 --dist loadfile --durations=10
 
 # Debian's chromium, for the one test that opens the run report in a headless browser (that it renders, with no
 # external reference); when it cannot be installed (not root, no apt-get, no network) that test skips and the
