@@ -115,7 +115,12 @@ def _write_images(job: tuple[str, str, int, int, int]) -> int:
 
 
 def generate(root: Path, kind: str, start: int, stop: int, seed: int) -> None:
-    """Write images start..stop-1 of a set (`kind`: thumbnail, photo or camera) into 10 class folders."""
+    """Write images start..stop-1 of a set (`kind`: thumbnail, photo or camera) into 10 class folders, unless an
+    earlier run into the same --work-dir wrote the very same ones (its marker file says so)."""
+    marker = root / f".generated-{kind}-{start}-{stop}-{seed}"
+    if marker.is_file():
+        print(f"  {stop - start:,} {kind} images already generated in {root} ({marker.name})")
+        return
     for label in range(CLASSES):
         (root / f"class_{label}").mkdir(parents=True, exist_ok=True)
     step = KINDS[kind][1]
@@ -124,6 +129,7 @@ def generate(root: Path, kind: str, start: int, stop: int, seed: int) -> None:
     with multiprocessing.get_context("spawn").Pool() as workers:
         for _ in workers.imap_unordered(_write_images, jobs):
             pass
+    marker.touch()
 
 
 # ---------------------------------------------------------------- the baseline
