@@ -263,3 +263,29 @@ def test_a_train_and_val_source_is_told_where_its_test_split_came_from(shrunk_co
     assert (f"splits: train is the source's own train/ ({int((table['split'] == 'train').sum())} images); val is the "
             f"source's own val/ (9 images); test is carved out of the source's train/ by hash ({carved} images, "
             "preprocess.test_fraction 0.25); to test on images you chose, give a test/ folder") in caplog.text
+
+
+def test_on_features_a_rerun_keeps_every_split_and_lists_the_images_in_storage_order(shrunk_config, tiny_source):
+    import pandas as pd
+
+    from tasks.preprocess.split import storage_orders
+
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    first = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths,
+                           model="efficientnet_lite2", weights="auto")
+    assert (first["shard"] == "").all()  # the features route keeps no pixels
+    for index in range(6):
+        make_image((40, 200, 40), seed=700 + index, size=20).save(tiny_source / "green" / f"late {index}.png")
+    (tiny_source / "red" / "red_001.jpg").unlink()
+    ingest.run(config.ingest, paths)
+    second = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths,
+                            model="efficientnet_lite2", weights="auto")
+
+    stored = pd.read_parquet(paths.processed / "split.parquet")
+    assert stored["sha256"].tolist() == second["sha256"].tolist() and len(stored) == 36 + 6 - 1
+    # in the order of every image's storage key, as a run from nothing writes it; the new ones placed among the rest
+    assert list(storage_orders(stored["sha256"], config.base.seed)) == sorted(storage_orders(stored["sha256"],
+                                                                                             config.base.seed))
+    kept = first[first["path"] != "red/red_001.jpg"].set_index("sha256")["split"]
+    assert (second.set_index("sha256").loc[kept.index, "split"] == kept).all()
