@@ -15,7 +15,7 @@ from scipy.sparse import csgraph
 
 from tasks import label_sets
 from tasks.params import GroupBy
-from tasks.preprocess import joins
+from tasks import joins
 
 SPLITS = ("train", "val", "test")
 

@@ -24,12 +24,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks import manifest as manifest_file
-from tasks import atomic, disk_space, dvc_outputs, images, label_sets, model_choice, pool, processed_store, progress, raw_store
+from tasks import (atomic, disk_space, dvc_outputs, images, joins, label_sets, model_choice, pool, processed_store,
+                   progress, raw_store)
 from tasks import stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
-from tasks.preprocess import joins, storage_order
+from tasks.preprocess import storage_order
 from tasks.preprocess.split import (SPLITS, assign_splits, describe_splits, split_counts, split_report,
                                      storage_orders, subjects_for)
 

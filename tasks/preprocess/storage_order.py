@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.preprocess import joins
+from tasks import joins
 from tasks.preprocess.split import storage_orders
 
 

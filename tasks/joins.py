@@ -39,3 +39,17 @@ def lookup(keys: Iterable[str], table: pd.Series) -> pd.Series:
         return pd.Series(pd.NA, index=pd.RangeIndex(len(where)), dtype="str")
     taken = pc.take(text(table), pa.array(np.where(where >= 0, where, 0)))
     return pd.Series(pc.if_else(pa.array(where >= 0), taken, pa.scalar(None, pa.large_string())), dtype="str")
+
+
+def fixed_width(digests: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The text values as a numpy bytes array (S<width>), without a Python object per value when every value has
+    the same length (sha256s: 64 hex digits)."""
+    array = digests.combine_chunks() if isinstance(digests, pa.ChunkedArray) else digests
+    array = array.cast(pa.large_binary())
+    lengths = np.asarray(pc.binary_length(array)) if len(array) else np.zeros(0, dtype=np.int64)
+    if len(array) and array.null_count == 0 and (lengths == lengths[0]).all() and lengths[0] > 0:
+        width = int(lengths[0])
+        offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+        data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+        return data.view(f"S{width}")
+    return np.array([value or b"" for value in array.to_pylist()], dtype=bytes)
