@@ -145,6 +145,7 @@ def _child(step: str, root: Path, manifest: Path) -> dict:
         result.update({"ingest setup": _ingest_setup, "ingest tables": _ingest_tables,
                        "ingest run": _ingest_run}[step](config, paths))
     result["tensorflow_imported"] = "tensorflow" in sys.modules
+    result["code"] = str(Path(sys.modules["tasks"].__file__).parent.parent)
     result["rss_at_start_mib"] = started_rss / 1024
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result

@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy import sparse
-from scipy.sparse import csgraph
 
 from tasks import label_sets
 from tasks.params import GroupBy
@@ -96,6 +94,9 @@ def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) ->
     keys = "group/" + pd.Series(joins.text(groups), dtype="str")
     if subjects is None:  # each image is in exactly one near-duplicate group: nothing to link
         return keys
+    from scipy import sparse  # only with subjects: 25 MB of imports that the stage otherwise does without
+    from scipy.sparse import csgraph
+
     named = pd.Series(joins.text(subjects), dtype="str").fillna("")
     linked = (named != "").to_numpy()
     codes, names = pd.factorize(pd.concat([keys, "subject/" + named[linked]], ignore_index=True))
