@@ -109,7 +109,8 @@ def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) ->
     is_group = nodes["name"].str.startswith("group/").to_numpy()
     smallest = nodes[~is_group].groupby("component")["name"].min()
     smallest = smallest.combine_first(nodes[is_group].groupby("component")["name"].min())
-    return pd.Series(smallest.reindex(component[group_codes]).to_numpy(), dtype="str")
+    unit_of_component = joins.text(smallest.sort_index())  # every component has a name: 0, 1, ... in order
+    return pd.Series(unit_of_component.take(pa.array(component[group_codes])), dtype="str")
 
 
 def _hashed(positions: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 TABLE_COLUMNS = ["path", "label", "label_index", "split", "sha256", "shard"]
 OLD_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
 # what this stage reads of the manifest (not the perceptual hashes, modes and orientations ingest keeps)
-MANIFEST_COLUMNS = ["path", "label", "sha256", "shard", "offset", "bytes", "width", "height", "group", "split", "subject"]
+MANIFEST_COLUMNS = ["path", "label", "sha256", "shard", "offset", "bytes", "width", "height", "group", "split",
+                    "subject"]
 RECORD_BYTES = 256  # per decoded image beyond its pixels: sha256, protobuf and TFRecord framing (over-estimated)
 COMPACT_BELOW = 0.5  # a shard whose live share of records falls under this is rewritten without the dead ones
 
@@ -213,7 +214,8 @@ def _compact(table: pd.DataFrame, records: dict[str, int], params: PreprocessPar
                 if sha256 in wanted and sha256 not in moved:
                     moved[sha256] = writer.add(sha256, pixels)
     logger.info("preprocess: compacted %d sparse shard(s) into %d", len(sparse), len(writer.written))
-    table = table.assign(shard=table["sha256"].map(moved).fillna(table["shard"]))
+    moved_to = pd.Series(moved, index=pd.Index(list(moved), dtype="str"), dtype="str")
+    table = table.assign(shard=joins.lookup(table["sha256"], moved_to).set_axis(table.index).fillna(table["shard"]))
     return table, {shard: count for shard, count in records.items() if shard not in sparse} | writer.counts
 
 
@@ -258,7 +260,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
     table, records = _compact(table, earlier.records | new_records, params, paths)
     table = storage_order.in_storage_order(table[TABLE_COLUMNS + ["unit", "order"]], earlier.places, seed)
 
-    if "split" in manifest.columns:
+    if "split" in manifest.columns and (manifest["split"] != "").any():  # else every split is by hash: nothing to say
         given = pd.Series(manifest["split"].array, index=pd.Index(manifest["sha256"].array, dtype="str"), dtype="str")
         origin = describe_splits(joins.lookup(table["sha256"], given).fillna(""), table["split"], params.val_fraction,
                                  params.test_fraction)

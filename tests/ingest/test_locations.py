@@ -29,7 +29,8 @@ def test_locations_answer_one_image_and_whole_columns_alike():
     hashes = pd.Series([f"{99:064x}", f"{5:064x}", "missing"])
     assert locations.contain(hashes).tolist() == [True, True, False]
     columns = locations.columns(hashes[:2])
-    assert columns["shard"].tolist() == ["shard-000003.tar", "shard-000002.tar"] and columns["offset"].tolist() == [0, 4096]
+    assert columns["shard"].tolist() == ["shard-000003.tar", "shard-000002.tar"]
+    assert columns["offset"].tolist() == [0, 4096]
     with pytest.raises(KeyError, match="missing"):
         locations.columns(hashes)
     ends = locations.ends()  # as raw_store.end_of computes it from each shard's locations
