@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from tasks import atomic
 
@@ -27,12 +28,21 @@ def write(path: Path, table: pd.DataFrame, keep_if_same: bool = False) -> None:
     atomic.write_parquet(path, compact, keep_if_same=keep_if_same)
 
 
-def read(path: Path) -> pd.DataFrame:
-    """The manifest at `path` with every column (a manifest written before the compact form reads the same)."""
-    table = pd.read_parquet(path)
+def read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The manifest at `path` with every column (a manifest written before the compact form reads the same), or
+    only those of `columns` it has (a stage that needs a few reads a few: at 10^6 images each text column is tens
+    of MB)."""
+    if columns is None:
+        table = pd.read_parquet(path)
+    else:
+        stored = set(pq.read_schema(path).names)
+        needed = [column for column in columns if column in stored]
+        if "group" in needed and "sha256" not in needed and "sha256" in stored:
+            needed.append("sha256")  # an empty group stands for the sha256
+        table = pd.read_parquet(path, columns=needed)
     if "group" in table.columns and "sha256" in table.columns:
         table["group"] = table["group"].where(table["group"] != "", table["sha256"])
-    if "source_path" not in table.columns and "path" in table.columns:
+    if "source_path" not in table.columns and "path" in table.columns and (columns is None or "source_path" in columns):
         table["source_path"] = table["path"]
     ordered = [column for column in COLUMNS if column in table.columns]
     return table[ordered + [column for column in table.columns if column not in ordered]]

@@ -29,3 +29,10 @@ def test_a_manifest_written_in_full_reads_the_same(tmp_path):
 def test_a_source_path_other_than_the_path_is_refused(tmp_path):
     with pytest.raises(ValueError, match="source_path"):
         manifest.write(tmp_path / "manifest.parquet", _table().assign(source_path=["x", "y", "z"]))
+
+
+def test_a_few_columns_are_read_with_the_group_rebuilt(tmp_path):
+    manifest.write(tmp_path / "manifest.parquet", _table())
+    table = manifest.read(tmp_path / "manifest.parquet", columns=["path", "group", "split"])
+    assert list(table.columns) == ["path", "sha256", "group"]  # no split stored: left out; sha256 rebuilds group
+    assert table["group"].tolist() == _table()["group"].tolist()

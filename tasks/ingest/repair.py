@@ -11,34 +11,30 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 
 from tasks import raw_store
+from tasks.ingest.locations import Locations
 
 logger = logging.getLogger(__name__)
 
 
-def damaged_shards(raw: Path, locations: dict[str, raw_store.Location], manifest: Path) -> dict[str, str]:
+def damaged_shards(raw: Path, locations: Locations, manifest: Path) -> dict[str, str]:
     """Shard name -> what is wrong with it, for every shard holding one of `locations` (O(shards) stats)."""
-    members: dict[str, list[raw_store.Location]] = defaultdict(list)
-    for location in locations.values():
-        members[location.shard].append(location)
     written_ns = manifest.stat().st_mtime_ns if manifest.is_file() else None
     damaged: dict[str, str] = {}
     verified_changed = False
-    for shard, held in sorted(members.items()):
+    for shard, least in sorted(locations.ends().items()):
         try:
             found = os.stat(raw / shard)
         except FileNotFoundError:
             damaged[shard] = "missing"
             continue
-        least = raw_store.end_of(held)
         if found.st_size < least:
             damaged[shard] = f"{found.st_size} bytes, shorter than the {least} its images need (cut short)"
         elif written_ns is not None and found.st_mtime_ns > written_ns:
             # changed after its manifest was written (or copied by a checkout): its bytes decide
-            problem = _verify(raw, held)
+            problem = _verify(raw, locations.in_shard(shard))
             verified_changed = True
             if problem is not None:
                 damaged[shard] = problem
@@ -61,21 +57,18 @@ def _verify(raw: Path, held: list[raw_store.Location]) -> str | None:
     return None
 
 
-def forget(locations: dict[str, raw_store.Location], damaged: dict[str, str]) -> set[str]:
+def forget(locations: Locations, damaged: dict[str, str]) -> set[str]:
     """Remove the images of damaged shards from `locations` (so ingest reads them again); return their sha256s."""
-    lost = {sha256 for sha256, location in locations.items() if location.shard in damaged}
-    for sha256 in lost:
-        del locations[sha256]
-    return lost
+    return locations.forget(damaged)
 
 
-def report(raw: Path, damaged: dict[str, str], forgotten: set[str], locations: dict[str, raw_store.Location],
+def report(raw: Path, damaged: dict[str, str], forgotten: set[str], locations: Locations,
            used_before: dict[str, list[str]], source_paths: set[str]) -> list[str]:
     """Log what was rebuilt, and name the images used before whose files the source no longer has (returned)."""
     for shard, problem in sorted(damaged.items()):
         logger.warning("%s: damaged (%s); the images it held are read again from the source into new shards",
                        raw / shard, problem)
-    rebuilt = forgotten & locations.keys()
+    rebuilt = {sha256 for sha256 in forgotten if sha256 in locations}
     gone = sorted(path for sha256 in forgotten - rebuilt for path in used_before.get(sha256, [])
                   if path not in source_paths)
     logger.warning("ingest: %d image(s) of %d damaged shard(s) rebuilt from the source", len(rebuilt), len(damaged))

@@ -17,14 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks import manifest as manifest_file
-from tasks import atomic, csv_cells, dvc_outputs, images, label_table, pool, progress, raw_store
+from tasks import atomic, csv_cells, dvc_outputs, images, joins, label_table, pool, progress, raw_store
 from tasks.config import load_config
 from tasks.hashing import file_sha256
 from tasks.ingest import layout, repair, state
 from tasks.ingest.layout import SourceScan
+from tasks.ingest.locations import Locations
 from tasks.ingest.duplicates import resolve_duplicates
 from tasks.ingest.examine import READ_REASONS, VERDICT_FIELDS, Examiner, FileJob, checks
 from tasks.ingest.near_duplicates import group_near_duplicates
@@ -77,31 +79,40 @@ def _scanned(scan: SourceScan) -> pd.DataFrame:
                          "mtime_ns": pd.array([file.mtime_ns for file in scan.files], dtype="int64")})
 
 
-def _reusable(files: pd.DataFrame, earlier: pd.DataFrame, settings: str,
-              locations: dict[str, raw_store.Location]) -> pd.Series:
+def _earlier_rows(files: pd.DataFrame, earlier: pd.DataFrame) -> np.ndarray:
+    """For each file, its row in the last run's state, or -1 (a hash join in Arrow: no Python object per file)."""
+    return joins.positions(files["source_path"], earlier.index)
+
+
+def _reusable(files: pd.DataFrame, earlier: pd.DataFrame, rows: np.ndarray, settings: str,
+              locations: Locations) -> pd.Series:
     """Whether the last run's verdict on each path still holds without reading the file: same size and mtime,
     same checks, not a read error, and (for a good image) its content still in the raw store."""
-    before = earlier.reindex(files["source_path"]).reset_index(drop=True)
+    if not len(earlier):
+        return pd.Series(False, index=files.index)
+    before = earlier.iloc[np.maximum(rows, 0)].reset_index(drop=True)
     reusable = ((before["checks"] == settings) & ~before["reason"].isin(READ_REASONS)
-                & (before["size"] == files["size"]) & (before["mtime_ns"] == files["mtime_ns"]) & (files["size"] >= 0)
+                & (before["size"] == files["size"].to_numpy()) & (before["mtime_ns"] == files["mtime_ns"].to_numpy())
+                & (files["size"].to_numpy() >= 0)
                 & ((before["reason"] != "") | _stored(before["sha256"], locations)))
-    return reusable.fillna(False).astype(bool)
+    return pd.Series(reusable.fillna(False).astype(bool).to_numpy() & (rows >= 0), index=files.index)
 
 
-def _stored(hashes: pd.Series, locations: dict[str, raw_store.Location]) -> pd.Series:
-    """Whether the raw store holds each sha256 (a dict lookup each: far faster than isin over 10^5 keys)."""
-    return pd.Series([digest in locations for digest in hashes.tolist()], index=hashes.index, dtype=bool)
+def _stored(hashes: pd.Series, locations: Locations) -> pd.Series:
+    """Whether the raw store holds each sha256 (a join in Arrow)."""
+    return pd.Series(locations.contain(hashes), index=hashes.index, dtype=bool)
 
 
-def _earlier_verdict(earlier: pd.DataFrame, source_path: str, settings: str) -> dict[str, Any] | None:
-    """The last verdict on a path, reused by examine when the file's bytes turn out the same (same checks only)."""
-    if source_path not in earlier.index or earlier.at[source_path, "checks"] != settings:
+def _earlier_verdict(earlier: pd.DataFrame, row: int, settings: str) -> dict[str, Any] | None:
+    """The last verdict on a path (its row in the last state, -1 for none), reused by examine when the file's bytes
+    turn out the same (same checks only)."""
+    if row < 0 or earlier["checks"].iat[row] != settings:
         return None
-    return earlier.loc[source_path, ["sha256", *VERDICT_FIELDS]].to_dict()
+    return earlier.iloc[row][["sha256", *VERDICT_FIELDS]].to_dict()
 
 
 def _examine_and_store(jobs: list[FileJob], params: IngestParams, raw: Path,
-                       locations: dict[str, raw_store.Location], root: str) -> pd.DataFrame:
+                       locations: Locations, root: str) -> pd.DataFrame:
     """Examine the files that need it (over all cores, or a Dask cluster) and add new content to new shards, in
     the order of the jobs, so the same source gives the same shards however it was spread."""
     records = []
@@ -118,21 +129,21 @@ def _examine_and_store(jobs: list[FileJob], params: IngestParams, raw: Path,
     return pd.DataFrame(records, columns=["source_path", "sha256", "bytes", *VERDICT_FIELDS])
 
 
-def _manifest(kept: pd.DataFrame, locations: dict[str, raw_store.Location], distance: int) -> pd.DataFrame:
+def _manifest(kept: pd.DataFrame, locations: Locations, distance: int) -> pd.DataFrame:
     """One row per image used, in path order: where the raw store holds it and its near-duplicate group."""
     kept = kept.reset_index(drop=True)
-    leaders = group_near_duplicates(kept["phash"].tolist(), distance)
-    stored = [locations[digest] for digest in kept["sha256"]]
-    manifest = kept.assign(path=kept["source_path"], group=kept["sha256"].to_numpy()[leaders],
-                           shard=[location.shard for location in stored],
-                           offset=[location.offset for location in stored])
+    leaders = group_near_duplicates(kept["phash"], distance)
+    stored = locations.columns(kept["sha256"])
+    manifest = kept.assign(path=kept["source_path"], group=kept["sha256"].take(leaders).to_numpy(),
+                           shard=stored["shard"].to_numpy(), offset=stored["offset"].to_numpy())
     numbers = {"offset": "int64", "bytes": "int64", "width": "int64", "height": "int64", "orientation": "int64"}
     return manifest[MANIFEST_COLUMNS].astype({column: numbers.get(column, "str") for column in MANIFEST_COLUMNS})
 
 
-def _summary(source: str, scan: SourceScan, settings: dict[str, Any], images_found: dict[str, Any]) -> dict[str, Any]:
+def _summary(source: str, scan: SourceScan, files_seen: int, settings: dict[str, Any],
+             images_found: dict[str, Any]) -> dict[str, Any]:
     """The ingest summary: what the scan found, and (in `images_found`) what became of the image files."""
-    return {"source": source, "settings": settings, "layout": scan.layout, "files_seen": len(scan.files),
+    return {"source": source, "settings": settings, "layout": scan.layout, "files_seen": files_seen,
             "unlisted_files": len(scan.unlisted_files), **images_found,
             "non_image_files": len(scan.non_image_files), "empty_class_folders": scan.empty_class_folders,
             "root_files": scan.root_files, "skipped_links": scan.skipped_links,
@@ -175,7 +186,9 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     earlier = state.empty() if old_manifest or old_raw else state.load(paths.ingest_state)
     settings = _settings(params, scan, labels)
     files = _scanned(scan)
-    reusable = _reusable(files, earlier, settings["checks"], locations)
+    scan.files = []  # the table holds what the run needs; a SourceFile per file is about 450 MB at 10^6 files
+    rows = _earlier_rows(files, earlier)
+    reusable = _reusable(files, earlier, rows, settings["checks"], locations)
     to_read = files[~reusable]
     logger.info("ingest: %d files under %s; %d unchanged since the last run, %d to read", len(files), source,
                 int(reusable.sum()), len(to_read))
@@ -185,19 +198,26 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
             and not damaged and summary_before.get("settings") == settings):
         # The same files as last time, none changed: the manifest stands; only what the scan says may differ.
         found = {key: summary_before[key] for key in IMAGE_SUMMARY_KEYS}
-        summary = _summary(paths.shown(source), scan, settings, found)
+        summary = _summary(paths.shown(source), scan, len(files), settings, found)
         atomic.write_json(paths.ingest_summary, summary, keep_if_same=True)
         logger.info("ingest: nothing changed under %s (%d files); %.1f s", paths.shown(source), len(files),
                     time.perf_counter() - started)
         return manifest_file.read(paths.manifest)
 
-    jobs = [FileJob(row.read_from, row.source_path, _earlier_verdict(earlier, row.source_path, settings["checks"]))
-            for row in to_read.itertuples(index=False)]
+    jobs = [FileJob(read_from, source_path, _earlier_verdict(earlier, row, settings["checks"]))
+            for read_from, source_path, row in zip(to_read["read_from"], to_read["source_path"],
+                                                   rows[~reusable.to_numpy()].tolist())]
+    read_count = len(to_read)
+    del to_read
+    files = files.drop(columns="read_from")  # the file system names (a Python object each) were for the jobs only
     examined = _examine_and_store(jobs, params, paths.raw, locations, scan.root).set_index("source_path")
-    verdicts = pd.concat([earlier.loc[files.loc[reusable, "source_path"], ["sha256", "bytes", *VERDICT_FIELDS]],
-                          examined[["sha256", "bytes", *VERDICT_FIELDS]]])
-    records = files[["source_path", "label", "split", "subject", "link_target", "size", "mtime_ns"]].join(
-        verdicts, on="source_path")
+    verdict_columns = ["sha256", "bytes", *VERDICT_FIELDS]  # the last run's for the unchanged files, else examined
+    kept_rows = reusable.to_numpy()
+    verdicts = pd.concat([earlier.iloc[rows[kept_rows]][verdict_columns].set_axis(files.index[kept_rows]),
+                          examined[verdict_columns].set_axis(files.index[~kept_rows])]).sort_index()
+    records = pd.concat([files[["source_path", "label", "split", "subject", "link_target", "size", "mtime_ns"]],
+                         verdicts], axis=1)
+    del earlier, verdicts, examined  # at 10^6 files each is hundreds of MB; `records` holds what follows needs
 
     good = records[(records["reason"] == "") & _stored(records["sha256"], locations)]
     kept, conflicted, duplicates = resolve_duplicates(good, params.on_label_conflict)
@@ -219,7 +239,8 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     # The shards are finished; what names them is written now, each file only if its content changed.
     manifest_file.write(paths.manifest, manifest, keep_if_same=True)
     atomic.write_csv(paths.quarantine, csv_cells.safe_table(quarantine), keep_if_same=True)  # paths, labels escaped
-    atomic.write_json(paths.ingest_summary, _summary(paths.shown(source), scan, settings, found), keep_if_same=True)
+    atomic.write_json(paths.ingest_summary, _summary(paths.shown(source), scan, len(files), settings, found),
+                      keep_if_same=True)
     state.write(paths.ingest_state, records.assign(checks=settings["checks"]))
     raw_store.remove(paths.raw, sorted(set(raw_store.shard_names(paths.raw)) - set(manifest["shard"])))
     if old_raw is not None:
@@ -229,7 +250,7 @@ def _ingest(params: IngestParams, paths: Paths) -> pd.DataFrame:
     logger.info(
         "ingest: %d files seen (%d read), %d images used in %d classes, %d quarantined%s, %d duplicates dropped, "
         "%d non-image files skipped; %d shard(s) in %s; %.1f s",
-        len(files), len(to_read), len(manifest), len(found["labels"]), len(bad), f" ({reasons})" if reasons else "",
+        len(files), read_count, len(manifest), len(found["labels"]), len(bad), f" ({reasons})" if reasons else "",
         len(duplicates), len(scan.non_image_files), len(raw_store.shard_names(paths.raw)), paths.shown(paths.raw),
         time.perf_counter() - started)
     return manifest

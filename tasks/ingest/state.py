@@ -9,9 +9,11 @@ import tarfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from tasks import raw_store
 from tasks.ingest.examine import VERDICT_FIELDS
+from tasks.ingest.locations import Locations
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +50,19 @@ def write(path: Path, records: pd.DataFrame) -> None:
     atomic.write_parquet(path, table, keep_if_same=True)
 
 
-def stored_locations(manifest: Path, raw: Path) -> tuple[dict[str, raw_store.Location], bool]:
-    """sha256 -> where the raw store holds it, from the last manifest and from any shard it does not name (a run
-    killed after writing shards but before its manifest); and whether the manifest is of the old loose-file layout."""
-    locations: dict[str, raw_store.Location] = {}
+def stored_locations(manifest: Path, raw: Path) -> tuple[Locations, bool]:
+    """sha256 -> where the raw store holds it, from the last manifest (as columns: tasks/ingest/locations.py) and from
+    any shard it does not name (a run killed after writing shards but before its manifest); and whether the manifest
+    is of the old loose-file layout."""
+    locations = Locations()
     named: set[str] = set()
     old_layout = False
     if manifest.is_file():
-        table = pd.read_parquet(manifest)
-        if set(LOCATION_COLUMNS) <= set(table.columns):
-            stored = zip(table["shard"].tolist(), table["offset"].tolist(), table["bytes"].tolist(),
-                         table["sha256"].tolist())
-            locations = dict(zip(table["sha256"].tolist(), map(raw_store.Location._make, stored)))
-            named = set(table["shard"])
+        stored = set(pq.read_schema(manifest).names)
+        if set(LOCATION_COLUMNS) <= stored:
+            table = pd.read_parquet(manifest, columns=list(LOCATION_COLUMNS))
+            locations = Locations(table)
+            named = set(table["shard"].unique().tolist())
         else:
             old_layout = True
     for shard in raw_store.shard_names(raw):

@@ -6,11 +6,14 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks import label_sets
 from tasks.params import GroupBy
-from tasks.union_find import UnionFind
+from tasks import joins
 
 SPLITS = ("train", "val", "test")
 
@@ -21,20 +24,32 @@ def unit_interval(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def folder_subjects(paths: Iterable[str], level: int) -> list[str]:
+def unit_intervals(keys: Iterable[str], seed: int) -> np.ndarray:
+    """unit_interval() of each key (a hash each: given only the keys that need one)."""
+    prefix = f"{seed}:"
+    return np.fromiter((int.from_bytes(hashlib.sha256(f"{prefix}{key}".encode("utf-8")).digest()[:8], "big") / 2**64
+                        for key in keys), dtype=np.float64)
+
+
+def storage_orders(digests: Iterable[str], seed: int) -> np.ndarray:
+    """Each image's `order` (see assign_splits) from its sha256."""
+    return unit_intervals((f"order/{digest}" for digest in digests), seed)
+
+
+def folder_subjects(paths: Iterable[str], level: int) -> pd.Series:
     """The name of the `level`-th folder below the class folder of each manifest path (`label/sub/.../file`)."""
-    subjects = []
-    for path in paths:
-        parts = path.split("/")
-        if len(parts) - 2 < level:
-            raise ValueError(
-                f"preprocess.group_by folder:{level}: {path!r} has {len(parts) - 2} folder(s) between its class "
-                f"folder and the file; use a level every image has, or group with csv:FILE:COLUMN")
-        subjects.append(parts[level])
-    return subjects
+    text = joins.text(paths)
+    folders = np.asarray(pc.count_substring(text, "/")) - 1
+    short = np.flatnonzero(folders < level)
+    if len(short):
+        path = text[int(short[0])].as_py()
+        raise ValueError(
+            f"preprocess.group_by folder:{level}: {path!r} has {folders[short[0]]} folder(s) between its class "
+            f"folder and the file; use a level every image has, or group with csv:FILE:COLUMN")
+    return pd.Series(pc.list_element(pc.split_pattern(text, "/"), level), dtype="str")
 
 
-def csv_subjects(paths: Iterable[str], table: pd.DataFrame, column: str, csv_file: str) -> list[str]:
+def csv_subjects(paths: Iterable[str], table: pd.DataFrame, column: str, csv_file: str) -> pd.Series:
     """Each path's subject from a table with a `path` column (as in the manifest) and the subject column."""
     where = f"preprocess.group_by: {csv_file}"
     for needed in ("path", column):
@@ -49,17 +64,18 @@ def csv_subjects(paths: Iterable[str], table: pd.DataFrame, column: str, csv_fil
     if not conflicting.empty:
         raise ValueError(f"{where}: {len(conflicting)} path(s) are listed with different {column!r}, "
                          f"e.g. {conflicting.index[0]!r}")
-    subject_of: Mapping[str, Any] = dict(zip(table["path"], table[column].astype(str)))
-    paths = list(paths)
-    missing = [path for path in paths if path not in subject_of]
-    if missing:
+    subject_of = table.drop_duplicates("path").set_index("path")[column].astype(str)
+    paths = pd.Series(joins.text(paths), dtype="str")
+    subjects = joins.lookup(paths, subject_of)
+    missing = paths[subjects.isna()]
+    if len(missing):
         raise ValueError(f"{where} lists no {column!r} for {len(missing)} of {len(paths)} image(s), e.g. "
-                         f"{', '.join(repr(path) for path in missing[:3])}; add a row per image (paths as in the "
+                         f"{', '.join(repr(path) for path in missing.iloc[:3])}; add a row per image (paths as in the "
                          f"manifest: label/.../file)")
-    return [subject_of[path] for path in paths]
+    return subjects.astype("str")
 
 
-def subjects_for(manifest: pd.DataFrame, group_by: GroupBy, csv_table: pd.DataFrame | None = None) -> list[str]:
+def subjects_for(manifest: pd.DataFrame, group_by: GroupBy, csv_table: pd.DataFrame | None = None) -> pd.Series:
     """The subject of every manifest row as group_by names it (the CSV already read, for csv:FILE:COLUMN)."""
     if group_by.kind == "folder":
         return folder_subjects(manifest["path"], group_by.level)
@@ -68,43 +84,58 @@ def subjects_for(manifest: pd.DataFrame, group_by: GroupBy, csv_table: pd.DataFr
     return csv_subjects(manifest["path"], csv_table, group_by.column, group_by.csv)
 
 
-def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) -> list[str]:
+def split_units(groups: Iterable[str], subjects: Iterable[str] | None = None) -> pd.Series:
     """The key that decides each image's split: images linked by a near-duplicate group or by a subject share one.
 
     A unit is keyed by its smallest subject (or, without subjects, its near-duplicate group), so the key of an
-    existing unit stays the same when images are added to it.
+    existing unit stays the same when images are added to it. The units are the connected components of the graph
+    whose edges are the images (subject -- group), found in one pass of compiled code (no Python work per image).
     """
-    keys = [f"group/{group}" for group in groups]
+    keys = "group/" + pd.Series(joins.text(groups), dtype="str")
     if subjects is None:  # each image is in exactly one near-duplicate group: nothing to link
         return keys
-    linked = [[f"subject/{subject}", key] if subject else [key] for subject, key in zip(subjects, keys)]
+    from scipy import sparse  # only with subjects: 25 MB of imports that the stage otherwise does without
+    from scipy.sparse import csgraph
 
-    def rank(name: str) -> tuple[bool, str]:  # a unit with a subject is named by its smallest subject
-        return name.startswith("group/"), name
+    named = pd.Series(joins.text(subjects), dtype="str").fillna("")
+    linked = (named != "").to_numpy()
+    codes, names = pd.factorize(pd.concat([keys, "subject/" + named[linked]], ignore_index=True))
+    group_codes, subject_codes = codes[:len(keys)], codes[len(keys):]
+    graph = sparse.coo_matrix((np.ones(len(subject_codes), dtype=np.int8), (subject_codes, group_codes[linked])),
+                              shape=(len(names), len(names)))
+    _, component = csgraph.connected_components(graph, directed=False)
+    # a unit with a subject is named by its smallest subject, one without by its smallest group
+    nodes = pd.DataFrame({"component": component, "name": pd.Series(names, dtype="str")})
+    is_group = nodes["name"].str.startswith("group/").to_numpy()
+    smallest = nodes[~is_group].groupby("component")["name"].min()
+    smallest = smallest.combine_first(nodes[is_group].groupby("component")["name"].min())
+    unit_of_component = joins.text(smallest.sort_index())  # every component has a name: 0, 1, ... in order
+    return pd.Series(unit_of_component.take(pa.array(component[group_codes])), dtype="str")
 
-    units = UnionFind(rank)
-    for names in linked:
-        for name in names[1:]:
-            units.union(names[0], name)
-    return [units.find(names[0]) for names in linked]
+
+def _hashed(positions: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+    return np.where(positions < test_fraction, "test",
+                    np.where(positions < test_fraction + val_fraction, "val", "train")).astype(object)
 
 
-def _hashed(position: float, val_fraction: float, test_fraction: float) -> str:
-    return "test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
-
-
-def _carved(given: str, position: float, val_fraction: float, test_fraction: float, given_splits: set[str]) -> str:
+def _carved(given: np.ndarray, positions: np.ndarray, val_fraction: float, test_fraction: float,
+            given_splits: set[str]) -> np.ndarray:
     """A given split, except that a given train image goes to val (test) by its hash when the source gives no val
     (test) split at all: a layout of train/ and test/ gets its validation split out of train/."""
-    if given != "train":
-        return given
     test_share = test_fraction if "test" not in given_splits else 0.0
     val_share = val_fraction if "val" not in given_splits else 0.0
-    return _hashed(position, val_share, test_share)
+    return np.where(given == "train", _hashed(positions, val_share, test_share), given)
+
+
+def _first_per_unit(units: np.ndarray, values: np.ndarray) -> pd.Series:
+    """unit -> the value of its first row."""
+    first = pd.Series(values, index=pd.Index(units, dtype="str"), dtype="str")
+    return first[~first.index.duplicated(keep="first")]
 
 
 def assign_splits(manifest: pd.DataFrame, seed: int, val_fraction: float, test_fraction: float,
-                  subjects: Iterable[str] | None = None, kept: Mapping[str, str] | None = None) -> pd.DataFrame:
+                  subjects: Iterable[str] | None = None,
+                  kept: pd.Series | Mapping[str, str] | None = None) -> pd.DataFrame:
     """Return the manifest with `unit`, `split` and `order` columns.
 
     The split of an image follows from its unit's key (see split_units; a lone image is its own near-duplicate
@@ -116,27 +147,40 @@ def assign_splits(manifest: pd.DataFrame, seed: int, val_fraction: float, test_f
     missing val or test split is carved out of the given train images by hash. `kept` (sha256 -> split) is an
     earlier run's assignment: those images keep their split whatever the hash says now (a new near-duplicate or
     subject may rename a unit). A new image without a given split joins the split its unit already has.
+
+    The images in `kept` cost a vectorised join, no hash: only the others (the new ones) are hashed, so a run
+    after 1% new images hashes 1% of them. `order` is a per-image pseudo-random key (storage_orders) in which new
+    images are stored, a mix of classes in every shard; NaN for an image in `kept` (it is stored already).
     """
-    units = split_units(manifest["group"], subjects)
-    positions = [unit_interval(unit, seed) for unit in units]
-    given = manifest["split"].tolist() if "split" in manifest.columns else [""] * len(manifest)
-    given_splits = {split for split in given if split}
-    splits = [_carved(split, position, val_fraction, test_fraction, given_splits) if split
-              else _hashed(position, val_fraction, test_fraction) for split, position in zip(given, positions)]
-    if kept or given_splits:
-        earlier = [(kept or {}).get(digest) for digest in manifest["sha256"]]
-        anchors: dict[str, str] = {}  # a unit's split, from images that keep theirs, then from given ones
-        for unit, before in zip(units, earlier):
-            if before is not None:
-                anchors.setdefault(unit, before)
-        for unit, split, source_split in zip(units, splits, given):
-            if source_split:
-                anchors.setdefault(unit, split)
-        splits = [before or (split if source_split else anchors.get(unit, split))
-                  for unit, before, split, source_split in zip(units, earlier, splits, given)]
-    # `order` is a per-image pseudo-random key: new images are stored in this order, a mix of classes in every shard
-    order = [unit_interval(f"order/{digest}", seed) for digest in manifest["sha256"]]
-    return manifest.assign(unit=units, split=splits, order=order)
+    count = len(manifest)
+    units = split_units(manifest["group"], subjects)  # Arrow-backed text: no Python object per image
+    digests = manifest["sha256"].reset_index(drop=True)
+    given = (manifest["split"].fillna("").reset_index(drop=True) if "split" in manifest.columns
+             else pd.Series("", index=units.index, dtype="str"))
+    before = pd.Series(pd.NA, index=units.index, dtype="str")
+    if kept is not None and len(kept):
+        if not isinstance(kept, pd.Series):
+            kept = pd.Series(dict(kept), dtype="str")
+        before = joins.lookup(digests, kept.iloc[::-1])  # the last of a repeated sha256, as a dict would keep
+    new = before.isna().to_numpy()
+    given_splits = set(given[given != ""].unique().tolist())
+
+    new_units, new_given = units[new].to_numpy(dtype=object), given[new].to_numpy(dtype=object)
+    codes, distinct = pd.factorize(new_units)
+    positions = unit_intervals(distinct, seed)[codes] if len(distinct) else np.zeros(0)
+    computed = np.where(new_given != "", _carved(new_given, positions, val_fraction, test_fraction, given_splits),
+                        _hashed(positions, val_fraction, test_fraction))
+    # a unit's split, from images that keep theirs (the first in manifest order), then from given ones
+    in_play = ~new & joins.is_in(units, distinct) if not new.all() else np.zeros(count, dtype=bool)
+    has_given = new_given != ""
+    anchors = _first_per_unit(units[in_play].to_numpy(dtype=object), before[in_play].to_numpy(dtype=object))
+    anchors = anchors.combine_first(_first_per_unit(new_units[has_given], computed[has_given]))
+    joined = anchors.reindex(pd.Index(new_units, dtype="str")).to_numpy(dtype=object)
+    splits = before.copy()
+    splits[new] = np.where(has_given | pd.isna(joined), computed, joined)
+    order = np.full(count, np.nan)
+    order[new] = storage_orders(digests[new].tolist(), seed)
+    return manifest.assign(unit=units.set_axis(manifest.index), split=splits.set_axis(manifest.index), order=order)
 
 
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
@@ -166,30 +210,33 @@ def describe_splits(given: pd.Series, assigned: pd.Series, val_fraction: float, 
 
 
 def split_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Images per class in each split, for the split report (a multi-label image counts for each of its labels)."""
-    exploded = table.assign(label=table["label"].map(label_sets.split)).explode("label")
-    counts = exploded.groupby(["split", "label"]).size()
-    present = set(counts.index.get_level_values(0))
-    return {split: {label: int(count) for label, count in counts[split].items()} if split in present else {}
-            for split in SPLITS}
+    """Images per class in each split, for the split report (a multi-label image counts for each of its labels):
+    counted per distinct label cell, then spread over the cell's labels."""
+    counts: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+    for (split, cell), count in table.groupby(["split", "label"]).size().items():
+        if split in counts:
+            for label in label_sets.split(cell):
+                counts[split][label] = counts[split].get(label, 0) + int(count)
+    return {split: dict(sorted(per_label.items())) for split, per_label in counts.items()}
 
 
 def split_report(table: pd.DataFrame, seed: int, val_fraction: float, test_fraction: float,
                  group_by: GroupBy | None) -> dict[str, Any]:
     """Split sizes, shares and per-class counts, and how many units (kept-together groups) each split holds."""
     counts = split_counts(table)
-    labels = label_sets.vocabulary(table["label"])
+    labels = label_sets.vocabulary(table["label"].unique().tolist())
     total = len(table)
     sizes = {split: int((table["split"] == split).sum()) for split in SPLITS}
-    unit_sizes = table.groupby("unit").size()
+    units = joins.text(table["unit"])  # counted in Arrow: a unit per image is 10^6 keys at 10^6 images
+    in_split = {split: pa.array((table["split"] == split).to_numpy(dtype=bool)) for split in SPLITS}
     return {
         "seed": seed,
         "requested": {"train": round(1 - val_fraction - test_fraction, 6), "val": val_fraction, "test": test_fraction},
         "group_by": None if group_by is None else str(group_by),
         "images": sizes,
         "shares": {split: round(sizes[split] / total, 4) if total else 0.0 for split in SPLITS},
-        "units": {split: int(table.loc[table["split"] == split, "unit"].nunique()) for split in SPLITS},
-        "largest_unit": int(unit_sizes.max()) if total else 0,
+        "units": {split: pc.count_distinct(pc.filter(units, in_split[split])).as_py() for split in SPLITS},
+        "largest_unit": int(pc.max(pc.value_counts(units).field("counts")).as_py()) if total else 0,
         "per_class": {label: {split: counts[split].get(label, 0) for split in SPLITS} for label in labels},
         "classes_missing": {split: [label for label in labels if counts[split].get(label, 0) == 0] for split in SPLITS},
     }

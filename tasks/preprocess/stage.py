@@ -21,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from tasks import manifest as manifest_file
-from tasks import atomic, disk_space, dvc_outputs, images, label_sets, model_choice, pool, processed_store, progress, raw_store
+from tasks import (atomic, disk_space, dvc_outputs, images, joins, label_sets, model_choice, pool, processed_store,
+                   progress, raw_store)
 from tasks import stored_images
 from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
-from tasks.preprocess.split import SPLITS, assign_splits, describe_splits, split_counts, split_report, subjects_for
+from tasks.preprocess import storage_order
+from tasks.preprocess.split import (SPLITS, assign_splits, describe_splits, split_counts, split_report,
+                                     storage_orders, subjects_for)
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +40,14 @@ logger = logging.getLogger(__name__)
 # sha256-sized key per image would make this table, rewritten on every change, twice as large
 TABLE_COLUMNS = ["path", "label", "label_index", "split", "sha256", "shard"]
 OLD_SHARD = re.compile(r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord")
+# what this stage reads of the manifest (not the perceptual hashes, modes and orientations ingest keeps)
+MANIFEST_COLUMNS = ["path", "label", "sha256", "shard", "offset", "bytes", "width", "height", "group", "split",
+                    "subject"]
 RECORD_BYTES = 256  # per decoded image beyond its pixels: sha256, protobuf and TFRecord framing (over-estimated)
 COMPACT_BELOW = 0.5  # a shard whose live share of records falls under this is rewritten without the dead ones
 
 
-def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths) -> list[str] | None:
+def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths) -> pd.Series | None:
     """Each image's subject as `preprocess.group_by` names it, or None when images are not grouped by subject."""
     if group_by is None:
         return None
@@ -118,24 +125,37 @@ def _splitting(params: PreprocessParams, seed: int) -> dict[str, Any]:
             "group_by": None if params.group_by is None else str(params.group_by)}
 
 
+def _no_strings() -> pd.Series:
+    return pd.Series(index=pd.Index([], dtype="str"), dtype="str")
+
+
 @dataclass
 class Earlier:
-    """What the last run left that this one may reuse."""
+    """What the last run left that this one may reuse (tables keyed by sha256: joined, never looped over)."""
 
-    shards: dict[str, str] = field(default_factory=dict)  # sha256 -> the shard holding its pixels
-    splits: dict[str, str] = field(default_factory=dict)  # sha256 -> its split
+    shards: pd.Series = field(default_factory=_no_strings)  # sha256 -> the shard holding its pixels
+    splits: pd.Series = field(default_factory=_no_strings)  # sha256 -> its split
     records: dict[str, int] = field(default_factory=dict)  # shard -> how many records it holds, live or not
+    places: pd.DataFrame | None = None  # sha256 -> shard and row in the last table (storage_order.last_places)
+
+
+def _by_sha256(table: pd.DataFrame, column: str) -> pd.Series:
+    """sha256 -> `column` of the table, last row first (joins.lookup takes the first of a repeated key: the last
+    row's, as a dict built from the rows would hold)."""
+    table = table.iloc[::-1]
+    return pd.Series(table[column].array, index=pd.Index(table["sha256"].array, dtype="str"), dtype="str")
 
 
 def _earlier(paths: Paths, params: PreprocessParams, seed: int) -> Earlier:
-    """The last run's shards (under the same normalisation) and splits (under the same splitting), when its outputs
-    are whole. Unfinished shards of a killed run are removed."""
+    """The last run's shards (under the same normalisation), splits (under the same splitting) and storage order
+    (under the same seed), when its outputs are whole. Unfinished shards of a killed run are removed."""
     folder = paths.processed
     processed_store.remove_temporary(folder)
     if not (processed_store.summary_file(folder).is_file() and processed_store.table_file(folder).is_file()):
         return Earlier()
     summary = processed_store.read_summary(folder)
-    table = processed_store.read_table(folder)
+    stored = set(pq.read_schema(processed_store.table_file(folder)).names)  # a table of an older layout lacks some
+    table = processed_store.read_table(folder, [column for column in ("sha256", "shard", "split") if column in stored])
     if "shard" not in table.columns or not isinstance(summary.get("shard_records"), dict):
         logger.info("%s: written before the incremental store; every image is decoded again", folder)
         for old in folder.glob("*.tfrecord"):  # per-split shards of that layout (train-00000-of-00002.tfrecord)
@@ -145,19 +165,25 @@ def _earlier(paths: Paths, params: PreprocessParams, seed: int) -> Earlier:
     earlier = Earlier()
     if summary.get("normalisation") == normalisation(params):
         present = set(processed_store.shard_names(folder))
-        earlier.shards = {sha256: shard for sha256, shard in zip(table["sha256"], table["shard"]) if shard in present}
+        earlier.shards = _by_sha256(table[table["shard"].isin(present)], "shard")
         earlier.records = {shard: int(count) for shard, count in summary["shard_records"].items() if shard in present}
     if summary.get("splitting") == _splitting(params, seed):
-        earlier.splits = dict(zip(table["sha256"], table["split"]))
+        earlier.splits = _by_sha256(table, "split")
+    if summary.get("seed") == seed:
+        earlier.places = storage_order.last_places(table)
     return earlier
 
 
 def _decode_new(table: pd.DataFrame, earlier: Earlier, params: PreprocessParams, max_pixels: int,
-                paths: Paths) -> tuple[dict[str, str], dict[str, int]]:
+                paths: Paths, seed: int) -> tuple[pd.Series, dict[str, int]]:
     """Decode the images no shard holds yet (in `order`, over all cores) into new shards; return sha256 -> shard
     and the record count of each new shard."""
-    decoded = pd.Series([digest in earlier.shards for digest in table["sha256"].tolist()], index=table.index)
-    new = table[~decoded].sort_values("order", kind="stable")
+    new = table[~joins.is_in(table["sha256"], earlier.shards.index)]
+    lacking = new["order"].isna()  # kept images decoded again (another normalisation): their order is computed now
+    if lacking.any():
+        new = new.assign(order=new["order"].where(~lacking, pd.Series(
+            storage_orders(new.loc[lacking, "sha256"].tolist(), seed), index=new.index[lacking])))
+    new = new.sort_values("order", kind="stable")
     decoder = stored_images.Decoder(paths.raw, params.image_size, params.resize, max_pixels)
     jobs = [(row.path, raw_store.location_of(row)) for row in new.itertuples(index=False)]
     placed: dict[str, str] = {}
@@ -170,7 +196,7 @@ def _decode_new(table: pd.DataFrame, earlier: Earlier, params: PreprocessParams,
         for sha256, pixels in zip(new["sha256"], pool.ordered_map(decoder, jobs, params.workers, params.scheduler)):
             placed[sha256] = writer.add(sha256, pixels)
             shown.update()
-    return placed, writer.counts
+    return pd.Series(placed, index=pd.Index(list(placed), dtype="str"), dtype="str"), writer.counts
 
 
 def _compact(table: pd.DataFrame, records: dict[str, int], params: PreprocessParams,
@@ -188,16 +214,18 @@ def _compact(table: pd.DataFrame, records: dict[str, int], params: PreprocessPar
                 if sha256 in wanted and sha256 not in moved:
                     moved[sha256] = writer.add(sha256, pixels)
     logger.info("preprocess: compacted %d sparse shard(s) into %d", len(sparse), len(writer.written))
-    table = table.assign(shard=table["sha256"].map(moved).fillna(table["shard"]))
+    moved_to = pd.Series(moved, index=pd.Index(list(moved), dtype="str"), dtype="str")
+    table = table.assign(shard=joins.lookup(table["sha256"], moved_to).set_axis(table.index).fillna(table["shard"]))
     return table, {shard: count for shard, count in records.items() if shard not in sparse} | writer.counts
 
 
 def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, model: str = "auto",
         weights: str | None = "auto") -> pd.DataFrame:
     """Settle the network (`model`, train.model; `weights`, train.weights), split the manifest, decode the images
-    not decoded before (when the network learns from pixels), and write the split table and reports."""
+    not decoded before (when the network learns from pixels), and write the split table and reports; return the
+    split table (its stored columns, with each image's `unit` and `order`: see assign_splits)."""
     started = time.perf_counter()
-    manifest = manifest_file.read(paths.manifest)
+    manifest = manifest_file.read(paths.manifest, MANIFEST_COLUMNS)
     chosen_automatically = params.image_size == "auto"
     if manifest.empty:
         raise ValueError(f"{paths.manifest}: the manifest lists no images; run ingest on a folder of class folders")
@@ -210,11 +238,12 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
     if params.image_size == "auto":
         params = params.model_copy(update={"image_size": _auto_size(manifest, params, paths.processed, choice)})
     # the vocabulary is the individual labels: a multi-label image ("a;b") counts for a and for b
-    labels = label_sets.vocabulary(manifest["label"])
-    task = label_sets.MULTI_LABEL if label_sets.has_several(manifest["label"]) else label_sets.SINGLE_LABEL
+    cells = manifest["label"].unique().tolist()  # the distinct label cells: a few, however many images
+    labels = label_sets.vocabulary(cells)
+    task = label_sets.MULTI_LABEL if label_sets.has_several(cells) else label_sets.SINGLE_LABEL
     subjects = read_subjects(manifest, params.group_by, paths)
     if subjects is None and "subject" in manifest.columns and (manifest["subject"] != "").any():
-        subjects = manifest["subject"].tolist()  # the label table's group column
+        subjects = manifest["subject"]  # the label table's group column
     dvc_outputs.restore(paths.root, "preprocess", [paths.processed, paths.reports / "split.json"])
     earlier = _earlier(paths, params, seed)
     table = assign_splits(manifest, seed, params.val_fraction, params.test_fraction, subjects, earlier.splits)
@@ -222,18 +251,18 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
     table["label_index"] = table["label"].map({label: index for index, label in enumerate(labels)}).fillna(-1)
     table["label_index"] = table["label_index"].astype("int64")
     if choice.on_features:  # the embed stage decodes from the raw store itself: no pixels are kept here
-        earlier, placed, new_records = Earlier(splits=earlier.splits), {}, {}
+        earlier, placed, new_records = Earlier(splits=earlier.splits, places=earlier.places), _no_strings(), {}
         table = table.assign(shard="")
     else:
-        placed, new_records = _decode_new(table, earlier, params, max_pixels, paths)
-    if not choice.on_features:
-        table = table.assign(shard=table["sha256"].map(earlier.shards | placed))
+        placed, new_records = _decode_new(table, earlier, params, max_pixels, paths, seed)
+        stored = pd.concat([earlier.shards, placed])  # the new images are in no earlier shard
+        table = table.assign(shard=joins.lookup(table["sha256"], stored).set_axis(table.index))
     table, records = _compact(table, earlier.records | new_records, params, paths)
-    table = table.sort_values(["shard", "order"], kind="stable").reset_index(drop=True)
+    table = storage_order.in_storage_order(table[TABLE_COLUMNS + ["unit", "order"]], earlier.places, seed)
 
-    given = manifest.set_index("sha256")["split"] if "split" in manifest.columns else None
-    if given is not None:
-        origin = describe_splits(table["sha256"].map(given).fillna(""), table["split"], params.val_fraction,
+    if "split" in manifest.columns and (manifest["split"] != "").any():  # else every split is by hash: nothing to say
+        given = pd.Series(manifest["split"].array, index=pd.Index(manifest["sha256"].array, dtype="str"), dtype="str")
+        origin = describe_splits(joins.lookup(table["sha256"], given).fillna(""), table["split"], params.val_fraction,
                                  params.test_fraction)
         if origin:
             logger.info("preprocess: %s", origin)

@@ -16,4 +16,4 @@ def test_perceptual_hash_is_imagehash_phash():
         factor = max(1, min(picture.size) // 64)
         assert perceptual_hash(picture) == str(imagehash.phash(picture.reduce(factor)))
     assert group_near_duplicates(["0000000000000000", "000000000000000f", "ffffffffffffffff", "000000000000001f"],
-                                 4) == [0, 0, 2, 0]
+                                 4).tolist() == [0, 0, 2, 0]

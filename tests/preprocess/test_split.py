@@ -90,8 +90,8 @@ def test_bad_group_by_names_the_key_and_the_file(tmp_path: Path):
     with pytest.raises(ValueError, match=r"1 row\(s\) have no 'owner'"):
         preprocess.read_subjects(manifest, GroupBy(kind="csv", csv="subjects.csv", column="owner"), paths)
     (tmp_path / "subjects.csv").write_text("path,owner\ncat/anna/1.png,anna\ncat/bob/2.png,bob\ndog/anna/3.png,anna\n")
-    assert preprocess.read_subjects(manifest, GroupBy(kind="csv", csv="subjects.csv", column="owner"), paths) == [
-        "anna", "bob", "anna"]
+    assert preprocess.read_subjects(manifest, GroupBy(kind="csv", csv="subjects.csv", column="owner"),
+                                    paths).tolist() == ["anna", "bob", "anna"]
 
 
 def test_preprocess_keeps_subjects_together_and_writes_the_split_report(shrunk_config, tmp_path: Path):
@@ -171,3 +171,55 @@ def test_the_log_says_which_folder_is_which_split():
     everything = pd.Series(["train", "val", "test"])
     assert "carved" not in describe_splits(everything, everything, 0.15, 0.15)
     assert describe_splits(pd.Series(["", ""]), pd.Series(["train", "test"]), 0.15, 0.15) == ""
+
+
+def test_a_run_after_new_images_hashes_only_those_and_places_them_by_their_unit(monkeypatch):
+    from tasks.preprocess import split
+
+    # 2000 images of 400 subjects; every tenth image a near-duplicate of the one before it
+    paths = [f"{'cat' if index % 2 else 'dog'}/subject{index // 5}/{index}.png" for index in range(2000)]
+    groups = [f"{index - 1 if index % 10 == 1 else index:064x}" for index in range(2000)]
+    manifest = _manifest(paths, groups)
+    subjects = subjects_for(manifest, GroupBy(kind="folder", level=1))
+    first = assign_splits(manifest, seed=5, val_fraction=0.2, test_fraction=0.2, subjects=subjects)
+    kept = first.set_index("sha256")["split"]
+
+    # 300 new images: 100 near-duplicates of existing images (in new subjects), 100 in existing subjects, 100 apart
+    new_paths = ([f"cat/fresh{index}/dup{index}.png" for index in range(100)]
+                 + [f"dog/subject{index * 3}/more{index}.png" for index in range(100)]
+                 + [f"cat/fresh{100 + index}/new{index}.png" for index in range(100)])
+    new_digests = [f"{10**6 + index:064x}" for index in range(300)]
+    new_groups = [groups[index * 17] for index in range(100)] + new_digests[100:]
+    more = pd.concat([manifest, pd.DataFrame({"path": new_paths, "label": [path.split("/")[0] for path in new_paths],
+                                              "sha256": new_digests, "group": new_groups})], ignore_index=True)
+    more = more.sample(frac=1, random_state=1).reset_index(drop=True)  # the new ones anywhere in the manifest
+    more_subjects = subjects_for(more, GroupBy(kind="folder", level=1))
+
+    hashed = []
+    real = split.hashlib.sha256
+
+    class Counting:
+        @staticmethod
+        def sha256(data):
+            hashed.append(data)
+            return real(data)
+
+    monkeypatch.setattr(split, "hashlib", Counting)
+    after = assign_splits(more, seed=5, val_fraction=0.2, test_fraction=0.2, subjects=more_subjects, kept=kept)
+    assert len(hashed) <= 2 * 300  # the new images' units and orders only: nothing per kept image
+    monkeypatch.undo()
+
+    old = after["sha256"].isin(kept.index)
+    assert (after.loc[old, "split"].to_numpy() == kept.loc[after.loc[old, "sha256"]].to_numpy()).all()
+    assert after.loc[old, "order"].isna().all() and after.loc[~old, "order"].notna().all()
+    assert (after.groupby("unit")["split"].nunique() == 1).all()  # a new image goes where its unit already is
+    joined = after[~old & after["unit"].isin(set(after.loc[old, "unit"]))]
+    assert len(joined) == 200  # the near-duplicates and the images of existing subjects
+    # the images of units without a kept image are placed as a run from nothing places them
+    scratch = assign_splits(more, seed=5, val_fraction=0.2, test_fraction=0.2, subjects=more_subjects)
+    apart = ~old & ~after["unit"].isin(set(after.loc[old, "unit"]))
+    assert apart.sum() == 100
+    assert (after.loc[apart, "split"] == scratch.loc[apart, "split"]).all()
+    assert (after.loc[~old, "order"] == scratch.loc[~old, "order"]).all()
+    assert (after["unit"] == scratch["unit"]).all()
+    assert set(after.loc[apart, "split"]) == set(SPLITS)

@@ -300,3 +300,29 @@ def test_the_data_stages_write_and_compact_shards_without_importing_tensorflow(t
     assert child.returncode == 0, child.stderr[-3000:]
     assert "compacted 1 sparse shard(s) into 1" in child.stderr, child.stderr[-3000:]
     assert child.stdout.strip().splitlines()[-1] == "[]"  # neither TensorFlow nor Keras was imported
+
+
+def test_on_features_a_rerun_keeps_every_split_and_lists_the_images_in_storage_order(shrunk_config, tiny_source):
+    import pandas as pd
+
+    from tasks.preprocess.split import storage_orders
+
+    config, paths = shrunk_config
+    ingest.run(config.ingest, paths)
+    first = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths,
+                           model="efficientnet_lite2", weights="auto")
+    assert (first["shard"] == "").all()  # the features route keeps no pixels
+    for index in range(6):
+        make_image((40, 200, 40), seed=700 + index, size=20).save(tiny_source / "green" / f"late {index}.png")
+    (tiny_source / "red" / "red_001.jpg").unlink()
+    ingest.run(config.ingest, paths)
+    second = preprocess.run(config.preprocess, config.base.seed, config.ingest.max_pixels, paths,
+                            model="efficientnet_lite2", weights="auto")
+
+    stored = pd.read_parquet(paths.processed / "split.parquet")
+    assert stored["sha256"].tolist() == second["sha256"].tolist() and len(stored) == 36 + 6 - 1
+    # in the order of every image's storage key, as a run from nothing writes it; the new ones placed among the rest
+    assert list(storage_orders(stored["sha256"], config.base.seed)) == sorted(storage_orders(stored["sha256"],
+                                                                                             config.base.seed))
+    kept = first[first["path"] != "red/red_001.jpg"].set_index("sha256")["split"]
+    assert (second.set_index("sha256").loc[kept.index, "split"] == kept).all()
