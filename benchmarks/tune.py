@@ -29,6 +29,7 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
+from tasks import metrics_file  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SPACE = {
@@ -83,7 +84,7 @@ def gather_source(target: Path) -> Path:
 
 
 def test_scores(repo: Path) -> dict[str, float | str]:
-    metrics = json.loads((repo / "data/reports/evaluation/metrics.json").read_text())
+    metrics = metrics_file.read(repo / "data/reports/evaluation")  # plain names: macro_f1 (test_macro_f1 in the file)
     gate = json.loads((repo / "data/reports/evaluation/gate.json").read_text())
     return {"macro_f1": metrics["macro_f1"], "macro_f1_ci": metrics.get("macro_f1_ci"),
             "accuracy": metrics["accuracy"], "test_images": metrics["test_images"], "gate": gate["decision"],

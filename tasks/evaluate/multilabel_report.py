@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, csv_cells, label_sets, model_folder
-from tasks.evaluate import metrics_file, plots
+from tasks import atomic, csv_cells, label_sets, metrics_file, model_folder
+from tasks.evaluate import plots
 from tasks.scoring import multilabel
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, csv_cells, embedding_store, label_sets, model_folder, processed_store
+from tasks import atomic, csv_cells, embedding_store, label_sets, metrics_file, model_folder, processed_store
 from tasks import shard_reader, stored_images
 from tasks.config import load_config
-from tasks.evaluate import confusion, metrics_file, multilabel_report, plots
+from tasks.evaluate import confusion, multilabel_report, plots
 from tasks.params import EvaluateParams
 from tasks.paths import Paths
 from tasks.scoring import metrics as metric_functions

@@ -4,7 +4,6 @@ data/reports/evaluation/gate.json."""
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import atomic, label_sets, model_folder, stored_images
+from tasks import atomic, label_sets, metrics_file, model_folder, stored_images
 from tasks.params import GateParams
 from tasks.paths import Paths
 from tasks.release import lineage as data_lineage
@@ -24,10 +23,6 @@ from tasks.scoring import multilabel, selection
 
 logger = logging.getLogger(__name__)
 
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def compare_label_sets(candidate_labels: list[str], champion_labels: list[str]) -> dict[str, Any]:
@@ -243,7 +238,7 @@ def run(params: GateParams, seed: int, max_pixels: int, paths: Paths) -> dict[st
     come first: a candidate of another label set is refused (a person may accept it with a forced promotion);
     with the same label set it must also be no worse than production on the same test images.
     """
-    metrics = _read_json(paths.evaluation / "metrics.json")
+    metrics = metrics_file.read(paths.evaluation)  # plain names: accuracy, macro_f1_ci
     labels = model_folder.read_labels(paths.candidate)
     multi_label = model_folder.read_info(paths.candidate).multi_label
     table = pd.read_parquet(paths.test_predictions)  # exact: the CSV beside it is escaped for spreadsheets

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, model_folder, processed_store
+from tasks import atomic, metrics_file, model_folder, processed_store
 from tasks.paths import Paths
 from tasks.hashing import file_sha256
 from tasks.release import report_html, report_sections
@@ -77,10 +77,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def read_metrics(paths: Paths) -> dict[str, Any] | None:
     """The test metrics: metrics.json's headline figures with the per-class tables kept beside it (per_class.json)."""
-    headline = _read_json(paths.evaluation / "metrics.json")
+    headline = _read_json(paths.evaluation / metrics_file.HEADLINE_FILE)
     if headline is None:
         return None
-    return headline | (_read_json(paths.evaluation / "per_class.json") or {})
+    return metrics_file.plain(headline) | (_read_json(paths.evaluation / metrics_file.DETAILS_FILE) or {})
 
 
 def _sha256(path: Path) -> str | None:
@@ -246,11 +246,11 @@ def _gate_section(gate: dict[str, Any] | None) -> str:
 def render(paths: Paths, lineage: dict[str, str]) -> str:
     """The whole page as one string: inline CSS, images as data URIs, no scripts and no external references."""
     gate = _read_json(paths.evaluation / "gate.json")
-    metrics = _read_json(paths.evaluation / "metrics.json")
+    metrics = read_metrics(paths)
     multi_label = (metrics or {}).get("task") == "multi_label"
     sections = [_header(gate, lineage), _lineage_section(lineage), _validation_section(paths),
                 _splits_section(_read_json(processed_store.summary_file(paths.processed))),
-                _metrics_section(read_metrics(paths)), _figures_section(paths, multi_label),
+                _metrics_section(metrics), _figures_section(paths, multi_label),
                 _gate_section(gate), *report_sections.sections(paths)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

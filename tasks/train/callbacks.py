@@ -24,6 +24,14 @@ from tasks.train import backup
 logger = logging.getLogger(__name__)
 
 
+def live_name(name: str) -> str:
+    """dvclive's name for a Keras log entry, flat and named for its split: `val_loss` as it is, `loss` ->
+    `train_loss`, `learning_rate` -> `train_learning_rate`. Flat, because DVC joins nested names with dots, and
+    `train.accuracy` in `dvc exp show` reads like a key of params.yaml's train section; it also names its plot file
+    (plots/metrics/val_accuracy.tsv, with a column val_accuracy)."""
+    return name if name.startswith("val_") else f"train_{name}"
+
+
 class DvcLiveLogger(keras.callbacks.Callback):
     """Logs every epoch's metrics to dvclive, so `dvc plots show` draws the training curves."""
 
@@ -34,12 +42,7 @@ class DvcLiveLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         for name, value in (logs or {}).items():
-            if name == "learning_rate":
-                self.live.log_metric("learning_rate", float(value), plot=True)
-            elif name.startswith("val_"):
-                self.live.log_metric(f"val/{name[4:]}", float(value))
-            else:
-                self.live.log_metric(f"train/{name}", float(value))
+            self.live.log_metric(live_name(name), float(value), plot=True)
         self.live.next_step()
 
 
@@ -49,12 +52,7 @@ def summarise_kept_epoch(live: Any, kept: dict[str, Any]) -> None:
     for name, value in kept.items():
         if name in ("epoch", "phase") or not isinstance(value, (int, float)):
             continue
-        if name == "learning_rate":
-            live.summary["learning_rate"] = float(value)
-        elif name.startswith("val_"):
-            live.summary.setdefault("val", {})[name[4:]] = float(value)
-        else:
-            live.summary.setdefault("train", {})[name] = float(value)
+        live.summary[live_name(name)] = float(value)
     live.summary["kept_epoch"] = int(kept["epoch"]) + 1
 
 

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 
 # dvclive's per-epoch files under the train stage's live folder, one per validation metric
-LIVE_FILES = {"val_loss": Path("plots/metrics/val/loss.tsv"), "val_accuracy": Path("plots/metrics/val/accuracy.tsv")}
+# dvclive's per-epoch files (tasks/train/callbacks.py names them): the column of each is the file's stem
+LIVE_FILES = {"val_loss": Path("plots/metrics/val_loss.tsv"), "val_accuracy": Path("plots/metrics/val_accuracy.tsv")}
 
 
 def lower_is_better(objective: str) -> bool:

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tasks import images
+from tasks import images, metrics_file
 from tasks.evaluate import stage as evaluate
 from tasks.ingest import stage as ingest
 from tasks.preprocess import stage as preprocess
@@ -24,8 +24,9 @@ def test_train_then_evaluate_write_the_model_and_metrics(shrunk_config, tmp_path
     card = json.loads((candidate / "model_card.json").read_text())
     assert card["image_size"] == config.preprocess.image_size and card["labels"] == ["blue", "green", "red"]
     live_metrics = json.loads((paths.training_reports / "live" / "metrics.json").read_text())
-    assert "val" in live_metrics and "train" in live_metrics
-    assert live_metrics["val"]["accuracy"] == card["validation"]["val_accuracy"]  # the epoch kept, not the last
+    # flat names, for their split (a nested train.accuracy would read like a params key in `dvc exp show`)
+    assert {"train_accuracy", "train_loss", "val_accuracy", "val_loss"} <= set(live_metrics)
+    assert live_metrics["val_accuracy"] == card["validation"]["val_accuracy"]  # the epoch kept, not the last
 
     model = keras.saving.load_model(candidate / "model.keras", safe_mode=True)
     assert model.input.dtype == "uint8"
@@ -37,8 +38,13 @@ def test_train_then_evaluate_write_the_model_and_metrics(shrunk_config, tmp_path
 
     metrics = evaluate.run(config.evaluate, config.base.seed, config.ingest.max_pixels, paths)
     saved = json.loads((paths.evaluation / "metrics.json").read_text())  # headline only: DVC's metrics
-    assert "per_class" not in saved
-    assert saved | json.loads((paths.evaluation / "per_class.json").read_text()) == metrics
+    assert "per_class" not in saved and "test_per_class" not in saved
+    # each figure named for the test split in the file (test_accuracy), plainly in memory and for its readers
+    assert {"test_accuracy", "test_macro_f1", "test_images"} <= set(saved) and "accuracy" not in saved
+    assert all(name.startswith("test_") for name in saved)
+    assert metrics_file.read(paths.evaluation) == {key: value for key, value in metrics.items()
+                                                    if not isinstance(value, dict)}
+    assert metrics_file.plain(saved) | json.loads((paths.evaluation / "per_class.json").read_text()) == metrics
     assert 0 <= metrics["accuracy"] <= 1 and set(metrics["per_class"]) == {"blue", "green", "red"}
     assert sum(scores["support"] for scores in metrics["per_class"].values()) == metrics["test_images"]
     predictions = pd.read_csv(paths.evaluation / "test_predictions.csv")

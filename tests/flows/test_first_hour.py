@@ -87,16 +87,16 @@ def test_runs_with_commit_make_dvc_comparisons_work(project, prefect_server):
     # DVC's comparisons between the two revisions
     metrics = json.loads(_dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json").stdout)
     headline = metrics["data/reports/evaluation/metrics.json"]
-    assert "accuracy" in headline and "macro_f1" in headline
+    assert "test_accuracy" in headline and "test_macro_f1" in headline
     assert not any(key.startswith("per_class") for key in headline)  # headline only; per-class beside it
     shown = json.loads(_dvc(project, "exp", "show", "--json").stdout)
     metric_columns = {f"{file}:{key}" for row in shown for file, found in ((row.get("data") or {}).get("metrics")
                                                                          or {}).items() for key in found["data"]}
-    assert "data/reports/evaluation/metrics.json:macro_f1" in metric_columns
+    assert "data/reports/evaluation/metrics.json:test_macro_f1" in metric_columns
     assert not any("per_class" in column for column in metric_columns), metric_columns
     live = json.loads((project / "data/reports/training/live/metrics.json").read_text())
     card = json.loads((project / "data/models/candidate/model_card.json").read_text())
-    assert live["val"]["accuracy"] == card["validation"]["val_accuracy"]  # the epoch kept
+    assert live["val_accuracy"] == card["validation"]["val_accuracy"]  # the epoch kept
     assert live["kept_epoch"] == card["validation"]["epoch"]
     page = project.parent / "plots"
     _dvc(project, "plots", "diff", "HEAD~1", "HEAD", "-o", str(page))

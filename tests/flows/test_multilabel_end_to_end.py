@@ -39,7 +39,7 @@ def test_multi_label_data_trains_gates_promotes_and_predicts(tmp_path, prefect_s
     assert all(0 < value < 1 for value in thresholds.values())
 
     metrics = json.loads((repo / "data/reports/evaluation/metrics.json").read_text())
-    assert metrics["task"] == "multi_label" and metrics["macro_f1"] >= 0.5
+    assert metrics["test_task"] == "multi_label" and metrics["test_macro_f1"] >= 0.5
     assert {"micro_f1", "mean_average_precision", "macro_f1_ci"} <= set(metrics)
     assert "per_class" not in metrics  # headline figures only: DVC shows each as a column
     details = json.loads((repo / "data/reports/evaluation/per_class.json").read_text())

@@ -93,7 +93,7 @@ def test_a_sweep_killed_with_sigkill_resumes_and_every_trial_is_a_dvc_experiment
     for trial in trials:
         data = shown[trial["name"]]["revs"][0]["data"]
         assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == trial["params"]["train.learning_rate"]
-        assert "val" in data["metrics"]["data/reports/training/live/metrics.json"]["data"]
+        assert "val_accuracy" in data["metrics"]["data/reports/training/live/metrics.json"]["data"]
     diff = subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", *(trial["name"] for trial in trials),
                            "--json"], cwd=repo, capture_output=True, text=True, env=_environment(), check=False)
     assert diff.returncode == 0, diff.stderr[-2000:]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tasks import atomic
+from tasks import atomic, metrics_file
 from tasks.params import PathsParams
 from tasks.paths import Paths
 from tasks.release import report
@@ -21,7 +21,7 @@ def _project(root: Path) -> Paths:
         "validation": {"epoch": 7}, "precision": "float32",
         "params": {"train": {"learning_rate": 0.002, "epochs": 30, "exports": ["onnx"], "fine_tune": {"epochs": 0}},
                    "augment": {"rotation": 0.05, "zoom": 0.1}, "seed": 42}})
-    atomic.write_json(paths.evaluation / "metrics.json", {"accuracy": 0.9, "macro_f1": 0.88, "test_images": 40})
+    metrics_file.write(paths.evaluation, {"accuracy": 0.9, "macro_f1": 0.88, "test_images": 40})
     atomic.write_json(paths.evaluation / "per_class.json", {"per_class": {
         "cat": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 20},
         "dog": {"precision": 0.8, "recall": 0.9, "f1": 0.85, "support": 20}}})

@@ -112,9 +112,9 @@ def test_the_median_rule_waits_for_enough_earlier_trials():
 def test_a_running_trials_epochs_come_from_dvclive(tmp_path):
     live = tmp_path / "live"
     assert pruning.read_live(live, "val_loss") == []
-    folder = live / "plots/metrics/val"
+    folder = live / "plots/metrics"  # dvclive's files of val_loss and val_accuracy (tasks/train/callbacks.py)
     folder.mkdir(parents=True)
-    (folder / "loss.tsv").write_text("step\tloss\n0\t2.5\n1\t2.25\n2\t")  # the last row half-written
-    (folder / "accuracy.tsv").write_text("step\taccuracy\n0\t0.25\n")
+    (folder / "val_loss.tsv").write_text("step\tval_loss\n0\t2.5\n1\t2.25\n2\t")  # the last row half-written
+    (folder / "val_accuracy.tsv").write_text("step\tval_accuracy\n0\t0.25\n")
     assert pruning.read_live(live, "val_loss") == [2.5, 2.25]
     assert pruning.read_live(live, "val_accuracy") == [0.25]

@@ -258,9 +258,9 @@ def test_hopeless_trials_are_stopped_by_the_median_rule(project, monkeypatch):
     planned = sweep.plan(project)
     names = [trial.name for trial in planned.trials]
     dvc.histories = {names[0]: [0.6, 0.7], names[1]: [0.5, 0.8], names[2]: [0.7, 0.75]}
-    live = project / "exps" / names[3] / "data/reports/training/live/plots/metrics/val"
+    live = project / "exps" / names[3] / "data/reports/training/live/plots/metrics"
     live.mkdir(parents=True)
-    (live / "accuracy.tsv").write_text("step\taccuracy\n0\t0.2\n")
+    (live / "val_accuracy.tsv").write_text("step\tval_accuracy\n0\t0.2\n")
     sweep.queue_trials(project)
     finished = sweep.follow(project, 1, poll_seconds=0)
     assert [trial.status for trial in finished.trials] == ["done", "done", "done", "stopped"]
