@@ -18,11 +18,11 @@ from tasks import atomic
 HEADLINE_FILE = "metrics.json"
 DETAILS_FILE = "per_class.json"
 PREFIX = "test_"  # the split of every figure in metrics.json
-UNPREFIXED = ("test_images",)  # already named for the split
+UNPREFIXED = ("test_images", "task")  # named for the split already; the kind of model (text, not a DVC column)
 
 
 def file_name(key: str) -> str:
-    """The name of a figure in metrics.json: `accuracy` -> `test_accuracy` (`test_images` as it is)."""
+    """The name of a figure in metrics.json: `accuracy` -> `test_accuracy` (`test_images` and `task` as they are)."""
     return key if key in UNPREFIXED else PREFIX + key
 
 
