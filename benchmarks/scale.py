@@ -536,7 +536,7 @@ def photo_pipeline(work: Path, files: int, use_dask: bool) -> Result:
     metrics = json.loads((project / "data/reports/evaluation/metrics.json").read_text())
     challengers = card.get("challengers", {})
     print(f"  train kept {challengers.get('kept')} (challengers tried: {challengers.get('tried')}); test accuracy "
-          f"{metrics.get('accuracy', float('nan')):.3f}")
+          f"{metrics.get('test_accuracy', float('nan')):.3f}")  # metrics.json names each figure for its split
     embed_first, embed_more = first.stages.get("embed", {}), more.stages.get("embed", {})
     if embed_first and embed_more:
         print(f"  backbone pass (the embed stage): first run {embed_first['cpu'] / files * 1000:.1f} CPU ms per image "
