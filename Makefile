@@ -36,7 +36,7 @@ test: setup chromium
 	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile --durations=20
 
 # the inner loop: everything but the tests marked slow (whole pipelines, training; tests/conftest.py SLOW_TESTS),
-# about 3 minutes on 2 cores; `make test` (and CI) runs them all
+# under 2 minutes on 2 cores; `make test` (and CI) runs them all
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" -n auto --maxprocesses=4 --dist loadfile --durations=10
 
