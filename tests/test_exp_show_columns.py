@@ -28,9 +28,8 @@ from dvc.utils.flatten import flatten  # noqa: E402
 # params.yaml keys that no stage lists and that DVC shows all the same (params.yaml is read whole):
 # paths.*: dvc.yaml's ${paths...} templates (in any other vars file DVC would show them too, as tracked vars);
 # evaluate.gate.*: the release gate, after the stages; preprocess.workers: how many processes, not what is made;
-# preprocess.auto_max_size: read by preprocess through image_size: auto, not yet a params dep of the stage;
 # tune.*: `imgpipe tune`'s sweep settings
-NOT_STAGE_PARAMS = re.compile(r"paths\.\w+|evaluate\.gate\.\w+|preprocess\.workers|preprocess\.auto_max_size|tune\.[\w.]+")
+NOT_STAGE_PARAMS = re.compile(r"paths\.\w+|evaluate\.gate\.\w+|preprocess\.workers|tune\.[\w.]+")
 KEEP = "test_|val_"  # the README's `dvc exp show --only-changed --keep 'test_|val_'`
 # the figures evaluate writes (tasks/scoring/metrics.py, multilabel.py) and Keras's logs of training (dvclive)
 TEST_FIGURES = ["accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "top_3_accuracy", "ece",
