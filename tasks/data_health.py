@@ -50,22 +50,23 @@ def write(folder: Path, tables: dict[str, pd.DataFrame], summary: dict[str, Any]
             (temporary / DRIFT).write_text(_json_text(drift), encoding="utf-8")
 
 
-def read_summary(folder: Path) -> dict[str, Any] | None:
-    """summary.json, or None when the health stage has not written one (or it cannot be read)."""
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when there is none (not written, unreadable, not an object)."""
     try:
-        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """summary.json, or None when the health stage has not written one (or it cannot be read)."""
+    return _read_object(folder / SUMMARY)
 
 
 def read_drift(folder: Path) -> dict[str, Any] | None:
     """drift.json, or None when the health stage has not written one (or it cannot be read)."""
-    try:
-        drift = json.loads((folder / DRIFT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return drift if isinstance(drift, dict) else None
+    return _read_object(folder / DRIFT)
 
 
 def read_drift_reference(folder: Path) -> bytes | None:

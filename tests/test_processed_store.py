@@ -81,14 +81,20 @@ def _images(count: int, size: int = 8, seed: int = 0) -> tuple[list[str], list[n
     return keys, [generator.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
 
 
+def _one_shard(folder, keys, pixels) -> str:
+    """Write the images into one shard with ShardWriter (without TensorFlow); its name."""
+    with processed_store.ShardWriter(folder, 2**20) as writer:
+        for key, image in zip(keys, pixels):
+            writer.add(key, image)
+    [name] = writer.written
+    return name
+
+
 def test_shards_written_without_tensorflow_are_what_tensorflow_writes_and_reads(tmp_path):
     import tensorflow as tf
 
     keys, pixels = _images(40)
-    with processed_store.ShardWriter(tmp_path, 2**20) as writer:
-        for key, image in zip(keys, pixels):
-            writer.add(key, image)
-    [name] = writer.written
+    name = _one_shard(tmp_path, keys, pixels)
 
     # tf.data and parse_batch (what training reads with) see the same keys and pixels
     read_keys, read_pixels = [], []
@@ -144,10 +150,7 @@ def test_the_example_encoder_matches_protobuf_and_the_decoder_reads_what_protobu
 
 def test_a_damaged_shard_is_said_with_its_name(tmp_path):
     keys, pixels = _images(3)
-    with processed_store.ShardWriter(tmp_path, 2**20) as writer:
-        for key, image in zip(keys, pixels):
-            writer.add(key, image)
-    [name] = writer.written
+    name = _one_shard(tmp_path, keys, pixels)
     good = (tmp_path / name).read_bytes()
     record = len(good) // 3  # where the second record starts
 
