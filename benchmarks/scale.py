@@ -19,8 +19,9 @@ Scenarios (the data stages run when no other scenario is named, or with --data-s
   --dask        the data stages (and the photo pipeline when asked) again in another copy whose params name a Dask
                 LocalCluster this script starts (2 workers of 1 thread, on 127.0.0.1) as ingest.scheduler,
                 preprocess.scheduler and embed.scheduler, as a user names a real cluster; the manifest, split table and
-                embeddings must hash the same as the local run's, at >= 0.8x its speed (wall clock). The Dask copy of the
-                photo project names the embed engine the local run chose (embed.engine), so both compute alike.
+                embeddings must hash the same as the local run's, at >= 0.8x its speed (wall clock). The Dask
+                copy of the photo project names the embed engine the local run chose (embed.engine), so both
+                compute alike.
 Every run records each stage's wall and CPU seconds and the peak RSS of its largest process (the stage's Python
 under a small timer that tasks/bin/python runs through IMGPIPE_PYTHON). The script exits 1 when a target is missed.
 """
@@ -52,6 +53,9 @@ from PIL import Image, ImageChops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tasks import metrics_file  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLASSES = 10
@@ -421,6 +425,15 @@ def dask_comparison(result: Result, local: Path, remote: Path, local_run: Run, d
     result.checks.append((f"Dask, {when}: >= 0.8x the local speed", speed >= 0.8, f"{speed:.2f}x"))
 
 
+def dask_repro(result: Result, project: Path, dask_project: Path, cluster: subprocess.Popen, target: str,
+               local_run: Run, title: str, when: str, with_embeddings: bool) -> Run:
+    """`dvc repro TARGET` in the Dask copy, shown and compared with the local run just made."""
+    dask_run = dvc(dask_project, "repro", target, cluster=cluster)
+    show_run(f"Dask: {title}", dask_run)
+    dask_comparison(result, project, dask_project, local_run, dask_run, when, with_embeddings)
+    return dask_run
+
+
 def data_stages(work: Path, files: int, use_dask: bool, model: str) -> Result:
     """Thumbnails through ingest, validate and preprocess: first, nothing changed, +1%; push; bytes; Dask."""
     result = Result("data stages")
@@ -443,9 +456,8 @@ def data_stages(work: Path, files: int, use_dask: bool, model: str) -> Result:
         show_run("first: dvc repro preprocess", first)
         print(f"  preprocess chose {preprocess_choice(project)}")
         if use_dask:
-            dask_first = dvc(dask_project, "repro", "preprocess", cluster=cluster)
-            show_run("Dask: first dvc repro preprocess", dask_first)
-            dask_comparison(result, project, dask_project, first, dask_first, "first run", False)
+            dask_repro(result, project, dask_project, cluster, "preprocess", first,
+                       "first dvc repro preprocess", "first run", False)
         again = dvc(project, "repro", "preprocess")
         show_run("again, nothing changed", again)
         push = dvc(project, "push")
@@ -456,9 +468,8 @@ def data_stages(work: Path, files: int, use_dask: bool, model: str) -> Result:
         more = dvc(project, "repro", "preprocess")
         show_run(f"+1% ({added:,} images): dvc repro preprocess", more)
         if use_dask:
-            dask_more = dvc(dask_project, "repro", "preprocess", cluster=cluster)
-            show_run(f"Dask: +1% ({added:,} images)", dask_more)
-            dask_comparison(result, project, dask_project, more, dask_more, "+1%", False)
+            dask_repro(result, project, dask_project, cluster, "preprocess", more,
+                       f"+1% ({added:,} images)", "+1%", False)
     pushed = dvc(project, "push")
     pushed_bytes = folder_bytes(work / "data-project-remote") - remote_first
     print(f"  push after +1%: {pushed.wall:.1f} s, {pushed_bytes / 1e6:.1f} MB ({pushed_bytes / remote_first:.1%} "
@@ -522,21 +533,19 @@ def photo_pipeline(work: Path, files: int, use_dask: bool) -> Result:
             dask_project = work / "photo-project-dask"
             cluster = stack.enter_context(dask_cluster_for(dask_project, overrides | {"embed.engine": engine["engine"]},
                                                            ("ingest", "preprocess", "embed")))
-            dask_first = dvc(dask_project, "repro", "evaluate", cluster=cluster)
-            show_run("Dask: first dvc repro evaluate", dask_first)
-            dask_comparison(result, project, dask_project, first, dask_first, "photos, first run", True)
+            dask_repro(result, project, dask_project, cluster, "evaluate", first,
+                       "first dvc repro evaluate", "photos, first run", True)
         generate(source, "photo", files, files + added, seed=4)
         more = dvc(project, "repro", "evaluate")
         show_run(f"+1% ({added:,} photos): dvc repro evaluate", more)
         if use_dask:
-            dask_more = dvc(dask_project, "repro", "evaluate", cluster=cluster)
-            show_run(f"Dask: +1% ({added:,} photos)", dask_more)
-            dask_comparison(result, project, dask_project, more, dask_more, "photos, +1%", True)
+            dask_repro(result, project, dask_project, cluster, "evaluate", more,
+                       f"+1% ({added:,} photos)", "photos, +1%", True)
     card = json.loads((project / "data/models/candidate/model_card.json").read_text())
-    metrics = json.loads((project / "data/reports/evaluation/metrics.json").read_text())
+    metrics = metrics_file.read(project / "data/reports/evaluation")  # plain names (test_accuracy in the file)
     challengers = card.get("challengers", {})
     print(f"  train kept {challengers.get('kept')} (challengers tried: {challengers.get('tried')}); test accuracy "
-          f"{metrics.get('test_accuracy', float('nan')):.3f}")  # metrics.json names each figure for its split
+          f"{metrics.get('accuracy', float('nan')):.3f}")
     embed_first, embed_more = first.stages.get("embed", {}), more.stages.get("embed", {})
     if embed_first and embed_more:
         print(f"  backbone pass (the embed stage): first run {embed_first['cpu'] / files * 1000:.1f} CPU ms per image "
