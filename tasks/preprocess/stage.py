@@ -1,7 +1,7 @@
 """Preprocess stage: reads the manifest and data/raw/, writes data/processed/ (decoded shards, split.parquet, labels,
 preprocess.json) and data/reports/split.json.
 
-It also settles the network `train.model` stands for (tasks/model_choice.py) and records it in preprocess.json. A head
+It also settles the network `train.model` stands for (tasks/preprocess/settle.py) and records it in preprocess.json. A head
 on a pretrained backbone's features needs no decoded pixels here (the embed stage reads the raw store itself), so for
 that route no shards are written.
 
@@ -17,7 +17,6 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,6 +30,7 @@ from tasks.config import load_config
 from tasks.params import GroupBy, PreprocessParams
 from tasks.paths import Paths
 from tasks.preprocess import storage_order
+from tasks.preprocess import settle
 from tasks.preprocess.split import (SPLITS, assign_splits, describe_splits, split_counts, split_report,
                                      storage_orders, subjects_for)
 
@@ -62,56 +62,6 @@ def read_subjects(manifest: pd.DataFrame, group_by: GroupBy | None, paths: Paths
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise ValueError(f"preprocess.group_by: {csv_file} is not a readable CSV: {error}") from None
     return subjects_for(manifest, group_by, csv_table)
-
-
-AUTO_MIN_SIZE = 32
-AUTO_SIZE_STEP = 16
-
-
-def choose_image_size(manifest: pd.DataFrame, most: int = 160) -> int:
-    """preprocess.image_size: auto: the median short side of the images, clamped to 32..`most` and rounded to a
-    multiple of 16 (photos of 400x530 get `most`, the 8 px demo digits 32 px)."""
-    short_sides = manifest[["width", "height"]].min(axis=1)
-    median = float(short_sides.median()) if len(short_sides) else AUTO_MIN_SIZE
-    return int(min(most, max(AUTO_MIN_SIZE, round(median / AUTO_SIZE_STEP) * AUTO_SIZE_STEP)))
-
-
-def median_short_side(manifest: pd.DataFrame) -> float:
-    short_sides = manifest[["width", "height"]].min(axis=1)
-    return float(short_sides.median()) if len(short_sides) else 0.0
-
-
-def _auto_size(manifest: pd.DataFrame, params: PreprocessParams, folder: Path, choice: model_choice.Choice) -> int:
-    """The size `auto` stands for: a pretrained backbone's own; else the one an earlier auto run chose under the same
-    auto_max_size and network (new images must not move the median across a step and have every image decoded
-    again), else choose_image_size()."""
-    native = model_choice.native_size(choice)
-    if native is not None:
-        logger.info("preprocess.image_size auto: %d px, the size %s was made for", native, choice.model)
-        return native
-    earlier = processed_store.read_earlier_summary(folder)
-    same_network = (earlier.get("model") or {}).get("model", choice.model) == choice.model
-    if earlier.get("auto_max_size") == params.auto_max_size and isinstance(earlier.get("image_size"), int) \
-            and same_network:
-        logger.info("preprocess.image_size auto: %d px, as chosen by an earlier run", earlier["image_size"])
-        return int(earlier["image_size"])
-    size = choose_image_size(manifest, params.auto_max_size)
-    logger.info("preprocess.image_size auto: %d px (the median short side of %d images, clamped to %d..%d, "
-                "preprocess.auto_max_size)", size, len(manifest), AUTO_MIN_SIZE, params.auto_max_size)
-    return size
-
-
-def _settle_network(manifest: pd.DataFrame, model: str, weights: str | None, folder: Path) -> model_choice.Choice:
-    """The network train.model stands for: as an earlier run settled it for the same train.model and train.weights
-    (new images must not switch a scheduled retrain to another network), else chosen from the images now."""
-    earlier = processed_store.read_earlier_summary(folder)
-    if earlier.get("model_asked") == {"model": model, "weights": weights} and "model" in earlier:
-        choice = model_choice.Choice.from_record(earlier["model"])
-        logger.info("train.model %s: %s, as an earlier run settled it (%s)", model, choice.model, choice.reason)
-        return choice
-    choice = model_choice.choose(model, weights, median_short_side(manifest))
-    logger.info("train.model %s: %s (%s)", model, choice.model, choice.reason)
-    return choice
 
 
 def normalisation(params: PreprocessParams) -> str:
@@ -232,11 +182,11 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
     if "shard" not in manifest.columns:
         raise ValueError(f"{paths.manifest}: written by an older ingest, without the raw store; run the ingest "
                          "stage again (dvc repro ingest) and then this one")
-    choice = _settle_network(manifest, model, weights, paths.processed)
+    choice = settle.network(manifest, model, weights, paths.processed)
     if params.resize == "auto":
         params = params.model_copy(update={"resize": model_choice.resize_mode(choice)})
     if params.image_size == "auto":
-        params = params.model_copy(update={"image_size": _auto_size(manifest, params, paths.processed, choice)})
+        params = params.model_copy(update={"image_size": settle.image_size(manifest, params, paths.processed, choice)})
     # the vocabulary is the individual labels: a multi-label image ("a;b") counts for a and for b
     cells = manifest["label"].unique().tolist()  # the distinct label cells: a few, however many images
     labels = label_sets.vocabulary(cells)
@@ -286,7 +236,7 @@ def run(params: PreprocessParams, seed: int, max_pixels: int, paths: Paths, mode
         "model_asked": {"model": model, "weights": weights},  # the train.model and train.weights it was settled for
         "pixels": not choice.on_features,  # whether the shards hold the decoded images (else the raw store only)
         # the size simple_cnn would take here: a pretrained backbone's challenger from scratch trains at it
-        "scratch_image_size": choose_image_size(manifest, params.auto_max_size) if choice.on_features else None,
+        "scratch_image_size": settle.choose_image_size(manifest, params.auto_max_size) if choice.on_features else None,
         # where readers decode images from when there are no pixels here (relative to this folder) and under which
         # pixel limit
         "raw_store": os.path.relpath(paths.raw, folder),

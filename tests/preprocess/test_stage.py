@@ -10,6 +10,7 @@ from tasks import images, training_batches
 from tasks.config import load_config
 from tasks.ingest import stage as ingest
 from tasks.paths import Paths
+from tasks.preprocess import settle
 from tasks.preprocess import stage as preprocess
 from tests.conftest import PROJECT_ROOT, make_image, write_class_folders
 
@@ -190,10 +191,10 @@ def test_image_size_auto_is_the_median_short_side_clamped_and_rounded_and_is_rec
     import pandas as pd
 
     sides = pd.DataFrame({"width": [640, 800, 530, 8], "height": [480, 600, 400, 8]})
-    assert preprocess.choose_image_size(sides, 160) == 160  # photos: the median short side 440, clamped to 160
-    assert preprocess.choose_image_size(sides, 64) == 64  # preprocess.auto_max_size, 64 by default
-    assert preprocess.choose_image_size(pd.DataFrame({"width": [100, 90], "height": [100, 90]})) == 96
-    assert preprocess.choose_image_size(pd.DataFrame({"width": [8], "height": [8]})) == 32  # the digits
+    assert settle.choose_image_size(sides, 160) == 160  # photos: the median short side 440, clamped to 160
+    assert settle.choose_image_size(sides, 64) == 64  # preprocess.auto_max_size, 64 by default
+    assert settle.choose_image_size(pd.DataFrame({"width": [100, 90], "height": [100, 90]})) == 96
+    assert settle.choose_image_size(pd.DataFrame({"width": [8], "height": [8]})) == 32  # the digits
 
     config, paths = shrunk_config
     ingest.run(config.ingest, paths)
